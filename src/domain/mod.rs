@@ -1,0 +1,7 @@
+//! Validated value types of the bid-opening domain.
+
+mod summary;
+mod uscc;
+
+pub use summary::{BidSummary, SummaryError};
+pub use uscc::{Uscc, UsccError};

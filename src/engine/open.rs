@@ -1,0 +1,441 @@
+//! Opening a sealed bid: structure and signature first, then key, summary and body.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use rayon::prelude::*;
+use sm2::{PublicKey, SecretKey};
+
+use super::Progress;
+use crate::crypto::{self, FileKey, KeyError, PublicIdentity, TAG_LEN};
+use crate::domain::BidSummary;
+use crate::format::{self, BidError, Header, PREAMBLE_LEN, Recipient, TRAILER_MAGIC};
+
+/// How far to look for a displaced trailer when classifying a wrong file length.
+const MAX_PROBE_CHUNKS: u64 = 64;
+
+/// Options for [`SealedBid::decrypt_to`].
+#[derive(Debug, Clone, Copy)]
+pub struct DecryptOptions {
+    /// Check each chunk against its signed SM3 digest while decrypting. A server that verified the
+    /// whole file when it was uploaded, and keeps it immutable, may skip this; the GCM tags still
+    /// authenticate every chunk.
+    pub verify_digests: bool,
+}
+
+impl Default for DecryptOptions {
+    fn default() -> Self {
+        Self {
+            verify_digests: true,
+        }
+    }
+}
+
+/// A sealed bid whose structure and bidder signature have been checked.
+pub struct SealedBid {
+    file: File,
+    header: Header,
+    header_hash: [u8; 32],
+    body_offset: u64,
+    digests: Vec<[u8; 32]>,
+    signature: Vec<u8>,
+    signer: PublicIdentity,
+    file_len: u64,
+}
+
+impl SealedBid {
+    /// Opens `path`, checks its structure and the bidder's signature. Decrypts nothing.
+    pub fn open(path: &Path) -> Result<Self, BidError> {
+        let file = File::open(path).map_err(BidError::io(format!("opening {}", path.display())))?;
+        Self::from_file(file)
+    }
+
+    /// As [`Self::open`], for a file already open.
+    pub fn from_file(file: File) -> Result<Self, BidError> {
+        let file_len = file
+            .metadata()
+            .map_err(BidError::io("reading the bid file's size"))?
+            .len();
+        let mut preamble = vec![0u8; PREAMBLE_LEN.min(file_len as usize)];
+        read_at(&file, &mut preamble, 0)?;
+        let header_len = u64::from(Header::parse_preamble(&preamble)?);
+        let body_offset = PREAMBLE_LEN as u64 + header_len;
+        if file_len < body_offset {
+            return Err(BidError::Truncated {
+                expected: body_offset,
+                actual: file_len,
+                missing_chunks: None,
+            });
+        }
+        let mut header_bytes = vec![0u8; body_offset as usize];
+        read_at(&file, &mut header_bytes, 0)?;
+        let header = Header::decode(&header_bytes[PREAMBLE_LEN..])?;
+        let header_hash = crypto::sm3(&header_bytes);
+        let signer = header.signer.identity()?;
+
+        let mut bid = Self {
+            file,
+            header,
+            header_hash,
+            body_offset,
+            digests: Vec::new(),
+            signature: Vec::new(),
+            signer,
+            file_len,
+        };
+        bid.read_trailer()?;
+        let message = format::signed_message(&bid.header_hash, &bid.digests);
+        crypto::verify(bid.signer.key(), &message, &bid.signature)
+            .map_err(|_| BidError::BadSignature)?;
+        Ok(bid)
+    }
+
+    fn read_trailer(&mut self) -> Result<(), BidError> {
+        let count = self.header.chunk_count();
+        let body_end = self.body_offset + self.header.body_len();
+        let fixed = 4 + 32 * count + 2;
+        if !self.magic_at(body_end)? {
+            return Err(self.classify_displaced_trailer(body_end, fixed)?);
+        }
+        let mut listed = vec![0u8; (32 * count + 2) as usize];
+        read_at(&self.file, &mut listed, body_end + 4)?;
+        let (digest_bytes, sig_len) = listed.split_at(32 * count as usize);
+        let sig_len = u64::from(u16::from_be_bytes([sig_len[0], sig_len[1]]));
+        let end = body_end + fixed + sig_len;
+        if self.file_len < end {
+            return Err(BidError::Truncated {
+                expected: end,
+                actual: self.file_len,
+                missing_chunks: None,
+            });
+        }
+        if self.file_len > end {
+            return Err(BidError::TrailingBytes {
+                count: self.file_len - end,
+            });
+        }
+        self.digests = digest_bytes
+            .chunks_exact(32)
+            .map(|d| d.try_into().expect("chunks of 32"))
+            .collect();
+        self.signature = vec![0u8; sig_len as usize];
+        read_at(&self.file, &mut self.signature, body_end + fixed)?;
+        Ok(())
+    }
+
+    /// The trailer is not where the header says: tell truncation, extension and other damage apart.
+    fn classify_displaced_trailer(&self, body_end: u64, fixed: u64) -> Result<BidError, BidError> {
+        let stride = self.header.chunk_stride();
+        for k in 1..=MAX_PROBE_CHUNKS {
+            let later = body_end + k * stride;
+            if later + fixed <= self.file_len && self.magic_at(later)? {
+                return Ok(BidError::Extended { extra_chunks: k });
+            }
+        }
+        for k in 1..=MAX_PROBE_CHUNKS.min(self.header.chunk_count()) {
+            let Some(earlier) = body_end.checked_sub(k * stride) else {
+                break;
+            };
+            if earlier >= self.body_offset && self.magic_at(earlier)? {
+                return Ok(BidError::Truncated {
+                    expected: body_end + fixed,
+                    actual: self.file_len,
+                    missing_chunks: Some(k),
+                });
+            }
+        }
+        if self.file_len < body_end + fixed {
+            return Ok(BidError::Truncated {
+                expected: body_end + fixed,
+                actual: self.file_len,
+                missing_chunks: None,
+            });
+        }
+        Ok(BidError::LengthMismatch(format!(
+            "the header describes a body of {} bytes ending at offset {body_end}, but no signature trailer starts there",
+            self.header.body_len()
+        )))
+    }
+
+    fn magic_at(&self, offset: u64) -> Result<bool, BidError> {
+        if offset + 4 > self.file_len {
+            return Ok(false);
+        }
+        let mut magic = [0u8; 4];
+        read_at(&self.file, &mut magic, offset)?;
+        Ok(&magic == TRAILER_MAGIC)
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// SM3 of preamble and header: the associated data of every chunk.
+    pub fn header_hash(&self) -> &[u8; 32] {
+        &self.header_hash
+    }
+
+    /// The signed SM3 digests of the chunks, in order.
+    pub fn chunk_digests(&self) -> &[[u8; 32]] {
+        &self.digests
+    }
+
+    /// The bidder's DER signature over [`format::signed_message`].
+    pub fn signature(&self) -> &[u8] {
+        &self.signature
+    }
+
+    /// The signer embedded in the header, whose signature has been verified.
+    pub fn signer(&self) -> &PublicIdentity {
+        &self.signer
+    }
+
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    /// Offset of chunk 0.
+    pub fn body_offset(&self) -> u64 {
+        self.body_offset
+    }
+
+    /// The recipient entry for an encryption public key, if the bid was sealed to it.
+    pub fn recipient_for(&self, public: &PublicKey) -> Result<&Recipient, BidError> {
+        let id = crypto::key_id(public);
+        self.header
+            .recipients
+            .iter()
+            .find(|r| r.key_id == id)
+            .ok_or(BidError::NoRecipient {
+                recipients: self.header.recipients.len(),
+            })
+    }
+
+    /// Unwraps the file key with a recipient's private key and checks the key commitment.
+    pub fn unwrap_file_key(&self, key: &SecretKey) -> Result<FileKey, BidError> {
+        let recipient = self.recipient_for(&key.public_key())?;
+        let raw = crypto::unwrap_key(key, &recipient.wrapped_key).map_err(|e| match e {
+            KeyError::Unwrap | KeyError::UnwrapLength(_) => BidError::WrongKey,
+            other => BidError::Key(other),
+        })?;
+        self.accept_file_key(*raw)
+    }
+
+    /// Accepts a file key obtained elsewhere (e.g. re-wrapped by the bidder's phone) after checking
+    /// it against the header's commitment in constant time.
+    pub fn accept_file_key(&self, raw: [u8; 16]) -> Result<FileKey, BidError> {
+        let key = FileKey::derive(raw, &self.header.salt);
+        if !key.matches_commitment(&self.header.commitment) {
+            return Err(BidError::WrongKey);
+        }
+        Ok(key)
+    }
+
+    /// Opens the bid summary; touches no body chunk.
+    pub fn open_summary(&self, key: &FileKey) -> Result<BidSummary, BidError> {
+        let sealed = &self.header.sealed_summary;
+        let (body, tag) = sealed.split_at(sealed.len() - TAG_LEN);
+        let mut plain = body.to_vec();
+        crypto::open_in_place(
+            key.summary_cipher(),
+            &[0u8; 12],
+            format::SUMMARY_AAD,
+            &mut plain,
+            tag,
+        )
+        .map_err(|_| BidError::Summary("its authentication tag does not match".into()))?;
+        Ok(BidSummary::from_canonical(&plain)?)
+    }
+
+    /// Reads chunk `index` (ciphertext and tag) into `buf`.
+    fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), BidError> {
+        buf.resize(self.header.chunk_plain_len(index) + TAG_LEN, 0);
+        read_at(
+            &self.file,
+            buf,
+            self.body_offset + index * self.header.chunk_stride(),
+        )
+    }
+
+    fn chunk_buffer(&self) -> Vec<u8> {
+        Vec::with_capacity(self.header.chunk_size as usize + TAG_LEN)
+    }
+
+    /// Checks every chunk against its signed digest, in parallel. Needs no key.
+    pub fn verify_chunks(&self, progress: &dyn Progress) -> Result<(), BidError> {
+        let failed = (0..self.header.chunk_count())
+            .into_par_iter()
+            .map_init(
+                || self.chunk_buffer(),
+                |buf, index| -> Result<Option<u64>, BidError> {
+                    self.read_chunk(index, buf)?;
+                    progress.advance((buf.len() - TAG_LEN) as u64);
+                    Ok((crypto::sm3(buf) != self.digests[index as usize]).then_some(index))
+                },
+            )
+            .collect::<Result<Vec<_>, _>>()?;
+        match failed.into_iter().flatten().min() {
+            Some(index) => Err(self.classify_mismatch(index)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Names what is wrong with chunk `index`, whose digest did not match.
+    fn classify_mismatch(&self, index: u64) -> Result<BidError, BidError> {
+        let mut buf = self.chunk_buffer();
+        self.read_chunk(index, &mut buf)?;
+        let actual = crypto::sm3(&buf);
+        let Some(other) = self.digests.iter().position(|d| *d == actual) else {
+            return Ok(BidError::ChunkDamaged { index });
+        };
+        let other = other as u64;
+        self.read_chunk(other, &mut buf)?;
+        if crypto::sm3(&buf) == self.digests[other as usize] {
+            Ok(BidError::ChunkDuplicated {
+                index,
+                copy_of: other,
+            })
+        } else {
+            Ok(BidError::ChunkReordered {
+                index,
+                belongs_at: other,
+            })
+        }
+    }
+
+    /// Decrypts the body into the file `out`, in parallel. The file appears only when every chunk
+    /// has passed; on failure nothing is left behind. Returns the plaintext length.
+    pub fn decrypt_to(
+        &self,
+        key: &FileKey,
+        out: &Path,
+        options: DecryptOptions,
+        progress: &dyn Progress,
+    ) -> Result<u64, BidError> {
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let tmp = tempfile::NamedTempFile::new_in(parent).map_err(BidError::io(format!(
+            "creating a file in {}",
+            parent.display()
+        )))?;
+        self.decrypt_into(key, tmp.as_file(), options, progress)?;
+        tmp.persist(out).map_err(|e| BidError::Io {
+            context: format!("saving {}", out.display()),
+            source: e.error,
+        })?;
+        Ok(self.header.plaintext_len)
+    }
+
+    /// Decrypts the body into an open file (from offset 0). On error the file holds partial
+    /// plaintext: the caller must discard it, as [`Self::decrypt_to`] does.
+    pub fn decrypt_into(
+        &self,
+        key: &FileKey,
+        output: &File,
+        options: DecryptOptions,
+        progress: &dyn Progress,
+    ) -> Result<(), BidError> {
+        if !key.matches_commitment(&self.header.commitment) {
+            return Err(BidError::WrongKey);
+        }
+        output
+            .set_len(self.header.plaintext_len)
+            .map_err(BidError::io("sizing the output file"))?;
+        let count = self.header.chunk_count();
+        let chunk_size = u64::from(self.header.chunk_size);
+        let result = (0..count).into_par_iter().try_for_each_init(
+            || self.chunk_buffer(),
+            |buf, index| -> Result<(), BidError> {
+                self.read_chunk(index, buf)?;
+                if options.verify_digests && crypto::sm3(buf) != self.digests[index as usize] {
+                    return Err(BidError::ChunkDamaged { index });
+                }
+                let split = buf.len() - TAG_LEN;
+                let (body, tag) = buf.split_at_mut(split);
+                let nonce = format::chunk_nonce(&self.header.nonce_prefix, index, count);
+                crypto::open_in_place(key.body_cipher(), &nonce, &self.header_hash, body, tag)
+                    .map_err(|_| BidError::ChunkTag { index })?;
+                output
+                    .write_all_at(body, index * chunk_size)
+                    .map_err(BidError::io(format!("writing plaintext chunk {index}")))?;
+                progress.advance(body.len() as u64);
+                Ok(())
+            },
+        );
+        match result {
+            Err(BidError::ChunkDamaged { index }) => Err(self.classify_mismatch(index)?),
+            other => other,
+        }?;
+        output
+            .sync_all()
+            .map_err(BidError::io("flushing the decrypted bid to disk"))
+    }
+
+    /// Decrypts the body and unpacks the bid folder into `dir`, which must not exist or be empty.
+    /// The folder appears only when every chunk has passed.
+    pub fn unseal_to_dir(
+        &self,
+        key: &FileKey,
+        dir: &Path,
+        progress: &dyn Progress,
+    ) -> Result<(), BidError> {
+        if dir.exists() {
+            let empty = std::fs::read_dir(dir)
+                .map_err(BidError::io(format!("reading {}", dir.display())))?
+                .next()
+                .is_none();
+            if !empty {
+                return Err(BidError::Io {
+                    context: format!("{} already exists and is not empty", dir.display()),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "choose a new output folder",
+                    ),
+                });
+            }
+            std::fs::remove_dir(dir)
+                .map_err(BidError::io(format!("replacing {}", dir.display())))?;
+        }
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(parent)
+            .map_err(BidError::io(format!("creating {}", parent.display())))?;
+        let archive =
+            tempfile::tempfile_in(parent).map_err(BidError::io("creating a temporary archive"))?;
+        self.decrypt_into(key, &archive, DecryptOptions::default(), progress)?;
+        let staging = tempfile::Builder::new()
+            .prefix(".kaibiao-unseal")
+            .tempdir_in(parent)
+            .map_err(BidError::io("creating a temporary folder"))?;
+        super::unpack_archive(&archive, staging.path())?;
+        let staged = staging.keep();
+        std::fs::rename(&staged, dir).map_err(|source| {
+            let _ = std::fs::remove_dir_all(&staged);
+            BidError::Io {
+                context: format!("moving the unsealed bid to {}", dir.display()),
+                source,
+            }
+        })
+    }
+}
+
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> Result<(), BidError> {
+    file.read_exact_at(buf, offset).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::UnexpectedEof {
+            BidError::LengthMismatch(format!(
+                "the file ends before offset {}",
+                offset + buf.len() as u64
+            ))
+        } else {
+            BidError::Io {
+                context: "reading the bid file".into(),
+                source,
+            }
+        }
+    })
+}

@@ -131,9 +131,9 @@ fn bar(len: u64, verb: &str) -> ProgressBar {
 }
 
 pub fn seal(args: SealArgs) -> anyhow::Result<ExitCode> {
+    let bidder = Uscc::parse(&args.bidder).context("--bidder")?;
     let summary = BidSummary::from_toml(&read_text(&args.summary, "bid summary")?)
         .with_context(|| format!("in {}", args.summary.display()))?;
-    let bidder = Uscc::parse(&args.bidder).context("--bidder")?;
     let recipients = args
         .recipients
         .iter()

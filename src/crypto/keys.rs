@@ -176,10 +176,10 @@ pub fn unwrap_key(key: &SecretKey, wrapped: &[u8]) -> Result<Zeroizing<[u8; 16]>
 
 fn unwrap_any(key: &SecretKey, wrapped: &[u8]) -> Result<Vec<u8>, KeyError> {
     let c1c3c2 = DecryptingKey::new(key.clone());
-    if wrapped.first() == Some(&0x30) {
-        if let Ok(plain) = c1c3c2.decrypt_der(wrapped) {
-            return Ok(plain);
-        }
+    if wrapped.first() == Some(&0x30)
+        && let Ok(plain) = c1c3c2.decrypt_der(wrapped)
+    {
+        return Ok(plain);
     }
     // A raw ciphertext is C1 (64 or 65 bytes) + 32-byte hash + the message.
     let mut raw = wrapped.to_vec();

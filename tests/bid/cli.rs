@@ -1,0 +1,194 @@
+//! The bid tool as a user runs it.
+
+use assert_cmd::Command;
+
+use crate::helpers::{BIDDER, pattern};
+
+fn kaibiao() -> Command {
+    Command::cargo_bin("kaibiao").unwrap()
+}
+
+#[test]
+fn keygen_seal_inspect_verify_unseal() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    kaibiao()
+        .args(["keygen", "--out"])
+        .arg(d.join("keys"))
+        .assert()
+        .success();
+    std::fs::create_dir_all(d.join("bid/附件")).unwrap();
+    std::fs::write(d.join("bid/技术标.pdf"), pattern(300_000, 7)).unwrap();
+    std::fs::write(d.join("bid/附件/报价.xlsx"), pattern(5_000, 8)).unwrap();
+    std::fs::write(
+        d.join("summary.toml"),
+        "bidder_name = \"某公司\"\nprice_fen = 99900\nduration_days = 30\nquality = \"优良\"\n",
+    )
+    .unwrap();
+    kaibiao()
+        .current_dir(d)
+        .args([
+            "seal",
+            "--input",
+            "bid",
+            "--summary",
+            "summary.toml",
+            "--tender",
+            "ZB-1",
+            "--bidder",
+            BIDDER,
+            "--recipient",
+            "keys/enc.pub.pem",
+            "--sign-key",
+            "keys/sign.key.pem",
+            "--out",
+            "bid.kbid",
+            "--chunk-size",
+            "65536",
+            "--threads",
+            "2",
+        ])
+        .assert()
+        .success();
+    let inspect = kaibiao()
+        .current_dir(d)
+        .args(["inspect", "bid.kbid"])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&inspect.get_output().stdout).into_owned();
+    assert!(
+        text.contains("ZB-1") && text.contains(BIDDER) && text.contains("valid"),
+        "{text}"
+    );
+    kaibiao()
+        .current_dir(d)
+        .args(["verify", "bid.kbid"])
+        .assert()
+        .success();
+    let unseal = kaibiao()
+        .current_dir(d)
+        .args([
+            "unseal",
+            "bid.kbid",
+            "--key",
+            "keys/enc.key.pem",
+            "--out",
+            "opened",
+            "--threads",
+            "1",
+        ])
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&unseal.get_output().stdout).into_owned();
+    assert!(text.contains("999.00"), "{text}");
+    assert_eq!(
+        std::fs::read(d.join("bid/技术标.pdf")).unwrap(),
+        std::fs::read(d.join("opened/技术标.pdf")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(d.join("bid/附件/报价.xlsx")).unwrap(),
+        std::fs::read(d.join("opened/附件/报价.xlsx")).unwrap()
+    );
+
+    // A damaged file: verify fails with a reason naming the chunk, unseal leaves nothing behind.
+    let mut bytes = std::fs::read(d.join("bid.kbid")).unwrap();
+    let n = bytes.len();
+    bytes[n - 300] ^= 1;
+    std::fs::write(d.join("bid.kbid"), bytes).unwrap();
+    let failed = kaibiao()
+        .current_dir(d)
+        .args(["verify", "bid.kbid"])
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&failed.get_output().stderr).into_owned();
+    assert!(err.contains("error:"), "{err}");
+    kaibiao()
+        .current_dir(d)
+        .args([
+            "unseal",
+            "bid.kbid",
+            "--key",
+            "keys/enc.key.pem",
+            "--out",
+            "again",
+        ])
+        .assert()
+        .failure();
+    assert!(!d.join("again").exists());
+}
+
+#[test]
+fn unseal_with_the_wrong_certificate_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    kaibiao()
+        .args(["keygen", "--out"])
+        .arg(d.join("a"))
+        .assert()
+        .success();
+    kaibiao()
+        .args(["keygen", "--out"])
+        .arg(d.join("b"))
+        .assert()
+        .success();
+    std::fs::write(d.join("plain.bin"), pattern(1000, 1)).unwrap();
+    std::fs::write(
+        d.join("s.toml"),
+        "bidder_name = \"x\"\nprice_fen = 1\nduration_days = 1\nquality = \"q\"\n",
+    )
+    .unwrap();
+    kaibiao()
+        .current_dir(d)
+        .args([
+            "seal",
+            "--input",
+            "plain.bin",
+            "--summary",
+            "s.toml",
+            "--tender",
+            "T",
+            "--bidder",
+            BIDDER,
+            "--recipient",
+            "a/enc.pub.pem",
+            "--sign-key",
+            "a/sign.key.pem",
+            "--out",
+            "x.kbid",
+        ])
+        .assert()
+        .success();
+    let out = kaibiao()
+        .current_dir(d)
+        .args(["unseal", "x.kbid", "--key", "b/enc.key.pem", "--out", "o"])
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("非正确的加密证书"), "{err}");
+}
+
+#[test]
+fn a_bad_credit_code_is_refused_with_the_reason() {
+    let out = kaibiao()
+        .args([
+            "seal",
+            "--input",
+            ".",
+            "--summary",
+            "s.toml",
+            "--tender",
+            "T",
+            "--bidder",
+            "91350100M000100Y44",
+            "--recipient",
+            "x",
+            "--sign-key",
+            "y",
+            "--out",
+            "z",
+        ])
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("check digit"), "{err}");
+}

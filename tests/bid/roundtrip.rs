@@ -1,0 +1,139 @@
+use kaibiao::engine::{DecryptOptions, NoProgress, SealedBid};
+use proptest::prelude::*;
+
+use crate::helpers::{Bidder, pattern, summary};
+
+fn round_trip(len: usize, chunk_size: u32, threads: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let bidder = Bidder::new();
+    let data = pattern(len, len as u64 ^ u64::from(chunk_size));
+    let path = bidder.seal_bytes(dir.path(), &data, chunk_size);
+    let bid = SealedBid::open(&path).unwrap();
+    assert_eq!(bid.header().plaintext_len, len as u64);
+    assert_eq!(
+        bid.header().chunk_count(),
+        (len as u64).div_ceil(u64::from(chunk_size)).max(1)
+    );
+    let key = bid.unwrap_file_key(&bidder.enc).unwrap();
+    assert_eq!(bid.open_summary(&key).unwrap(), summary());
+    let out = dir.path().join("plain.out");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        bid.verify_chunks(&NoProgress).unwrap();
+        bid.decrypt_to(&key, &out, DecryptOptions::default(), &NoProgress)
+            .unwrap()
+    });
+    assert!(std::fs::read(&out).unwrap() == data, "plaintext differs");
+}
+
+#[test]
+fn edge_sizes_round_trip() {
+    for (len, chunk) in [
+        (0, 64),
+        (1, 64),
+        (64, 64),
+        (128, 64),
+        (65, 64),
+        (4096 * 3, 4096),
+    ] {
+        round_trip(len, chunk, 2);
+    }
+}
+
+#[test]
+fn many_chunks_on_one_and_two_threads() {
+    round_trip(300 * 64 + 17, 64, 1);
+    round_trip(300 * 64 + 17, 64, 2);
+}
+
+#[test]
+fn default_chunk_size_round_trips() {
+    round_trip(2 * 1024 * 1024 + 5, kaibiao::format::DEFAULT_CHUNK_SIZE, 2);
+}
+
+#[test]
+fn the_summary_opens_without_touching_the_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let bidder = Bidder::new();
+    let path = bidder.seal_bytes(dir.path(), &pattern(10_000, 3), 1024);
+    // Destroy every body byte: the summary must still open, the body must not.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let bid = SealedBid::open(&path).unwrap();
+    let start = bid.body_offset() as usize;
+    let end = start + bid.header().body_len() as usize;
+    bytes[start..end].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    let bid = SealedBid::open(&path).unwrap();
+    let key = bid.unwrap_file_key(&bidder.enc).unwrap();
+    assert_eq!(bid.open_summary(&key).unwrap(), summary());
+    assert!(bid.verify_chunks(&NoProgress).is_err());
+}
+
+#[test]
+fn a_backup_recipient_opens_the_same_bid() {
+    let dir = tempfile::tempdir().unwrap();
+    let bidder = Bidder::new();
+    let backup = kaibiao::crypto::generate_secret_key();
+    let input = dir.path().join("in");
+    std::fs::write(&input, pattern(5000, 9)).unwrap();
+    let out = dir.path().join("bid.kbid");
+    let summary = summary();
+    let recipients = [bidder.enc.public_key(), backup.public_key()];
+    kaibiao::engine::seal_file(
+        &input,
+        &out,
+        &bidder.params(&summary, &recipients, 1024),
+        &NoProgress,
+    )
+    .unwrap();
+    let bid = SealedBid::open(&out).unwrap();
+    let a = bid.unwrap_file_key(&bidder.enc).unwrap();
+    let b = bid.unwrap_file_key(&backup).unwrap();
+    assert_eq!(a.raw(), b.raw());
+}
+
+#[test]
+fn folders_round_trip_through_seal_dir_and_unseal_to_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bid");
+    std::fs::create_dir_all(input.join("图纸")).unwrap();
+    std::fs::write(input.join("商务标.pdf"), pattern(200_000, 1)).unwrap();
+    std::fs::write(input.join("图纸/总平面图.dwg"), pattern(70_000, 2)).unwrap();
+    std::fs::write(input.join("empty.txt"), b"").unwrap();
+    let bidder = Bidder::new();
+    let summary = summary();
+    let recipients = [bidder.enc.public_key()];
+    let sealed = dir.path().join("bid.kbid");
+    kaibiao::engine::seal_dir(
+        &input,
+        &sealed,
+        &bidder.params(&summary, &recipients, 4096),
+        &NoProgress,
+    )
+    .unwrap();
+    let bid = SealedBid::open(&sealed).unwrap();
+    let key = bid.unwrap_file_key(&bidder.enc).unwrap();
+    let out = dir.path().join("opened");
+    bid.unseal_to_dir(&key, &out, &NoProgress).unwrap();
+    for name in ["商务标.pdf", "图纸/总平面图.dwg", "empty.txt"] {
+        assert_eq!(
+            std::fs::read(input.join(name)).unwrap(),
+            std::fs::read(out.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    // Unsealing again into the now non-empty folder is refused and changes nothing.
+    assert!(bid.unseal_to_dir(&key, &out, &NoProgress).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn random_sizes_round_trip(len in 0usize..20_000, chunk in prop::sample::select(vec![64u32, 100, 1024, 4096])) {
+        round_trip(len, chunk, 2);
+    }
+}

@@ -8,7 +8,13 @@
 //! - [`domain`]: validated value types (unified social credit code, bid summary).
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod crypto;
+pub mod db;
 pub mod domain;
 pub mod engine;
 pub mod format;
+pub mod hall;
+pub mod metrics;
+pub mod phone;
+pub mod server;

@@ -1,6 +1,7 @@
 //! Command-line parsing and the subcommands.
 
 mod bidtool;
+mod hall;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,48 @@ enum Command {
     },
     /// Decrypt a sealed bid with a recipient's private key (the offline / backup path).
     Unseal(bidtool::UnsealArgs),
+    /// Run the hall server (SQLite under ./data and 127.0.0.1:8080 unless told otherwise).
+    Serve(hall::ServeArgs),
+    /// Manage agent accounts.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// A minimal reference phone (标证通 stand-in).
+    #[command(subcommand)]
+    Phone(PhoneCommand),
+    /// Start a server with a demo opening, sealed bids and simulated phones.
+    Demo(hall::DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Create an agent (招标代理) account; the password comes from --password,
+    /// KAIBIAO_AGENT_PASSWORD or standard input.
+    CreateAgent {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        password: Option<String>,
+        #[command(flatten)]
+        server: hall::ServeArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PhoneCommand {
+    /// Scan a decryption QR code: fetch the challenge, unwrap, re-wrap to the hall, sign, answer.
+    Scan {
+        /// What the QR code holds (its URL), or a bare challenge nonce with --server.
+        payload: String,
+        /// The hall's address, when PAYLOAD is a bare nonce.
+        #[arg(long)]
+        server: Option<String>,
+        /// The bidder's SM2 encryption private key (PKCS#8 PEM).
+        #[arg(long)]
+        enc_key: PathBuf,
+        /// The bidder's SM2 signing private key (PKCS#8 PEM).
+        #[arg(long)]
+        sign_key: PathBuf,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -48,5 +91,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect { bid } => bidtool::inspect(&bid),
         Command::Verify { bid, threads } => bidtool::verify(&bid, threads),
         Command::Unseal(args) => bidtool::unseal(args),
+        Command::Serve(args) => hall::serve(args),
+        Command::Admin(AdminCommand::CreateAgent {
+            username,
+            password,
+            server,
+        }) => hall::create_agent(server, username, password),
+        Command::Phone(PhoneCommand::Scan {
+            payload,
+            server,
+            enc_key,
+            sign_key,
+        }) => hall::phone_scan(&payload, server.as_deref(), &enc_key, &sign_key),
+        Command::Demo(args) => hall::demo(args),
     }
 }

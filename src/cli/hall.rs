@@ -1,0 +1,340 @@
+//! The server side of the command: serve, admin, phone, demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use kaibiao::config::Settings;
+use kaibiao::crypto;
+use kaibiao::domain::{BidSummary, Uscc};
+use kaibiao::engine::{self, NoProgress, SealParams};
+use kaibiao::hall::{NewBidder, NewOpening};
+use kaibiao::phone::{self, Answer, ChallengeView};
+use kaibiao::server::Application;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long)]
+    bind: Option<std::net::SocketAddr>,
+    /// Data folder (default ./data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A TOML settings file; KAIBIAO_* environment variables override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let mut settings = Settings::load(self.config.as_deref())?;
+        if let Some(bind) = self.bind {
+            settings.bind = bind;
+        }
+        if let Some(dir) = &self.data_dir {
+            settings.data_dir = dir.clone();
+        }
+        Ok(settings)
+    }
+}
+
+pub fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let settings = args.settings()?;
+    init_tracing(&settings.log);
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings).await?;
+        tracing::info!(port = app.port(), "kaibiao is serving; open /console");
+        app.run_until_stopped().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn create_agent(
+    args: ServeArgs,
+    username: String,
+    password: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut settings = args.settings()?;
+    settings.bind = "127.0.0.1:0".parse()?;
+    let password = match password.or_else(|| std::env::var("KAIBIAO_AGENT_PASSWORD").ok()) {
+        Some(p) => p,
+        None => rpassword_prompt()?,
+    };
+    actix_web::rt::System::new().block_on(async move {
+        let db = kaibiao::db::Db::connect(&settings.database_url()).await?;
+        let hall = kaibiao::hall::Hall::new(
+            db,
+            settings,
+            kaibiao::hall::system_clock(),
+            Default::default(),
+        )
+        .await?;
+        hall.create_agent(&username, &password).await?;
+        println!("created the agent {username}");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn rpassword_prompt() -> anyhow::Result<String> {
+    use std::io::BufRead;
+    eprint!("password for the new agent (at least 8 characters): ");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end().to_owned())
+}
+
+/// Fetches a challenge, answers it, and returns the server's reply.
+pub async fn scan(
+    url: &str,
+    enc: &sm2::SecretKey,
+    sign: &sm2::SecretKey,
+) -> anyhow::Result<serde_json::Value> {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let mut res = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the hall at {url}: {e}"))?;
+    let body = res.body().await?;
+    if !res.status().is_success() {
+        let text: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        anyhow::bail!(
+            "the hall refused the QR code: {}",
+            text["message"].as_str().unwrap_or("unknown reason")
+        );
+    }
+    let view: ChallengeView =
+        serde_json::from_slice(&body).context("the hall's answer is not a challenge")?;
+    let answer: Answer = phone::answer_challenge(&view, enc, sign)?;
+    let mut res = client
+        .post(&view.answer_url)
+        .send_json(&answer)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot send the answer: {e}"))?;
+    let body = res.body().await?;
+    let reply: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if !res.status().is_success() {
+        anyhow::bail!(
+            "the hall refused the answer: {}",
+            reply["message"].as_str().unwrap_or("unknown reason")
+        );
+    }
+    Ok(reply)
+}
+
+pub fn phone_scan(
+    payload: &str,
+    server: Option<&str>,
+    enc_key: &std::path::Path,
+    sign_key: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let enc = crypto::load_private_pem(
+        &std::fs::read_to_string(enc_key)
+            .with_context(|| format!("reading {}", enc_key.display()))?,
+    )?;
+    let sign = crypto::load_private_pem(
+        &std::fs::read_to_string(sign_key)
+            .with_context(|| format!("reading {}", sign_key.display()))?,
+    )?;
+    let url = phone::challenge_url(payload, server);
+    actix_web::rt::System::new().block_on(async move {
+        let reply = scan(&url, &enc, &sign).await?;
+        println!(
+            "accepted: {}",
+            serde_json::to_string_pretty(&reply["summary"])?
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Number of bidders.
+    #[arg(long, default_value_t = 5)]
+    bidders: usize,
+    /// Size of each bid in MiB.
+    #[arg(long, default_value_t = 64)]
+    size: u64,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: std::net::SocketAddr,
+}
+
+const DEMO_NAMES: &[&str] = &[
+    "华建", "中铁", "城投", "宏远", "鑫达", "安泰", "恒通", "正源", "博远", "天成",
+];
+
+pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    init_tracing("warn,kaibiao=info");
+    let work = tempfile::Builder::new().prefix("kaibiao-demo").tempdir()?;
+    let password = hex::encode(crypto::random_bytes::<8>()?);
+    let settings = Settings {
+        bind: args.bind,
+        data_dir: work.path().join("data"),
+        admin_password: Some(password.clone()),
+        ..Settings::default()
+    };
+    println!("sealing {} bids of {} MiB each…", args.bidders, args.size);
+    struct DemoBidder {
+        uscc: Uscc,
+        name: String,
+        sign: sm2::SecretKey,
+        enc: sm2::SecretKey,
+        file: PathBuf,
+    }
+    let mut bidders = Vec::new();
+    for i in 0..args.bidders {
+        let name = format!(
+            "{}建设工程有限公司{}",
+            DEMO_NAMES[i % DEMO_NAMES.len()],
+            i + 1
+        );
+        let uscc = Uscc::with_check_digit(&format!("9135010000{:07}", 1000 + i))?;
+        let sign = crypto::generate_secret_key();
+        let enc = crypto::generate_secret_key();
+        let plain = work.path().join(format!("plain{i}.bin"));
+        {
+            use std::io::Write;
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&plain)?);
+            let block: Vec<u8> = (0..1024 * 1024)
+                .map(|j| ((j * 7 + i * 13) % 251) as u8)
+                .collect();
+            for _ in 0..args.size {
+                f.write_all(&block)?;
+            }
+        }
+        let summary = BidSummary {
+            bidder_name: name.clone(),
+            price_fen: 98_000_000 + (i as u64 * 1_234_567) % 5_000_000,
+            duration_days: 180 + (i as u32 % 5) * 10,
+            quality: "合格".into(),
+            fields: [("项目经理".to_owned(), format!("工程师{}", i + 1))].into(),
+        };
+        let signer = crypto::parse_public_der(
+            &sm2::pkcs8::EncodePublicKey::to_public_key_der(&sign.public_key())?.into_vec(),
+            false,
+        )?;
+        let file = work.path().join(format!("bid{i}.kbid"));
+        engine::seal_file(
+            &plain,
+            &file,
+            &SealParams {
+                tender_id: "ZB-DEMO-2026-001",
+                bidder: uscc.clone(),
+                summary: &summary,
+                recipients: &[enc.public_key()],
+                sign_key: &sign,
+                signer: &signer,
+                chunk_size: kaibiao::format::DEFAULT_CHUNK_SIZE,
+                created_at: 0,
+            },
+            &NoProgress,
+        )?;
+        std::fs::remove_file(plain)?;
+        bidders.push(DemoBidder {
+            uscc,
+            name,
+            sign,
+            enc,
+            file,
+        });
+    }
+
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings).await?;
+        let port = app.port();
+        let hall = app.hall().clone();
+        let server = actix_web::rt::spawn(app.run_until_stopped());
+        let base = format!("http://127.0.0.1:{port}");
+        let now = hall.now();
+        let (agent, _) = hall.db().agent_by_username("admin").await?.context("the demo agent")?;
+        let opening = hall
+            .create_opening(&agent, NewOpening {
+                tender_id: "ZB-DEMO-2026-001".into(),
+                name: "某市政道路改造工程施工招标（演示）".into(),
+                deadline_ms: now + 20_000,
+                opening_ms: now + 20_000,
+                decrypt_limit_secs: 600,
+            })
+            .await?;
+        for b in &bidders {
+            hall.register_bidder(&opening.id, NewBidder {
+                uscc: b.uscc.to_string(),
+                name: b.name.clone(),
+                sign_keys: vec![crypto::public_key_pem(&b.sign.public_key())?],
+                enc_keys: vec![crypto::public_key_pem(&b.enc.public_key())?],
+            })
+            .await?;
+        }
+        println!("\n  hall display:  {base}/hall/{}\n  agent console: {base}/console  (user admin, password {password})\n", opening.id);
+        let client = awc::Client::builder().timeout(Duration::from_secs(600)).finish();
+        for b in &bidders {
+            let file = tokio::fs::File::open(&b.file).await?;
+            let stream = tokio_util_stream(file);
+            let mut res = client
+                .put(format!("{base}/api/openings/{}/bids/{}", opening.id, b.uscc))
+                .send_stream(stream)
+                .await
+                .map_err(|e| anyhow::anyhow!("upload: {e}"))?;
+            let body = res.body().limit(1 << 20).await?;
+            anyhow::ensure!(res.status().is_success(), "upload refused: {}", String::from_utf8_lossy(&body));
+            println!("uploaded {} — receipt SM3 {}", b.name, serde_json::from_slice::<serde_json::Value>(&body)?["sm3"].as_str().unwrap_or(""));
+        }
+        let wait = (opening.opening_ms - hall.now()).max(0) as u64;
+        println!("bid deadline in {}s; decryption starts then", wait / 1000);
+        tokio::time::sleep(Duration::from_millis(wait + 200)).await;
+        hall.start_decryption(&opening.id).await?;
+        println!("decryption started: phones scan after random delays");
+        for (i, b) in bidders.into_iter().enumerate() {
+            let hall = hall.clone();
+            let opening_id = opening.id.clone();
+            actix_web::rt::spawn(async move {
+                let delay = 2 + (crypto::random_bytes::<1>().map(|r| r[0]).unwrap_or(0) as u64 % 8) + i as u64;
+                tokio::time::sleep(Duration::from_secs(delay)).await;
+                let snapshot = hall.snapshot(&opening_id, kaibiao::hall::Role::Public).await.ok();
+                let url = snapshot.and_then(|s| {
+                    s["bids"].as_array()?.iter().find(|x| x["bidder_code"] == b.uscc.as_str())?["qr"]["url"].as_str().map(str::to_owned)
+                });
+                match url {
+                    Some(url) => match scan(&phone::challenge_url(&url, None), &b.enc, &b.sign).await {
+                        Ok(_) => println!("{} scanned and answered", b.name),
+                        Err(e) => println!("{}: {e:#}", b.name),
+                    },
+                    None => println!("{}: no QR code to scan", b.name),
+                }
+            });
+        }
+        println!("press Ctrl-C to stop the demo");
+        server.await??;
+        drop(work);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A file as a stream of byte chunks for an HTTP body.
+fn tokio_util_stream(
+    file: tokio::fs::File,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    futures_util::stream::unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 256 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    })
+}

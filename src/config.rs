@@ -1,0 +1,136 @@
+//! Settings: defaults in code, then a TOML file, then `KAIBIAO_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+
+/// Why the settings could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("the settings are not valid: {0}")]
+pub struct ConfigError(String);
+
+/// Everything the server can be told. Works with no file and no variables at all.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Where bids, decrypted files and the SQLite database live.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; empty means SQLite at `<data_dir>/kaibiao.db`.
+    pub database_url: String,
+    /// The address bidders' phones reach the server at, put into QR codes; empty means
+    /// `http://<bind>`.
+    pub public_url: String,
+    /// The largest bid upload accepted, in bytes.
+    pub max_upload_bytes: u64,
+    /// How long a decryption QR code stays valid.
+    pub challenge_ttl_secs: u64,
+    /// If set and no agent exists, an agent `admin` with this password is created at start.
+    pub admin_password: Option<String>,
+    /// Mark session cookies `Secure` (set when served over HTTPS).
+    pub secure_cookies: bool,
+    /// `tracing` filter, e.g. `info` or `kaibiao=debug,info`.
+    pub log: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            database_url: String::new(),
+            public_url: String::new(),
+            max_upload_bytes: 8 * 1024 * 1024 * 1024,
+            challenge_ttl_secs: 120,
+            admin_password: None,
+            secure_cookies: false,
+            log: "info".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("bind", &self.bind)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("public_url", &self.public_url)
+            .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("challenge_ttl_secs", &self.challenge_ttl_secs)
+            .field(
+                "admin_password",
+                &self.admin_password.as_ref().map(|_| "<set>"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hides a password in a database URL.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://<credentials>{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Settings {
+    /// Defaults, overridden by `file` (if given) and then by `KAIBIAO_*` variables
+    /// (`KAIBIAO_BIND`, `KAIBIAO_DATABASE_URL`, …).
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!(
+                    "the config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment
+            .merge(Env::prefixed("KAIBIAO_"))
+            .extract()
+            .map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// The database URL actually used.
+    pub fn database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!("sqlite://{}/kaibiao.db", self.data_dir.display())
+        } else {
+            self.database_url.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_without_anything() {
+        let s = Settings::default();
+        assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.database_url(), "sqlite://./data/kaibiao.db");
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let s = Settings {
+            database_url: "postgres://u:secret@h/db".into(),
+            admin_password: Some("pw".into()),
+            ..Settings::default()
+        };
+        let text = format!("{s:?}");
+        assert!(
+            !text.contains("secret") && !text.contains("\"pw\""),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,680 @@
+//! The database: SQLite or PostgreSQL through one `sqlx` Any pool, chosen by the URL.
+//!
+//! Queries are checked at run time (`query_as`), not by `query!` macros, so one code path serves
+//! both backends; each backend has its own migrations, run at start.
+
+use std::str::FromStr;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row};
+
+/// Why the database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("the database URL must start with sqlite:// or postgres://, not {0:?}")]
+    Scheme(String),
+    #[error("cannot open the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("cannot bring the database schema up to date: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OpeningRow {
+    pub id: String,
+    pub tender_id: String,
+    pub name: String,
+    pub deadline_ms: i64,
+    pub opening_ms: i64,
+    pub decrypt_limit_secs: i64,
+    pub state: String,
+    pub decrypt_started_ms: Option<i64>,
+    pub decrypt_deadline_ms: Option<i64>,
+    pub hall_public: Option<Vec<u8>>,
+    pub hall_secret_sealed: Option<Vec<u8>>,
+    pub failure: Option<String>,
+    pub created_by: String,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BidderRow {
+    pub id: String,
+    pub opening_id: String,
+    pub uscc: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BidderKeyRow {
+    pub bidder_id: String,
+    pub usage: String,
+    pub key_id: String,
+    pub der: Vec<u8>,
+    pub is_cert: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BidRow {
+    pub id: String,
+    pub opening_id: String,
+    pub bidder_id: String,
+    pub state: String,
+    pub path: String,
+    pub size: i64,
+    pub sm3: String,
+    pub plaintext_len: i64,
+    pub received_ms: i64,
+    pub summary: Option<String>,
+    pub answer: Option<Vec<u8>>,
+    pub plain_path: Option<String>,
+    pub plain_sm3: Option<String>,
+    pub failure: Option<String>,
+    pub fault: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ChallengeRow {
+    pub nonce: String,
+    pub opening_id: String,
+    pub bid_id: String,
+    pub expires_ms: i64,
+    pub used: i64,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct EventRow {
+    pub opening_id: String,
+    pub seq: i64,
+    pub ts_ms: i64,
+    pub kind: String,
+    pub audience: String,
+    pub payload: String,
+    pub hash: String,
+}
+
+const OPENING_COLS: &str = "id, tender_id, name, deadline_ms, opening_ms, decrypt_limit_secs, state, decrypt_started_ms, decrypt_deadline_ms, hall_public, hall_secret_sealed, failure, created_by, created_ms";
+const BID_COLS: &str = "id, opening_id, bidder_id, state, path, size, sm3, plaintext_len, received_ms, summary, answer, plain_path, plain_sm3, failure, fault";
+
+impl Db {
+    /// Connects (creating a SQLite file and its folder if missing) and runs the migrations.
+    pub async fn connect(url: &str) -> Result<Self, DbError> {
+        install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(DbError::Scheme(url.to_owned()));
+        };
+        let pool = match backend {
+            Backend::Sqlite => {
+                let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                    .map_err(DbError::Connect)?
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(std::time::Duration::from_secs(10));
+                if let Some(dir) = options.get_filename().parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| DbError::Connect(e.into()))?;
+                }
+                // Make sure the file exists with our options, then use it through the Any driver.
+                let native = sqlx::SqlitePool::connect_with(options)
+                    .await
+                    .map_err(DbError::Connect)?;
+                sqlx::migrate!("src/db/migrations/sqlite")
+                    .run(&native)
+                    .await?;
+                native.close().await;
+                let url = with_sqlite_pragmas(url);
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .connect(&url)
+                    .await
+                    .map_err(DbError::Connect)?
+            }
+            Backend::Postgres => {
+                let native = sqlx::PgPool::connect(url).await.map_err(DbError::Connect)?;
+                sqlx::migrate!("src/db/migrations/postgres")
+                    .run(&native)
+                    .await?;
+                native.close().await;
+                AnyPoolOptions::new()
+                    .max_connections(16)
+                    .connect(url)
+                    .await
+                    .map_err(DbError::Connect)?
+            }
+        };
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // --- agents -------------------------------------------------------------------------------
+
+    pub async fn count_agents(&self) -> Result<i64, DbError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM agents")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")?)
+    }
+
+    pub async fn insert_agent(
+        &self,
+        id: &str,
+        username: &str,
+        hash: &str,
+        now: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO agents (id, username, password_hash, created_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(username)
+        .bind(hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// `(id, password_hash)` of an agent.
+    pub async fn agent_by_username(
+        &self,
+        username: &str,
+    ) -> Result<Option<(String, String)>, DbError> {
+        let row = sqlx::query("SELECT id, password_hash FROM agents WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get("id")?, r.try_get("password_hash")?)),
+            None => None,
+        })
+    }
+
+    pub async fn insert_agent_token(
+        &self,
+        hash: &str,
+        agent_id: &str,
+        kind: &str,
+        expires: i64,
+        now: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query("INSERT INTO agent_tokens (token_hash, agent_id, kind, expires_ms, created_ms) VALUES ($1, $2, $3, $4, $5)")
+            .bind(hash)
+            .bind(agent_id)
+            .bind(kind)
+            .bind(expires)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn agent_for_token(&self, hash: &str, now: i64) -> Result<Option<String>, DbError> {
+        let row = sqlx::query(
+            "SELECT agent_id FROM agent_tokens WHERE token_hash = $1 AND expires_ms > $2",
+        )
+        .bind(hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("agent_id")?),
+            None => None,
+        })
+    }
+
+    pub async fn delete_agent_token(&self, hash: &str) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM agent_tokens WHERE token_hash = $1")
+            .bind(hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // --- openings -----------------------------------------------------------------------------
+
+    pub async fn insert_opening(&self, o: &OpeningRow) -> Result<(), DbError> {
+        sqlx::query(&format!("INSERT INTO openings ({OPENING_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"))
+            .bind(&o.id)
+            .bind(&o.tender_id)
+            .bind(&o.name)
+            .bind(o.deadline_ms)
+            .bind(o.opening_ms)
+            .bind(o.decrypt_limit_secs)
+            .bind(&o.state)
+            .bind(o.decrypt_started_ms)
+            .bind(o.decrypt_deadline_ms)
+            .bind(o.hall_public.clone())
+            .bind(o.hall_secret_sealed.clone())
+            .bind(o.failure.clone())
+            .bind(&o.created_by)
+            .bind(o.created_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn opening(&self, id: &str) -> Result<Option<OpeningRow>, DbError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {OPENING_COLS} FROM openings WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn openings(&self) -> Result<Vec<OpeningRow>, DbError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {OPENING_COLS} FROM openings ORDER BY opening_ms DESC"
+        ))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn openings_in_state(&self, state: &str) -> Result<Vec<OpeningRow>, DbError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {OPENING_COLS} FROM openings WHERE state = $1"
+        ))
+        .bind(state)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Moves an opening from one state to another; false if it was no longer in `from`.
+    pub async fn transition_opening(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        failure: Option<&str>,
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query("UPDATE openings SET state = $1, failure = COALESCE($2, failure) WHERE id = $3 AND state = $4")
+            .bind(to)
+            .bind(failure)
+            .bind(id)
+            .bind(from)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn start_decryption(
+        &self,
+        id: &str,
+        started: i64,
+        deadline: i64,
+        hall_public: &[u8],
+        hall_secret_sealed: &[u8],
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query("UPDATE openings SET state = 'decrypting', decrypt_started_ms = $1, decrypt_deadline_ms = $2, hall_public = $3, hall_secret_sealed = $4 WHERE id = $5 AND state = 'scheduled'")
+            .bind(started)
+            .bind(deadline)
+            .bind(hall_public.to_vec())
+            .bind(hall_secret_sealed.to_vec())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // --- bidders ------------------------------------------------------------------------------
+
+    pub async fn insert_bidder(&self, b: &BidderRow, keys: &[BidderKeyRow]) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO bidders (id, opening_id, uscc, name) VALUES ($1, $2, $3, $4)")
+            .bind(&b.id)
+            .bind(&b.opening_id)
+            .bind(&b.uscc)
+            .bind(&b.name)
+            .execute(&mut *tx)
+            .await?;
+        for k in keys {
+            sqlx::query("INSERT INTO bidder_keys (bidder_id, usage, key_id, der, is_cert) VALUES ($1, $2, $3, $4, $5)")
+                .bind(&k.bidder_id)
+                .bind(&k.usage)
+                .bind(&k.key_id)
+                .bind(k.der.clone())
+                .bind(k.is_cert)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn bidders(&self, opening_id: &str) -> Result<Vec<BidderRow>, DbError> {
+        Ok(sqlx::query_as(
+            "SELECT id, opening_id, uscc, name FROM bidders WHERE opening_id = $1 ORDER BY uscc",
+        )
+        .bind(opening_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn bidder_by_uscc(
+        &self,
+        opening_id: &str,
+        uscc: &str,
+    ) -> Result<Option<BidderRow>, DbError> {
+        Ok(sqlx::query_as(
+            "SELECT id, opening_id, uscc, name FROM bidders WHERE opening_id = $1 AND uscc = $2",
+        )
+        .bind(opening_id)
+        .bind(uscc)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn bidder(&self, id: &str) -> Result<Option<BidderRow>, DbError> {
+        Ok(
+            sqlx::query_as("SELECT id, opening_id, uscc, name FROM bidders WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn bidder_keys(
+        &self,
+        bidder_id: &str,
+        usage: &str,
+    ) -> Result<Vec<BidderKeyRow>, DbError> {
+        Ok(sqlx::query_as("SELECT bidder_id, usage, key_id, der, is_cert FROM bidder_keys WHERE bidder_id = $1 AND usage = $2")
+            .bind(bidder_id)
+            .bind(usage)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    // --- bids ---------------------------------------------------------------------------------
+
+    /// Stores a bid, replacing the bidder's earlier one; returns the replaced bid's file path.
+    pub async fn put_bid(&self, b: &BidRow) -> Result<Option<String>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let old = sqlx::query("SELECT id, path FROM bids WHERE opening_id = $1 AND bidder_id = $2")
+            .bind(&b.opening_id)
+            .bind(&b.bidder_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let mut old_path = None;
+        if let Some(old) = old {
+            let old_id: String = old.try_get("id")?;
+            old_path = Some(old.try_get("path")?);
+            sqlx::query("DELETE FROM challenges WHERE bid_id = $1")
+                .bind(&old_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM bids WHERE id = $1")
+                .bind(&old_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(&format!("INSERT INTO bids ({BID_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"))
+            .bind(&b.id)
+            .bind(&b.opening_id)
+            .bind(&b.bidder_id)
+            .bind(&b.state)
+            .bind(&b.path)
+            .bind(b.size)
+            .bind(&b.sm3)
+            .bind(b.plaintext_len)
+            .bind(b.received_ms)
+            .bind(b.summary.clone())
+            .bind(b.answer.clone())
+            .bind(b.plain_path.clone())
+            .bind(b.plain_sm3.clone())
+            .bind(b.failure.clone())
+            .bind(b.fault.clone())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(old_path)
+    }
+
+    pub async fn bids(&self, opening_id: &str) -> Result<Vec<BidRow>, DbError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {BID_COLS} FROM bids WHERE opening_id = $1 ORDER BY received_ms, id"
+        ))
+        .bind(opening_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn bid(&self, id: &str) -> Result<Option<BidRow>, DbError> {
+        Ok(
+            sqlx::query_as(&format!("SELECT {BID_COLS} FROM bids WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn count_bids_by_state(&self) -> Result<Vec<(String, i64)>, DbError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM bids GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    pub async fn count_openings_by_state(&self) -> Result<Vec<(String, i64)>, DbError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM openings GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    /// Moves a bid between states; false if it was no longer in `from`.
+    pub async fn transition_bid(&self, id: &str, from: &str, to: &str) -> Result<bool, DbError> {
+        let done = sqlx::query("UPDATE bids SET state = $1 WHERE id = $2 AND state = $3")
+            .bind(to)
+            .bind(id)
+            .bind(from)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records an accepted key answer and the opened summary: awaiting_key → decrypting.
+    pub async fn accept_answer(
+        &self,
+        id: &str,
+        answer: &[u8],
+        summary: &str,
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query("UPDATE bids SET state = 'decrypting', answer = $1, summary = $2 WHERE id = $3 AND state = 'awaiting_key'")
+            .bind(answer.to_vec())
+            .bind(summary)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn finish_bid(&self, id: &str, plain_path: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE bids SET state = 'decrypted', plain_path = $1 WHERE id = $2 AND state = 'decrypting'")
+            .bind(plain_path)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_plain_sm3(&self, id: &str, sm3: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE bids SET plain_sm3 = $1 WHERE id = $2")
+            .bind(sm3)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn fail_bid(
+        &self,
+        id: &str,
+        state: &str,
+        failure: &str,
+        fault: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query("UPDATE bids SET state = $1, failure = $2, fault = $3 WHERE id = $4")
+            .bind(state)
+            .bind(failure)
+            .bind(fault)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // --- challenges ---------------------------------------------------------------------------
+
+    pub async fn insert_challenge(&self, c: &ChallengeRow) -> Result<(), DbError> {
+        sqlx::query("INSERT INTO challenges (nonce, opening_id, bid_id, expires_ms, used, created_ms) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(&c.nonce)
+            .bind(&c.opening_id)
+            .bind(&c.bid_id)
+            .bind(c.expires_ms)
+            .bind(c.used)
+            .bind(c.created_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn challenge(&self, nonce: &str) -> Result<Option<ChallengeRow>, DbError> {
+        Ok(sqlx::query_as("SELECT nonce, opening_id, bid_id, expires_ms, used, created_ms FROM challenges WHERE nonce = $1")
+            .bind(nonce)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// The newest challenge of a bid.
+    pub async fn current_challenge(&self, bid_id: &str) -> Result<Option<ChallengeRow>, DbError> {
+        Ok(sqlx::query_as("SELECT nonce, opening_id, bid_id, expires_ms, used, created_ms FROM challenges WHERE bid_id = $1 ORDER BY created_ms DESC, nonce LIMIT 1")
+            .bind(bid_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Marks a challenge used; false if it already was (a replay).
+    pub async fn use_challenge(&self, nonce: &str) -> Result<bool, DbError> {
+        let done = sqlx::query("UPDATE challenges SET used = 1 WHERE nonce = $1 AND used = 0")
+            .bind(nonce)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // --- events -------------------------------------------------------------------------------
+
+    pub async fn insert_event(&self, e: &EventRow) -> Result<(), DbError> {
+        sqlx::query("INSERT INTO events (opening_id, seq, ts_ms, kind, audience, payload, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(&e.opening_id)
+            .bind(e.seq)
+            .bind(e.ts_ms)
+            .bind(&e.kind)
+            .bind(&e.audience)
+            .bind(&e.payload)
+            .bind(&e.hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn events_since(
+        &self,
+        opening_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, DbError> {
+        Ok(sqlx::query_as("SELECT opening_id, seq, ts_ms, kind, audience, payload, hash FROM events WHERE opening_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+            .bind(opening_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn last_event(&self, opening_id: &str) -> Result<Option<(i64, String)>, DbError> {
+        let row = sqlx::query(
+            "SELECT seq, hash FROM events WHERE opening_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(opening_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get("seq")?, r.try_get("hash")?)),
+            None => None,
+        })
+    }
+
+    // --- evaluators ---------------------------------------------------------------------------
+
+    pub async fn insert_evaluator_token(
+        &self,
+        hash: &str,
+        opening_id: &str,
+        now: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO evaluator_tokens (token_hash, opening_id, created_ms) VALUES ($1, $2, $3)",
+        )
+        .bind(hash)
+        .bind(opening_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn evaluator_opening(&self, hash: &str) -> Result<Option<String>, DbError> {
+        let row = sqlx::query("SELECT opening_id FROM evaluator_tokens WHERE token_hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("opening_id")?),
+            None => None,
+        })
+    }
+}
+
+/// The Any driver takes options from the URL only: keep WAL and foreign keys on every connection.
+fn with_sqlite_pragmas(url: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}mode=rwc")
+}

@@ -1,0 +1,96 @@
+//! What can go wrong in the hall, in words the person at the other end can act on.
+
+use crate::db::DbError;
+use crate::format::BidError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HallError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("sign in first (or send a valid API token)")]
+    Unauthorized,
+    #[error("wrong user name or password")]
+    BadLogin,
+    #[error("not allowed: {0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    WrongState(String),
+    #[error("the bid deadline has passed ({0}); no upload, replacement or withdrawal is accepted")]
+    AfterDeadline(String),
+    #[error("decryption cannot start before the opening time ({0})")]
+    BeforeOpening(String),
+    #[error("the bid is {size} bytes, more than the limit of {limit} bytes")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("the bid was refused: {0}")]
+    BidRejected(#[from] BidError),
+    #[error("this QR code is unknown; scan the code shown on the hall display now")]
+    ChallengeUnknown,
+    #[error("this QR code has expired; a new one is shown on the hall display, scan it")]
+    ChallengeExpired,
+    #[error("this QR code was already used; a second answer is refused")]
+    ChallengeUsed,
+    #[error(
+        "the decryption key does not belong to this bid (非正确的加密证书): use the encryption certificate the bid was sealed with"
+    )]
+    WrongCertificate,
+    #[error(
+        "the answer's signature is not valid, or not made by a certificate registered for this bidder"
+    )]
+    BadAnswerSignature,
+    #[error("the decryption window is closed")]
+    WindowClosed,
+    #[error("this bid is already decrypted or being decrypted")]
+    AlreadyDecrypted,
+    #[error("the decrypted files are not released yet; the agent releases them after the opening")]
+    NotReleased,
+    #[error("internal error: {0}")]
+    Db(#[from] DbError),
+    #[error("internal error: {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl HallError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+
+    /// A stable machine-readable code, shown to phones and on the hall display.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::Unauthorized => "unauthorized",
+            Self::BadLogin => "bad_login",
+            Self::Forbidden(_) => "forbidden",
+            Self::Invalid(_) => "invalid",
+            Self::WrongState(_) => "wrong_state",
+            Self::AfterDeadline(_) => "after_deadline",
+            Self::BeforeOpening(_) => "before_opening",
+            Self::TooLarge { .. } => "too_large",
+            Self::BidRejected(_) => "bid_rejected",
+            Self::ChallengeUnknown => "qr_unknown",
+            Self::ChallengeExpired => "qr_expired",
+            Self::ChallengeUsed => "qr_used",
+            Self::WrongCertificate => "wrong_certificate",
+            Self::BadAnswerSignature => "bad_signature",
+            Self::WindowClosed => "window_closed",
+            Self::AlreadyDecrypted => "already_decrypted",
+            Self::NotReleased => "not_released",
+            Self::Db(_) | Self::Io { .. } | Self::Internal(_) => "internal",
+        }
+    }
+
+    /// True for errors whose detail belongs in the log, not in the answer.
+    pub fn is_internal(&self) -> bool {
+        self.code() == "internal"
+    }
+}

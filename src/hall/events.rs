@@ -1,0 +1,143 @@
+//! The append-only, SM3 hash-chained event log of each opening, and its live broadcast.
+//!
+//! Every state change is stored with the next per-opening sequence number *before* it is sent.
+//! `hash_n = SM3(hash_{n-1} ‖ seq ‖ ts ‖ kind ‖ audience ‖ payload)` (hex, fields separated by
+//! newlines, `hash_0` = 64 zeros), so any change to a stored event breaks the chain.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use tokio::sync::{Mutex, broadcast};
+
+use super::HallError;
+use crate::crypto;
+use crate::db::{Db, EventRow};
+
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+const CHANNEL_CAPACITY: usize = 1024;
+
+/// Who may see an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Public,
+    Evaluator,
+    Agent,
+}
+
+impl Role {
+    pub fn can_see(self, audience: &str) -> bool {
+        match audience {
+            "public" => true,
+            "evaluator" => self >= Role::Evaluator,
+            _ => self == Role::Agent,
+        }
+    }
+}
+
+/// What travels on an opening's broadcast channel.
+#[derive(Debug, Clone)]
+pub enum BusMsg {
+    Event(Arc<EventRow>),
+    /// Coalesced decryption progress: not a state change, not stored.
+    Progress(Arc<str>),
+}
+
+pub struct EventBus {
+    db: Db,
+    tails: DashMap<String, Arc<Mutex<Option<(i64, String)>>>>,
+    channels: DashMap<String, broadcast::Sender<BusMsg>>,
+}
+
+pub fn chain_hash(prev: &str, e: &EventRow) -> String {
+    let text = format!(
+        "{prev}\n{}\n{}\n{}\n{}\n{}",
+        e.seq, e.ts_ms, e.kind, e.audience, e.payload
+    );
+    hex::encode(crypto::sm3(text.as_bytes()))
+}
+
+impl EventBus {
+    pub fn new(db: Db) -> Self {
+        Self {
+            db,
+            tails: DashMap::new(),
+            channels: DashMap::new(),
+        }
+    }
+
+    fn sender(&self, opening_id: &str) -> broadcast::Sender<BusMsg> {
+        self.channels
+            .entry(opening_id.to_owned())
+            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .clone()
+    }
+
+    pub fn subscribe(&self, opening_id: &str) -> broadcast::Receiver<BusMsg> {
+        self.sender(opening_id).subscribe()
+    }
+
+    pub fn receivers(&self) -> usize {
+        self.channels.iter().map(|c| c.receiver_count()).sum()
+    }
+
+    /// Stores an event and then broadcasts it.
+    pub async fn append(
+        &self,
+        opening_id: &str,
+        kind: &str,
+        audience: &str,
+        payload: serde_json::Value,
+        now: i64,
+    ) -> Result<Arc<EventRow>, HallError> {
+        let tail = self.tails.entry(opening_id.to_owned()).or_default().clone();
+        let mut tail = tail.lock().await;
+        let (last_seq, last_hash) = match tail.as_ref() {
+            Some(t) => t.clone(),
+            None => self
+                .db
+                .last_event(opening_id)
+                .await?
+                .unwrap_or((0, GENESIS.to_owned())),
+        };
+        let mut event = EventRow {
+            opening_id: opening_id.to_owned(),
+            seq: last_seq + 1,
+            ts_ms: now,
+            kind: kind.to_owned(),
+            audience: audience.to_owned(),
+            payload: payload.to_string(),
+            hash: String::new(),
+        };
+        event.hash = chain_hash(&last_hash, &event);
+        self.db.insert_event(&event).await?;
+        *tail = Some((event.seq, event.hash.clone()));
+        let event = Arc::new(event);
+        // Nobody listening is fine: the event is stored and will be replayed.
+        let _ = self.sender(opening_id).send(BusMsg::Event(event.clone()));
+        Ok(event)
+    }
+
+    pub fn progress(&self, opening_id: &str, message: Arc<str>) {
+        let _ = self.sender(opening_id).send(BusMsg::Progress(message));
+    }
+
+    /// Recomputes the whole chain of an opening; returns the number of events, or the first
+    /// sequence number whose hash does not match.
+    pub async fn verify_chain(&self, opening_id: &str) -> Result<Result<i64, i64>, HallError> {
+        let mut prev = GENESIS.to_owned();
+        let mut after = 0;
+        loop {
+            let page = self.db.events_since(opening_id, after, 1000).await?;
+            if page.is_empty() {
+                return Ok(Ok(after));
+            }
+            for e in page {
+                if e.seq != after + 1 || chain_hash(&prev, &e) != e.hash {
+                    return Ok(Err(e.seq));
+                }
+                prev = e.hash.clone();
+                after = e.seq;
+            }
+        }
+    }
+}

@@ -1,0 +1,1325 @@
+//! The live hall: openings, bidders, bids, scan-to-decrypt and the event log.
+//!
+//! Architecture invariant: this module knows the database but nothing of actix; the HTTP layer
+//! (`crate::server`) is a thin translation of requests into these calls.
+
+mod error;
+mod events;
+mod vault;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use dashmap::DashMap;
+use serde_json::json;
+use sm2::SecretKey;
+use sm2::pkcs8::EncodePublicKey;
+
+pub use error::HallError;
+pub use events::{BusMsg, EventBus, GENESIS, Role, chain_hash};
+use vault::Vault;
+
+use crate::config::Settings;
+use crate::crypto::{self, FileKey};
+use crate::db::{BidRow, BidderKeyRow, BidderRow, ChallengeRow, Db, OpeningRow};
+use crate::domain::{BidSummary, Uscc};
+use crate::engine::{DecryptOptions, SealedBid};
+use crate::format::BidError;
+use crate::metrics::Metrics;
+use crate::phone::{Answer, ChallengeView, RecipientView, answer_message};
+
+/// Milliseconds since the Unix epoch; tests substitute a clock they can move.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    })
+}
+
+/// Runs CPU-bound work on the Rayon pool and waits for it without blocking the executor.
+pub async fn on_rayon<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, HallError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let span = tracing::Span::current();
+    rayon::spawn(move || {
+        let _guard = span.enter();
+        let _ = tx.send(f());
+    });
+    rx.await
+        .map_err(|_| HallError::Internal("a background computation panicked".into()))
+}
+
+fn random_hex<const N: usize>() -> Result<String, HallError> {
+    crypto::random_bytes::<N>()
+        .map(hex::encode)
+        .map_err(|e| HallError::Internal(e.to_string()))
+}
+
+fn token_hash(token: &str) -> String {
+    hex::encode(crypto::sm3(token.as_bytes()))
+}
+
+fn fmt_time(ms: i64) -> String {
+    format!("{ms} ms since 1970-01-01 UTC")
+}
+
+/// A new opening, as the agent enters it.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct NewOpening {
+    pub tender_id: String,
+    pub name: String,
+    pub deadline_ms: i64,
+    pub opening_ms: i64,
+    pub decrypt_limit_secs: i64,
+}
+
+/// A bidder registered for an opening, with the certificates or public keys it uses (PEM).
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct NewBidder {
+    pub uscc: String,
+    pub name: String,
+    pub sign_keys: Vec<String>,
+    pub enc_keys: Vec<String>,
+}
+
+/// The receipt (回执) of an upload.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Receipt {
+    pub bid_id: String,
+    pub opening_id: String,
+    pub tender_id: String,
+    pub bidder: String,
+    pub size: u64,
+    pub sm3: String,
+    pub received_ms: i64,
+    pub replaced: bool,
+}
+
+struct Active {
+    opening_id: String,
+    total: u64,
+    done: AtomicU64,
+    started: Instant,
+    reported: AtomicU64,
+}
+
+impl crate::engine::Progress for Active {
+    fn advance(&self, bytes: u64) {
+        self.done.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+struct Inner {
+    db: Db,
+    settings: Settings,
+    clock: Clock,
+    vault: Vault,
+    bus: EventBus,
+    hall_keys: DashMap<String, Arc<SecretKey>>,
+    active: DashMap<String, Arc<Active>>,
+    metrics: Metrics,
+}
+
+#[derive(Clone)]
+pub struct Hall {
+    inner: Arc<Inner>,
+}
+
+impl Hall {
+    pub async fn new(
+        db: Db,
+        settings: Settings,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> Result<Self, HallError> {
+        for dir in ["bids", "plain", "uploads"] {
+            std::fs::create_dir_all(settings.data_dir.join(dir)).map_err(HallError::io(
+                format!("creating {}/{dir}", settings.data_dir.display()),
+            ))?;
+        }
+        let vault = Vault::open_or_create(&settings.data_dir)?;
+        let hall = Self {
+            inner: Arc::new(Inner {
+                bus: EventBus::new(db.clone()),
+                db,
+                settings,
+                clock,
+                vault,
+                hall_keys: DashMap::new(),
+                active: DashMap::new(),
+                metrics,
+            }),
+        };
+        if let Some(password) = hall.inner.settings.admin_password.clone()
+            && hall.inner.db.count_agents().await? == 0
+        {
+            hall.create_agent("admin", &password).await?;
+            tracing::info!("created the agent account admin from the settings");
+        }
+        hall.resume().await?;
+        Ok(hall)
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    pub fn bus(&self) -> &EventBus {
+        &self.inner.bus
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub fn now(&self) -> i64 {
+        (self.inner.clock)()
+    }
+
+    pub fn upload_dir(&self) -> PathBuf {
+        self.inner.settings.data_dir.join("uploads")
+    }
+
+    fn public_url(&self) -> String {
+        if self.inner.settings.public_url.is_empty() {
+            format!("http://{}", self.inner.settings.bind)
+        } else {
+            self.inner
+                .settings
+                .public_url
+                .trim_end_matches('/')
+                .to_owned()
+        }
+    }
+
+    /// The URL a decryption QR code holds.
+    pub fn qr_url(&self, nonce: &str) -> String {
+        format!("{}/m/{nonce}", self.public_url())
+    }
+
+    async fn event(
+        &self,
+        opening_id: &str,
+        kind: &str,
+        audience: &str,
+        payload: serde_json::Value,
+    ) -> Result<(), HallError> {
+        self.inner
+            .bus
+            .append(opening_id, kind, audience, payload, self.now())
+            .await?;
+        Ok(())
+    }
+
+    // --- agents -------------------------------------------------------------------------------
+
+    pub async fn create_agent(&self, username: &str, password: &str) -> Result<(), HallError> {
+        let username = username.trim().to_owned();
+        if username.is_empty() || username.len() > 64 {
+            return Err(HallError::Invalid(
+                "a user name needs 1 to 64 characters".into(),
+            ));
+        }
+        if password.chars().count() < 8 {
+            return Err(HallError::Invalid(
+                "a password needs at least 8 characters".into(),
+            ));
+        }
+        if self.inner.db.agent_by_username(&username).await?.is_some() {
+            return Err(HallError::Invalid(format!(
+                "the agent {username} already exists"
+            )));
+        }
+        let password = zeroize::Zeroizing::new(password.to_owned());
+        let hash = on_rayon(move || {
+            use argon2::PasswordHasher;
+            let salt = argon2::password_hash::SaltString::generate(
+                &mut argon2::password_hash::rand_core::OsRng,
+            );
+            argon2::Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+        })
+        .await?
+        .map_err(|e| HallError::Internal(format!("hashing the password: {e}")))?;
+        self.inner
+            .db
+            .insert_agent(&random_hex::<16>()?, &username, &hash, self.now())
+            .await?;
+        Ok(())
+    }
+
+    /// Checks a password and opens a session; returns the session token for the cookie.
+    pub async fn login(&self, username: &str, password: &str) -> Result<String, HallError> {
+        let Some((agent_id, hash)) = self.inner.db.agent_by_username(username.trim()).await? else {
+            return Err(HallError::BadLogin);
+        };
+        let password = zeroize::Zeroizing::new(password.to_owned());
+        let ok = on_rayon(move || {
+            use argon2::PasswordVerifier;
+            argon2::password_hash::PasswordHash::new(&hash)
+                .map(|parsed| {
+                    argon2::Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await?;
+        if !ok {
+            return Err(HallError::BadLogin);
+        }
+        self.issue_agent_token(&agent_id, "session", 12 * 3600 * 1000)
+            .await
+    }
+
+    /// An API token for automation (valid one year).
+    pub async fn issue_agent_token(
+        &self,
+        agent_id: &str,
+        kind: &str,
+        valid_ms: i64,
+    ) -> Result<String, HallError> {
+        let token = format!("kb_{}", random_hex::<32>()?);
+        let now = self.now();
+        self.inner
+            .db
+            .insert_agent_token(&token_hash(&token), agent_id, kind, now + valid_ms, now)
+            .await?;
+        Ok(token)
+    }
+
+    pub async fn agent_for_token(&self, token: &str) -> Result<String, HallError> {
+        self.inner
+            .db
+            .agent_for_token(&token_hash(token), self.now())
+            .await?
+            .ok_or(HallError::Unauthorized)
+    }
+
+    pub async fn logout(&self, token: &str) -> Result<(), HallError> {
+        Ok(self.inner.db.delete_agent_token(&token_hash(token)).await?)
+    }
+
+    pub async fn evaluator_opening(&self, token: &str) -> Result<String, HallError> {
+        self.inner
+            .db
+            .evaluator_opening(&token_hash(token))
+            .await?
+            .ok_or(HallError::Unauthorized)
+    }
+
+    // --- openings -----------------------------------------------------------------------------
+
+    pub async fn opening(&self, id: &str) -> Result<OpeningRow, HallError> {
+        self.inner
+            .db
+            .opening(id)
+            .await?
+            .ok_or(HallError::NotFound("opening"))
+    }
+
+    pub async fn create_opening(
+        &self,
+        agent_id: &str,
+        new: NewOpening,
+    ) -> Result<OpeningRow, HallError> {
+        let tender_id = new.tender_id.trim().to_owned();
+        if tender_id.is_empty() || tender_id.len() > 128 {
+            return Err(HallError::Invalid(
+                "the tender id needs 1 to 128 bytes".into(),
+            ));
+        }
+        if new.name.trim().is_empty() {
+            return Err(HallError::Invalid("the opening needs a name".into()));
+        }
+        if new.opening_ms < new.deadline_ms {
+            return Err(HallError::Invalid(
+                "the opening time cannot be before the bid deadline".into(),
+            ));
+        }
+        if !(10..=24 * 3600).contains(&new.decrypt_limit_secs) {
+            return Err(HallError::Invalid(
+                "the decryption time limit must be 10 seconds to 24 hours (commonly 1800 or 3600)"
+                    .into(),
+            ));
+        }
+        let now = self.now();
+        let row = OpeningRow {
+            id: random_hex::<8>()?,
+            tender_id,
+            name: new.name.trim().to_owned(),
+            deadline_ms: new.deadline_ms,
+            opening_ms: new.opening_ms,
+            decrypt_limit_secs: new.decrypt_limit_secs,
+            state: "scheduled".into(),
+            decrypt_started_ms: None,
+            decrypt_deadline_ms: None,
+            hall_public: None,
+            hall_secret_sealed: None,
+            failure: None,
+            created_by: agent_id.to_owned(),
+            created_ms: now,
+        };
+        self.inner.db.insert_opening(&row).await?;
+        self.event(
+            &row.id,
+            "opening.created",
+            "public",
+            json!({"tender_id": row.tender_id, "name": row.name, "deadline_ms": row.deadline_ms,
+                   "opening_ms": row.opening_ms, "decrypt_limit_secs": row.decrypt_limit_secs}),
+        )
+        .await?;
+        Ok(row)
+    }
+
+    pub async fn register_bidder(
+        &self,
+        opening_id: &str,
+        new: NewBidder,
+    ) -> Result<BidderRow, HallError> {
+        let opening = self.opening(opening_id).await?;
+        if opening.state != "scheduled" {
+            return Err(HallError::WrongState(
+                "bidders can only be registered before decryption starts".into(),
+            ));
+        }
+        let uscc = Uscc::parse(&new.uscc).map_err(|e| HallError::Invalid(e.to_string()))?;
+        if new.name.trim().is_empty() {
+            return Err(HallError::Invalid("the bidder needs a name".into()));
+        }
+        if new.sign_keys.is_empty() || new.enc_keys.is_empty() {
+            return Err(HallError::Invalid(
+                "register at least one signing and one encryption certificate or public key".into(),
+            ));
+        }
+        if self
+            .inner
+            .db
+            .bidder_by_uscc(opening_id, uscc.as_str())
+            .await?
+            .is_some()
+        {
+            return Err(HallError::Invalid(format!(
+                "the bidder {uscc} is already registered"
+            )));
+        }
+        let bidder = BidderRow {
+            id: random_hex::<8>()?,
+            opening_id: opening_id.to_owned(),
+            uscc: uscc.to_string(),
+            name: new.name.trim().to_owned(),
+        };
+        let mut keys = Vec::new();
+        for (usage, pems) in [("sign", &new.sign_keys), ("enc", &new.enc_keys)] {
+            for pem in pems {
+                let identity = crypto::load_public_pem(pem)
+                    .map_err(|e| HallError::Invalid(format!("{usage} key: {e}")))?;
+                let (der, is_cert) = match &identity {
+                    crypto::PublicIdentity::PublicKey { spki_der, .. } => (spki_der.clone(), 0),
+                    crypto::PublicIdentity::Certificate { cert_der, .. } => (cert_der.clone(), 1),
+                };
+                let key_id = hex::encode(crypto::key_id(identity.key()));
+                if !keys
+                    .iter()
+                    .any(|k: &BidderKeyRow| k.usage == usage && k.key_id == key_id)
+                {
+                    keys.push(BidderKeyRow {
+                        bidder_id: bidder.id.clone(),
+                        usage: usage.into(),
+                        key_id,
+                        der,
+                        is_cert,
+                    });
+                }
+            }
+        }
+        self.inner.db.insert_bidder(&bidder, &keys).await?;
+        self.event(
+            opening_id,
+            "bidder.registered",
+            "public",
+            json!({"uscc": bidder.uscc, "name": bidder.name}),
+        )
+        .await?;
+        Ok(bidder)
+    }
+
+    /// Takes an uploaded file (already on disk in the upload folder), checks it and files it.
+    /// On any refusal the upload is deleted and nothing else changes.
+    pub async fn receive_bid(
+        &self,
+        opening_id: &str,
+        uscc: &str,
+        upload: PathBuf,
+        received_ms: i64,
+    ) -> Result<Receipt, HallError> {
+        let result = self
+            .receive_bid_inner(opening_id, uscc, &upload, received_ms)
+            .await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(&upload);
+        }
+        result
+    }
+
+    async fn receive_bid_inner(
+        &self,
+        opening_id: &str,
+        uscc: &str,
+        upload: &Path,
+        received_ms: i64,
+    ) -> Result<Receipt, HallError> {
+        let opening = self.opening(opening_id).await?;
+        if opening.state != "scheduled" || received_ms >= opening.deadline_ms {
+            return Err(HallError::AfterDeadline(fmt_time(opening.deadline_ms)));
+        }
+        let bidder = self
+            .inner
+            .db
+            .bidder_by_uscc(opening_id, uscc)
+            .await?
+            .ok_or(HallError::NotFound("registered bidder"))?;
+        let path = upload.to_owned();
+        let (header, signer_id, sm3, size) = on_rayon(move || -> Result<_, BidError> {
+            let bid = SealedBid::open(&path)?;
+            let (chunks, whole) = rayon::join(
+                || bid.verify_chunks(&crate::engine::NoProgress),
+                || file_sm3(&path),
+            );
+            chunks?;
+            let signer_id = hex::encode(crypto::key_id(bid.signer().key()));
+            Ok((bid.header().clone(), signer_id, whole?, bid.file_len()))
+        })
+        .await??;
+        if header.tender_id != opening.tender_id {
+            return Err(HallError::Invalid(format!(
+                "the bid was sealed for tender {}, this opening is for tender {}",
+                header.tender_id, opening.tender_id
+            )));
+        }
+        if header.bidder.as_str() != bidder.uscc {
+            return Err(HallError::Invalid(format!(
+                "the bid was sealed by {} but uploaded for {}",
+                header.bidder, bidder.uscc
+            )));
+        }
+        let sign_keys = self.inner.db.bidder_keys(&bidder.id, "sign").await?;
+        if !sign_keys.iter().any(|k| k.key_id == signer_id) {
+            return Err(HallError::Invalid(
+                "the bid is signed by a certificate not registered for this bidder".into(),
+            ));
+        }
+        let enc_keys = self.inner.db.bidder_keys(&bidder.id, "enc").await?;
+        if !header
+            .recipients
+            .iter()
+            .any(|r| enc_keys.iter().any(|k| k.key_id == hex::encode(r.key_id)))
+        {
+            return Err(HallError::Invalid(
+                "the bid is not sealed to any encryption certificate registered for this bidder, so it could not be decrypted at the opening (非正确的加密证书)".into(),
+            ));
+        }
+        let bid_id = random_hex::<8>()?;
+        let dir = self.inner.settings.data_dir.join("bids").join(opening_id);
+        std::fs::create_dir_all(&dir).map_err(HallError::io("creating the bid folder"))?;
+        let final_path = dir.join(format!("{bid_id}.kbid"));
+        std::fs::rename(upload, &final_path).map_err(HallError::io("filing the bid"))?;
+        let row = BidRow {
+            id: bid_id.clone(),
+            opening_id: opening_id.to_owned(),
+            bidder_id: bidder.id.clone(),
+            state: "received".into(),
+            path: final_path.to_string_lossy().into_owned(),
+            size: size as i64,
+            sm3: sm3.clone(),
+            plaintext_len: header.plaintext_len as i64,
+            received_ms,
+            summary: None,
+            answer: None,
+            plain_path: None,
+            plain_sm3: None,
+            failure: None,
+            fault: None,
+        };
+        let replaced = match self.inner.db.put_bid(&row).await {
+            Ok(old) => old,
+            Err(e) => {
+                let _ = std::fs::remove_file(&final_path);
+                return Err(e.into());
+            }
+        };
+        if let Some(old) = &replaced {
+            let _ = std::fs::remove_file(old);
+        }
+        self.event(
+            opening_id,
+            "bid.received",
+            "public",
+            json!({"bid_id": bid_id, "bidder_code": bidder.uscc, "bidder_name": bidder.name, "size": size,
+                   "sm3": sm3, "received_ms": received_ms, "replaced": replaced.is_some()}),
+        )
+        .await?;
+        Ok(Receipt {
+            bid_id,
+            opening_id: opening_id.to_owned(),
+            tender_id: opening.tender_id,
+            bidder: bidder.uscc,
+            size,
+            sm3,
+            received_ms,
+            replaced: replaced.is_some(),
+        })
+    }
+
+    /// Starts decryption: refused before the opening time. Makes the hall key and a QR per bid.
+    pub async fn start_decryption(&self, opening_id: &str) -> Result<(), HallError> {
+        let opening = self.opening(opening_id).await?;
+        if opening.state != "scheduled" {
+            return Err(HallError::WrongState(format!(
+                "decryption cannot start: the opening is {}",
+                opening.state
+            )));
+        }
+        let now = self.now();
+        if now < opening.opening_ms {
+            return Err(HallError::BeforeOpening(fmt_time(opening.opening_ms)));
+        }
+        let secret = crypto::generate_secret_key();
+        let public = secret
+            .public_key()
+            .to_public_key_der()
+            .map_err(|e| HallError::Internal(e.to_string()))?
+            .into_vec();
+        let sealed = self
+            .inner
+            .vault
+            .seal(&format!("hall:{opening_id}"), &secret.to_bytes())?;
+        let deadline = now + opening.decrypt_limit_secs * 1000;
+        if !self
+            .inner
+            .db
+            .start_decryption(opening_id, now, deadline, &public, &sealed)
+            .await?
+        {
+            return Err(HallError::WrongState(
+                "decryption was started already".into(),
+            ));
+        }
+        self.inner
+            .hall_keys
+            .insert(opening_id.to_owned(), Arc::new(secret));
+        self.event(
+            opening_id,
+            "decryption.started",
+            "public",
+            json!({"started_ms": now, "deadline_ms": deadline, "hall_key_id": hex::encode(crypto::sm3(&public))}),
+        )
+        .await?;
+        for bid in self.inner.db.bids(opening_id).await? {
+            if self
+                .inner
+                .db
+                .transition_bid(&bid.id, "received", "awaiting_key")
+                .await?
+            {
+                self.issue_challenge(opening_id, &bid.id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn issue_challenge(
+        &self,
+        opening_id: &str,
+        bid_id: &str,
+    ) -> Result<ChallengeRow, HallError> {
+        let now = self.now();
+        let row = ChallengeRow {
+            nonce: random_hex::<16>()?,
+            opening_id: opening_id.to_owned(),
+            bid_id: bid_id.to_owned(),
+            expires_ms: now + self.inner.settings.challenge_ttl_secs as i64 * 1000,
+            used: 0,
+            created_ms: now,
+        };
+        self.inner.db.insert_challenge(&row).await?;
+        self.event(
+            opening_id,
+            "qr.issued",
+            "public",
+            json!({"bid_id": bid_id, "nonce": row.nonce, "url": self.qr_url(&row.nonce), "expires_ms": row.expires_ms}),
+        )
+        .await?;
+        Ok(row)
+    }
+
+    /// The hall's private key of an opening, from the cache or unsealed from the database.
+    fn hall_key(&self, opening: &OpeningRow) -> Result<Arc<SecretKey>, HallError> {
+        if let Some(key) = self.inner.hall_keys.get(&opening.id) {
+            return Ok(key.clone());
+        }
+        let sealed = opening
+            .hall_secret_sealed
+            .as_deref()
+            .ok_or_else(|| HallError::WrongState("decryption has not started".into()))?;
+        let bytes = self
+            .inner
+            .vault
+            .open(&format!("hall:{}", opening.id), sealed)?;
+        let key = SecretKey::from_slice(&bytes)
+            .map_err(|_| HallError::Internal("a stored hall key is invalid".into()))?;
+        let key = Arc::new(key);
+        self.inner.hall_keys.insert(opening.id.clone(), key.clone());
+        Ok(key)
+    }
+
+    /// Checks a scanned challenge is usable now; returns its rows.
+    async fn live_challenge(
+        &self,
+        nonce: &str,
+    ) -> Result<(ChallengeRow, OpeningRow, BidRow), HallError> {
+        if nonce.len() != 32 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(HallError::ChallengeUnknown);
+        }
+        let challenge = self
+            .inner
+            .db
+            .challenge(nonce)
+            .await?
+            .ok_or(HallError::ChallengeUnknown)?;
+        let opening = self.opening(&challenge.opening_id).await?;
+        let bid = self
+            .inner
+            .db
+            .bid(&challenge.bid_id)
+            .await?
+            .ok_or(HallError::ChallengeUnknown)?;
+        let now = self.now();
+        if matches!(bid.state.as_str(), "decrypting" | "decrypted") {
+            return Err(HallError::AlreadyDecrypted);
+        }
+        if opening.state != "decrypting" || opening.decrypt_deadline_ms.is_some_and(|d| now >= d) {
+            return Err(HallError::WindowClosed);
+        }
+        if bid.state != "awaiting_key" {
+            return Err(HallError::WrongState(format!("the bid is {}", bid.state)));
+        }
+        if challenge.used != 0 {
+            return Err(HallError::ChallengeUsed);
+        }
+        if now >= challenge.expires_ms {
+            return Err(HallError::ChallengeExpired);
+        }
+        Ok((challenge, opening, bid))
+    }
+
+    /// What the phone is shown for a QR code.
+    pub async fn challenge_view(&self, nonce: &str) -> Result<ChallengeView, HallError> {
+        let (challenge, opening, bid) = self.live_challenge(nonce).await?;
+        let bidder = self
+            .inner
+            .db
+            .bidder(&bid.bidder_id)
+            .await?
+            .ok_or(HallError::NotFound("bidder"))?;
+        let path = PathBuf::from(&bid.path);
+        let header = on_rayon(move || SealedBid::open(&path).map(|b| b.header().clone())).await??;
+        Ok(ChallengeView {
+            nonce: challenge.nonce.clone(),
+            opening_id: opening.id.clone(),
+            tender_id: opening.tender_id.clone(),
+            tender_name: opening.name.clone(),
+            bid_id: bid.id.clone(),
+            bidder_name: bidder.name,
+            bidder_code: bidder.uscc,
+            expires_ms: challenge.expires_ms,
+            server_ms: self.now(),
+            hall_public_key: B64.encode(opening.hall_public.unwrap_or_default()),
+            recipients: header
+                .recipients
+                .iter()
+                .map(|r| RecipientView {
+                    key_id: hex::encode(r.key_id),
+                    wrapped_key: B64.encode(&r.wrapped_key),
+                })
+                .collect(),
+            answer_url: format!(
+                "{}/api/phone/challenges/{}/answer",
+                self.public_url(),
+                challenge.nonce
+            ),
+        })
+    }
+
+    /// Takes a phone's answer. Every refusal is also shown on the hall display.
+    pub async fn answer(&self, nonce: &str, answer: &Answer) -> Result<BidSummary, HallError> {
+        let result = self.answer_inner(nonce, answer).await;
+        if let Err(error) = &result {
+            self.inner.metrics.refusals.inc();
+            if let Ok(Some(challenge)) = self.inner.db.challenge(nonce).await {
+                let _ = self
+                    .event(
+                        &challenge.opening_id,
+                        "bid.refused",
+                        "public",
+                        json!({"bid_id": challenge.bid_id, "code": error.code(), "message": error.to_string()}),
+                    )
+                    .await;
+                if matches!(error, HallError::ChallengeExpired)
+                    && let Ok(Some(current)) =
+                        self.inner.db.current_challenge(&challenge.bid_id).await
+                    && current.nonce == challenge.nonce
+                {
+                    let _ = self
+                        .issue_challenge(&challenge.opening_id, &challenge.bid_id)
+                        .await;
+                }
+            }
+        } else {
+            self.inner.metrics.answers.inc();
+        }
+        result
+    }
+
+    async fn answer_inner(&self, nonce: &str, answer: &Answer) -> Result<BidSummary, HallError> {
+        let (challenge, opening, bid) = self.live_challenge(nonce).await?;
+        let rewrapped = B64
+            .decode(answer.rewrapped_key.trim())
+            .map_err(|_| HallError::Invalid("rewrapped_key is not base64".into()))?;
+        let signature = B64
+            .decode(answer.signature.trim())
+            .map_err(|_| HallError::Invalid("signature is not base64".into()))?;
+        if rewrapped.len() > 512 || signature.len() > 128 {
+            return Err(HallError::Invalid("the answer is too large".into()));
+        }
+        let sign_keys = self.inner.db.bidder_keys(&bid.bidder_id, "sign").await?;
+        let message = answer_message(&challenge.nonce, &bid.id, &rewrapped);
+        let hall_key = self.hall_key(&opening)?;
+        let path = PathBuf::from(&bid.path);
+        let wrapped = rewrapped.clone();
+        let checked = on_rayon(move || -> Result<(FileKey, BidSummary), HallError> {
+            let signed = sign_keys.iter().any(|k| {
+                crypto::parse_public_der(&k.der, k.is_cert != 0)
+                    .is_ok_and(|id| crypto::verify(id.key(), &message, &signature).is_ok())
+            });
+            if !signed {
+                return Err(HallError::BadAnswerSignature);
+            }
+            let raw =
+                crypto::unwrap_key(&hall_key, &wrapped).map_err(|_| HallError::WrongCertificate)?;
+            let sealed = SealedBid::open(&path)?;
+            let key = sealed
+                .accept_file_key(*raw)
+                .map_err(|_| HallError::WrongCertificate)?;
+            let summary = sealed.open_summary(&key)?;
+            Ok((key, summary))
+        })
+        .await??;
+        let (key, summary) = checked;
+        if !self.inner.db.use_challenge(&challenge.nonce).await? {
+            return Err(HallError::ChallengeUsed);
+        }
+        let summary_json =
+            serde_json::to_string(&summary).map_err(|e| HallError::Internal(e.to_string()))?;
+        if !self
+            .inner
+            .db
+            .accept_answer(&bid.id, &rewrapped, &summary_json)
+            .await?
+        {
+            return Err(HallError::AlreadyDecrypted);
+        }
+        self.event(
+            &opening.id,
+            "bid.key_accepted",
+            "public",
+            json!({"bid_id": bid.id}),
+        )
+        .await?;
+        self.event(
+            &opening.id,
+            "bid.summary",
+            "public",
+            json!({"bid_id": bid.id, "summary": summary, "price_yuan": summary.price_yuan()}),
+        )
+        .await?;
+        let bid = self
+            .inner
+            .db
+            .bid(&bid.id)
+            .await?
+            .ok_or(HallError::NotFound("bid"))?;
+        self.spawn_decryption(bid, key);
+        Ok(summary)
+    }
+
+    fn spawn_decryption(&self, bid: BidRow, key: FileKey) {
+        let active = Arc::new(Active {
+            opening_id: bid.opening_id.clone(),
+            total: bid.plaintext_len as u64,
+            done: AtomicU64::new(0),
+            started: Instant::now(),
+            reported: AtomicU64::new(u64::MAX),
+        });
+        self.inner.active.insert(bid.id.clone(), active.clone());
+        let hall = self.clone();
+        tokio::spawn(async move {
+            let out = hall
+                .inner
+                .settings
+                .data_dir
+                .join("plain")
+                .join(format!("{}.tar", bid.id));
+            let source = PathBuf::from(&bid.path);
+            let target = out.clone();
+            let progress = active.clone();
+            let result = on_rayon(move || -> Result<(), BidError> {
+                let sealed = SealedBid::open(&source)?;
+                // Digests were checked against the bidder's signature when the bid was uploaded;
+                // the GCM tags still authenticate every chunk.
+                sealed.decrypt_to(
+                    &key,
+                    &target,
+                    DecryptOptions {
+                        verify_digests: false,
+                    },
+                    &*progress,
+                )?;
+                Ok(())
+            })
+            .await;
+            hall.inner.active.remove(&bid.id);
+            let secs = active.started.elapsed().as_secs_f64();
+            let outcome = match result {
+                Ok(Ok(())) => {
+                    hall.inner.metrics.bytes_decrypted.inc_by(active.total);
+                    if secs > 0.0 {
+                        hall.inner
+                            .metrics
+                            .decrypt_throughput
+                            .observe(active.total as f64 / secs);
+                    }
+                    hall.finish_decryption(&bid, &out, secs).await
+                }
+                Ok(Err(error)) => {
+                    hall.fail_decryption(&bid, HallError::BidRejected(error))
+                        .await
+                }
+                Err(error) => hall.fail_decryption(&bid, error).await,
+            };
+            if let Err(error) = outcome {
+                tracing::error!(bid = %bid.id, %error, "recording the end of a decryption failed");
+            }
+        });
+    }
+
+    async fn finish_decryption(
+        &self,
+        bid: &BidRow,
+        out: &Path,
+        secs: f64,
+    ) -> Result<(), HallError> {
+        self.inner
+            .db
+            .finish_bid(&bid.id, &out.to_string_lossy())
+            .await?;
+        self.event(
+            &bid.opening_id,
+            "bid.decrypted",
+            "public",
+            json!({"bid_id": bid.id, "bytes": bid.plaintext_len, "seconds": secs}),
+        )
+        .await?;
+        let path = out.to_owned();
+        let digest = on_rayon(move || file_sm3(&path)).await??;
+        self.inner.db.set_plain_sm3(&bid.id, &digest).await?;
+        self.event(
+            &bid.opening_id,
+            "bid.digest",
+            "evaluator",
+            json!({"bid_id": bid.id, "plain_sm3": digest}),
+        )
+        .await
+    }
+
+    async fn fail_decryption(&self, bid: &BidRow, error: HallError) -> Result<(), HallError> {
+        let (fault, chunk) = match &error {
+            HallError::BidRejected(
+                BidError::ChunkTag { index }
+                | BidError::ChunkDamaged { index }
+                | BidError::ChunkReordered { index, .. }
+                | BidError::ChunkDuplicated { index, .. },
+            ) => ("bidder", Some(*index)),
+            HallError::BidRejected(BidError::Io { .. }) | HallError::Internal(_) => {
+                ("platform", None)
+            }
+            HallError::BidRejected(_) => ("bidder", None),
+            _ => ("platform", None),
+        };
+        tracing::warn!(bid = %bid.id, %error, fault, "bid decryption failed");
+        let message = format!("bid file damaged: {error}");
+        self.inner
+            .db
+            .fail_bid(&bid.id, "failed", &message, fault)
+            .await?;
+        self.event(
+            &bid.opening_id,
+            "bid.failed",
+            "public",
+            json!({"bid_id": bid.id, "message": message, "fault": fault, "chunk": chunk}),
+        )
+        .await
+    }
+
+    /// Ends the decryption window: bids still waiting for a key count as not decrypted through
+    /// the bidder (art. 31: revoked, 撤销).
+    pub async fn end_decryption(&self, opening_id: &str) -> Result<(), HallError> {
+        if !self
+            .inner
+            .db
+            .transition_opening(opening_id, "decrypting", "decryption_ended", None)
+            .await?
+        {
+            return Err(HallError::WrongState("decryption is not running".into()));
+        }
+        let mut not_decrypted = Vec::new();
+        for bid in self.inner.db.bids(opening_id).await? {
+            if bid.state == "awaiting_key" {
+                self.inner
+                    .db
+                    .fail_bid(
+                        &bid.id,
+                        "not_decrypted",
+                        "not decrypted by the bidder within the time limit: counts as revoked (撤销, art. 31)",
+                        "bidder",
+                    )
+                    .await?;
+                not_decrypted.push(bid.id);
+            }
+        }
+        self.event(
+            opening_id,
+            "decryption.ended",
+            "public",
+            json!({"not_decrypted": not_decrypted}),
+        )
+        .await
+    }
+
+    /// Records that the opening fails (e.g. fewer than three bids, art. 44).
+    pub async fn fail_opening(&self, opening_id: &str, reason: &str) -> Result<(), HallError> {
+        let opening = self.opening(opening_id).await?;
+        if !matches!(opening.state.as_str(), "scheduled" | "decryption_ended") {
+            return Err(HallError::WrongState(format!(
+                "an opening that is {} cannot be failed",
+                opening.state
+            )));
+        }
+        if reason.trim().is_empty() {
+            return Err(HallError::Invalid(
+                "give the reason the opening fails".into(),
+            ));
+        }
+        if !self
+            .inner
+            .db
+            .transition_opening(opening_id, &opening.state, "failed", Some(reason.trim()))
+            .await?
+        {
+            return Err(HallError::WrongState(
+                "the opening changed meanwhile; reload".into(),
+            ));
+        }
+        self.event(
+            opening_id,
+            "opening.failed",
+            "public",
+            json!({"reason": reason.trim()}),
+        )
+        .await
+    }
+
+    /// Releases the decrypted files to the evaluation system.
+    pub async fn release(&self, opening_id: &str) -> Result<(), HallError> {
+        let opening = self.opening(opening_id).await?;
+        if opening.state != "decryption_ended" {
+            return Err(HallError::WrongState(
+                "end decryption before releasing the files".into(),
+            ));
+        }
+        if self
+            .inner
+            .db
+            .bids(opening_id)
+            .await?
+            .iter()
+            .any(|b| b.state == "decrypting")
+        {
+            return Err(HallError::WrongState(
+                "some bids are still decrypting; release when they are done".into(),
+            ));
+        }
+        if !self
+            .inner
+            .db
+            .transition_opening(opening_id, "decryption_ended", "released", None)
+            .await?
+        {
+            return Err(HallError::WrongState(
+                "the opening changed meanwhile; reload".into(),
+            ));
+        }
+        self.event(opening_id, "files.released", "public", json!({}))
+            .await
+    }
+
+    pub async fn close(&self, opening_id: &str) -> Result<(), HallError> {
+        if !self
+            .inner
+            .db
+            .transition_opening(opening_id, "released", "closed", None)
+            .await?
+        {
+            return Err(HallError::WrongState(
+                "only an opening whose files are released can be closed".into(),
+            ));
+        }
+        self.event(opening_id, "opening.closed", "public", json!({}))
+            .await
+    }
+
+    pub async fn issue_evaluator_token(&self, opening_id: &str) -> Result<String, HallError> {
+        self.opening(opening_id).await?;
+        let token = format!("ev_{}", random_hex::<32>()?);
+        self.inner
+            .db
+            .insert_evaluator_token(&token_hash(&token), opening_id, self.now())
+            .await?;
+        self.event(opening_id, "evaluator.token_issued", "agent", json!({}))
+            .await?;
+        Ok(token)
+    }
+
+    /// A decrypted bid's file for the evaluation system: only after release.
+    pub async fn released_file(
+        &self,
+        opening_id: &str,
+        bid_id: &str,
+    ) -> Result<(PathBuf, String), HallError> {
+        let opening = self.opening(opening_id).await?;
+        if !matches!(opening.state.as_str(), "released" | "closed") {
+            return Err(HallError::NotReleased);
+        }
+        let bid = self
+            .inner
+            .db
+            .bid(bid_id)
+            .await?
+            .filter(|b| b.opening_id == opening_id)
+            .ok_or(HallError::NotFound("bid"))?;
+        match (bid.state.as_str(), bid.plain_path, bid.plain_sm3) {
+            ("decrypted", Some(path), Some(sm3)) => Ok((PathBuf::from(path), sm3)),
+            ("decrypted", _, _) => Err(HallError::WrongState(
+                "the file's digest is still being computed; retry in a few seconds".into(),
+            )),
+            (state, _, _) => Err(HallError::WrongState(format!(
+                "this bid was not decrypted ({state})"
+            ))),
+        }
+    }
+
+    /// The bidder's signature proof of a bid, for the evaluation system.
+    pub async fn bid_proof(&self, bid: &BidRow) -> Result<serde_json::Value, HallError> {
+        let path = PathBuf::from(&bid.path);
+        on_rayon(move || -> Result<serde_json::Value, BidError> {
+            let sealed = SealedBid::open(&path)?;
+            Ok(json!({
+                "header_hash": hex::encode(sealed.header_hash()),
+                "chunk_digests": sealed.chunk_digests().iter().map(hex::encode).collect::<Vec<_>>(),
+                "signature": B64.encode(sealed.signature()),
+                "signer": B64.encode(&sealed.header().signer.der),
+                "signer_is_certificate": sealed.header().signer.kind == crate::format::SignerKind::Certificate,
+                "signed_message": "SM2-SM3(ID 1234567812345678) over \"kaibiao bid signature v1\" ‖ header_hash ‖ u64 chunk count ‖ chunk digests",
+            }))
+        })
+        .await?
+        .map_err(HallError::from)
+    }
+
+    /// The state of an opening as a role may see it.
+    pub async fn snapshot(
+        &self,
+        opening_id: &str,
+        role: Role,
+    ) -> Result<serde_json::Value, HallError> {
+        let opening = self.opening(opening_id).await?;
+        let bidders = self.inner.db.bidders(opening_id).await?;
+        let bids = self.inner.db.bids(opening_id).await?;
+        let last_seq = self
+            .inner
+            .db
+            .last_event(opening_id)
+            .await?
+            .map(|(s, _)| s)
+            .unwrap_or(0);
+        let mut bid_views = Vec::new();
+        for bid in &bids {
+            let bidder = bidders.iter().find(|b| b.id == bid.bidder_id);
+            let qr = if bid.state == "awaiting_key" && opening.state == "decrypting" {
+                self.inner.db.current_challenge(&bid.id).await?.map(|c| {
+                    json!({"nonce": c.nonce, "url": self.qr_url(&c.nonce), "expires_ms": c.expires_ms})
+                })
+            } else {
+                None
+            };
+            let progress = self
+                .inner
+                .active
+                .get(&bid.id)
+                .map(|a| json!({"done": a.done.load(Ordering::Relaxed), "total": a.total}));
+            let summary: Option<serde_json::Value> = bid
+                .summary
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok());
+            let mut view = json!({
+                "id": bid.id, "bidder_code": bidder.map(|b| b.uscc.clone()), "bidder_name": bidder.map(|b| b.name.clone()),
+                "state": bid.state, "size": bid.size, "plaintext_len": bid.plaintext_len, "sm3": bid.sm3,
+                "received_ms": bid.received_ms, "summary": summary, "qr": qr, "failure": bid.failure,
+                "fault": bid.fault, "progress": progress,
+            });
+            if role >= Role::Evaluator {
+                view["plain_sm3"] = json!(bid.plain_sm3);
+            }
+            bid_views.push(view);
+        }
+        Ok(json!({
+            "opening": {
+                "id": opening.id, "tender_id": opening.tender_id, "name": opening.name, "state": opening.state,
+                "deadline_ms": opening.deadline_ms, "opening_ms": opening.opening_ms,
+                "decrypt_limit_secs": opening.decrypt_limit_secs, "decrypt_started_ms": opening.decrypt_started_ms,
+                "decrypt_deadline_ms": opening.decrypt_deadline_ms, "failure": opening.failure,
+            },
+            "server_ms": self.now(),
+            "last_seq": last_seq,
+            "bidders": bidders.iter().map(|b| json!({"uscc": b.uscc, "name": b.name, "has_bid": bids.iter().any(|x| x.bidder_id == b.id)})).collect::<Vec<_>>(),
+            "bids": bid_views,
+        }))
+    }
+
+    /// Periodic work: close windows at their deadline, replace expired QR codes.
+    pub async fn tick(&self) -> Result<(), HallError> {
+        let now = self.now();
+        for opening in self.inner.db.openings_in_state("decrypting").await? {
+            if opening.decrypt_deadline_ms.is_some_and(|d| now >= d) {
+                match self.end_decryption(&opening.id).await {
+                    Ok(()) | Err(HallError::WrongState(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            for bid in self.inner.db.bids(&opening.id).await? {
+                if bid.state != "awaiting_key" {
+                    continue;
+                }
+                let stale = match self.inner.db.current_challenge(&bid.id).await? {
+                    Some(c) => c.used != 0 || now >= c.expires_ms,
+                    None => true,
+                };
+                if stale {
+                    self.issue_challenge(&opening.id, &bid.id).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends coalesced progress of running decryptions (call a few times a second).
+    pub fn publish_progress(&self) {
+        for entry in self.inner.active.iter() {
+            let active = entry.value();
+            let done = active.done.load(Ordering::Relaxed);
+            if active.reported.swap(done, Ordering::Relaxed) == done {
+                continue;
+            }
+            let secs = active.started.elapsed().as_secs_f64().max(1e-3);
+            let message = json!({"type": "progress", "bid_id": entry.key(), "done": done, "total": active.total,
+                                 "rate": (done as f64 / secs) as u64});
+            self.inner
+                .bus
+                .progress(&active.opening_id, message.to_string().into());
+        }
+    }
+
+    /// After a restart: reopen hall keys and restart decryptions whose key had been accepted.
+    async fn resume(&self) -> Result<(), HallError> {
+        for state in ["decrypting", "decryption_ended"] {
+            for opening in self.inner.db.openings_in_state(state).await? {
+                for bid in self.inner.db.bids(&opening.id).await? {
+                    if bid.state == "decrypted"
+                        && bid.plain_sm3.is_none()
+                        && let Some(path) = bid.plain_path.clone()
+                    {
+                        let hall = self.clone();
+                        let id = bid.id.clone();
+                        tokio::spawn(async move {
+                            let p = PathBuf::from(path);
+                            if let Ok(Ok(d)) = on_rayon(move || file_sm3(&p)).await {
+                                let _ = hall.inner.db.set_plain_sm3(&id, &d).await;
+                            }
+                        });
+                    }
+                    if bid.state != "decrypting" {
+                        continue;
+                    }
+                    let Some(answer) = bid.answer.clone() else {
+                        continue;
+                    };
+                    let hall_key = self.hall_key(&opening)?;
+                    let path = PathBuf::from(&bid.path);
+                    let key = on_rayon(move || -> Result<FileKey, HallError> {
+                        let raw = crypto::unwrap_key(&hall_key, &answer)
+                            .map_err(|_| HallError::WrongCertificate)?;
+                        Ok(SealedBid::open(&path)?.accept_file_key(*raw)?)
+                    })
+                    .await??;
+                    tracing::info!(bid = %bid.id, "resuming a decryption interrupted by a restart");
+                    self.spawn_decryption(bid, key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// SM3 of a whole file, streamed.
+fn file_sm3(path: &Path) -> Result<String, BidError> {
+    use sm3::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(BidError::io("opening a file to hash it"))?;
+    let mut hasher = sm3::Sm3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(BidError::io("reading a file to hash it"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}

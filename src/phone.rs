@@ -1,0 +1,116 @@
+//! The scan-to-decrypt protocol between the hall and a bidder's phone (扫码解密).
+//!
+//! The hall shows a QR code holding the URL of a one-time challenge. The phone fetches the
+//! [`ChallengeView`], unwraps the bid's file key with its SM2 encryption key, re-wraps it to the
+//! hall's per-opening SM2 key and signs `(nonce, bid id, re-wrapped key)` with its signing key.
+//! The file key never crosses the wire in the clear, even without TLS.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use sm2::SecretKey;
+
+use crate::crypto::{self, KeyError};
+
+/// What the phone is shown when it fetches a challenge.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ChallengeView {
+    pub nonce: String,
+    pub opening_id: String,
+    pub tender_id: String,
+    pub tender_name: String,
+    pub bid_id: String,
+    pub bidder_name: String,
+    pub bidder_code: String,
+    pub expires_ms: i64,
+    pub server_ms: i64,
+    /// The hall's SM2 public key for this opening, SPKI DER in base64.
+    pub hall_public_key: String,
+    pub recipients: Vec<RecipientView>,
+    /// Where to POST the [`Answer`].
+    pub answer_url: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RecipientView {
+    /// SM3 of the recipient's public key, hex.
+    pub key_id: String,
+    /// `SM2Cipher` DER, base64.
+    pub wrapped_key: String,
+}
+
+/// The phone's answer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Answer {
+    /// The file key wrapped to the hall key, `SM2Cipher` DER, base64.
+    pub rewrapped_key: String,
+    /// SM2/SM3 signature (DER, base64) over [`answer_message`].
+    pub signature: String,
+}
+
+/// Why the phone could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum PhoneError {
+    #[error(
+        "this bid was not sealed to this encryption certificate (非正确的加密证书); use the certificate the bid was made with"
+    )]
+    WrongCertificate,
+    #[error("the challenge is malformed: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Key(#[from] KeyError),
+}
+
+/// The message the phone signs.
+pub fn answer_message(nonce: &str, bid_id: &str, rewrapped_key: &[u8]) -> Vec<u8> {
+    let mut m = b"kaibiao scan-decrypt v1\0".to_vec();
+    m.extend_from_slice(nonce.as_bytes());
+    m.push(0);
+    m.extend_from_slice(bid_id.as_bytes());
+    m.push(0);
+    m.extend_from_slice(rewrapped_key);
+    m
+}
+
+/// Computes the answer the phone sends: unwrap, re-wrap to the hall, sign.
+pub fn answer_challenge(
+    view: &ChallengeView,
+    enc_key: &SecretKey,
+    sign_key: &SecretKey,
+) -> Result<Answer, PhoneError> {
+    let my_id = hex::encode(crypto::key_id(&enc_key.public_key()));
+    let recipient = view
+        .recipients
+        .iter()
+        .find(|r| r.key_id == my_id)
+        .ok_or(PhoneError::WrongCertificate)?;
+    let wrapped = B64
+        .decode(&recipient.wrapped_key)
+        .map_err(|e| PhoneError::Malformed(format!("wrapped key: {e}")))?;
+    let raw = crypto::unwrap_key(enc_key, &wrapped)?;
+    let hall_der = B64
+        .decode(&view.hall_public_key)
+        .map_err(|e| PhoneError::Malformed(format!("hall key: {e}")))?;
+    let hall = crypto::parse_public_der(&hall_der, false)?;
+    let rewrapped = crypto::wrap_key(hall.key(), &raw)?;
+    let signature = crypto::sign(
+        sign_key,
+        &answer_message(&view.nonce, &view.bid_id, &rewrapped),
+    )?;
+    Ok(Answer {
+        rewrapped_key: B64.encode(rewrapped),
+        signature: B64.encode(signature),
+    })
+}
+
+/// Turns what a QR code holds (the challenge URL, or a bare nonce with a server) into the URL
+/// to fetch.
+pub fn challenge_url(payload: &str, server: Option<&str>) -> String {
+    let payload = payload.trim();
+    if payload.starts_with("http://") || payload.starts_with("https://") {
+        return payload.replace("/m/", "/api/phone/challenges/");
+    }
+    let server = server
+        .unwrap_or("http://127.0.0.1:8080")
+        .trim_end_matches('/');
+    format!("{server}/api/phone/challenges/{payload}")
+}

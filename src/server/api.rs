@@ -1,0 +1,453 @@
+//! JSON API: agents, openings, uploads, phones and the evaluation system.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::Next;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+use super::ApiError;
+use super::auth::{Agent, Evaluator, SESSION_COOKIE, role_for};
+use crate::hall::{Hall, HallError, NewBidder, NewOpening};
+use crate::phone::Answer;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/api/login", web::post().to(login))
+        .route("/api/logout", web::post().to(logout))
+        .route("/api/tokens", web::post().to(new_api_token))
+        .route("/api/openings", web::get().to(list_openings))
+        .route("/api/openings", web::post().to(create_opening))
+        .route("/api/openings/{id}", web::get().to(snapshot))
+        .route("/api/openings/{id}/events", web::get().to(events))
+        .route(
+            "/api/openings/{id}/events/verify",
+            web::get().to(verify_events),
+        )
+        .route(
+            "/api/openings/{id}/bidders",
+            web::post().to(register_bidder),
+        )
+        .route("/api/openings/{id}/bids/{uscc}", web::put().to(upload))
+        .route(
+            "/api/openings/{id}/bids/{bid}/qr.svg",
+            web::get().to(qr_svg),
+        )
+        .route(
+            "/api/openings/{id}/start-decryption",
+            web::post().to(start_decryption),
+        )
+        .route(
+            "/api/openings/{id}/end-decryption",
+            web::post().to(end_decryption),
+        )
+        .route("/api/openings/{id}/fail", web::post().to(fail_opening))
+        .route("/api/openings/{id}/release", web::post().to(release))
+        .route("/api/openings/{id}/close", web::post().to(close))
+        .route(
+            "/api/openings/{id}/evaluator-tokens",
+            web::post().to(evaluator_token),
+        )
+        .route("/api/phone/challenges/{nonce}", web::get().to(challenge))
+        .route("/m/{nonce}", web::get().to(challenge))
+        .route(
+            "/api/phone/challenges/{nonce}/answer",
+            web::post().to(answer),
+        )
+        .route("/api/eval/bids", web::get().to(eval_bids))
+        .route("/api/eval/bids/{bid}/file", web::get().to(eval_file))
+        .route("/api/eval/bids/{bid}/sealed", web::get().to(eval_sealed));
+}
+
+/// Records the latency of every request.
+pub async fn observe_latency(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> std::result::Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let hall = req.app_data::<web::Data<Hall>>().cloned();
+    let res = next.call(req).await;
+    if let Some(hall) = hall {
+        hall.metrics()
+            .request_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+    res
+}
+
+async fn healthz(hall: web::Data<Hall>) -> Result<HttpResponse> {
+    hall.db().ping().await?;
+    Ok(HttpResponse::Ok().json(json!({"status": "ok"})))
+}
+
+async fn metrics(hall: web::Data<Hall>) -> Result<HttpResponse> {
+    let m = hall.metrics();
+    m.bids.reset();
+    for (state, n) in hall.db().count_bids_by_state().await? {
+        m.bids.with_label_values(&[state.as_str()]).set(n);
+    }
+    m.openings.reset();
+    for (state, n) in hall.db().count_openings_by_state().await? {
+        m.openings.with_label_values(&[state.as_str()]).set(n);
+    }
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(m.render()))
+}
+
+#[derive(serde::Deserialize)]
+struct Login {
+    username: String,
+    password: String,
+}
+
+async fn login(hall: web::Data<Hall>, body: web::Json<Login>) -> Result<HttpResponse> {
+    let token = hall.login(&body.username, &body.password).await?;
+    let cookie = Cookie::build(SESSION_COOKIE, token)
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(hall.settings().secure_cookies)
+        .finish();
+    Ok(HttpResponse::Ok()
+        .cookie(cookie)
+        .json(json!({"status": "signed in"})))
+}
+
+async fn logout(hall: web::Data<Hall>, req: HttpRequest) -> Result<HttpResponse> {
+    if let Some(c) = req.cookie(SESSION_COOKIE) {
+        hall.logout(c.value()).await?;
+    }
+    let mut gone = Cookie::build(SESSION_COOKIE, "").path("/").finish();
+    gone.make_removal();
+    Ok(HttpResponse::Ok()
+        .cookie(gone)
+        .json(json!({"status": "signed out"})))
+}
+
+async fn new_api_token(hall: web::Data<Hall>, agent: Agent) -> Result<HttpResponse> {
+    let token = hall
+        .issue_agent_token(&agent.id, "api", 365 * 24 * 3600 * 1000)
+        .await?;
+    Ok(HttpResponse::Created().json(json!({"token": token})))
+}
+
+async fn list_openings(hall: web::Data<Hall>, _agent: Agent) -> Result<HttpResponse> {
+    let rows = hall.db().openings().await?;
+    let list: Vec<_> = rows
+        .iter()
+        .map(|o| {
+            json!({"id": o.id, "tender_id": o.tender_id, "name": o.name, "state": o.state,
+                        "deadline_ms": o.deadline_ms, "opening_ms": o.opening_ms})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(list))
+}
+
+async fn create_opening(
+    hall: web::Data<Hall>,
+    agent: Agent,
+    body: web::Json<NewOpening>,
+) -> Result<HttpResponse> {
+    let row = hall.create_opening(&agent.id, body.into_inner()).await?;
+    Ok(HttpResponse::Created().json(json!({"id": row.id, "state": row.state})))
+}
+
+async fn snapshot(
+    hall: web::Data<Hall>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    let role = role_for(&req, &hall, &id).await;
+    Ok(HttpResponse::Ok().json(hall.snapshot(&id, role).await?))
+}
+
+#[derive(serde::Deserialize)]
+struct After {
+    #[serde(default)]
+    after: i64,
+}
+
+async fn events(
+    hall: web::Data<Hall>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    q: web::Query<After>,
+) -> Result<HttpResponse> {
+    hall.opening(&id).await?;
+    let role = role_for(&req, &hall, &id).await;
+    let events: Vec<_> = hall
+        .db()
+        .events_since(&id, q.after, 1000)
+        .await?
+        .into_iter()
+        .filter(|e| role.can_see(&e.audience))
+        .collect();
+    Ok(HttpResponse::Ok().json(events))
+}
+
+async fn verify_events(
+    hall: web::Data<Hall>,
+    _agent: Agent,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    hall.opening(&id).await?;
+    Ok(match hall.bus().verify_chain(&id).await? {
+        Ok(count) => HttpResponse::Ok().json(json!({"valid": true, "events": count})),
+        Err(seq) => HttpResponse::Ok().json(json!({"valid": false, "first_bad_seq": seq})),
+    })
+}
+
+async fn register_bidder(
+    hall: web::Data<Hall>,
+    _agent: Agent,
+    id: web::Path<String>,
+    body: web::Json<NewBidder>,
+) -> Result<HttpResponse> {
+    let bidder = hall.register_bidder(&id, body.into_inner()).await?;
+    Ok(HttpResponse::Created()
+        .json(json!({"id": bidder.id, "uscc": bidder.uscc, "name": bidder.name})))
+}
+
+/// Streams an upload to disk (never whole in memory), then hands it to the hall for checking.
+async fn upload(
+    hall: web::Data<Hall>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    mut body: web::Payload,
+) -> Result<HttpResponse> {
+    let (opening_id, uscc) = path.into_inner();
+    let limit = hall.settings().max_upload_bytes;
+    let opening = hall.opening(&opening_id).await?;
+    if opening.state != "scheduled" || hall.now() >= opening.deadline_ms {
+        return Err(HallError::AfterDeadline(format!(
+            "{} ms since 1970-01-01 UTC",
+            opening.deadline_ms
+        ))
+        .into());
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|&s| s > limit) {
+        return Err(HallError::TooLarge { size, limit }.into());
+    }
+    let tmp = hall.upload_dir().join(format!(
+        "{}.part",
+        hex::encode(
+            crate::crypto::random_bytes::<16>().map_err(|e| HallError::Internal(e.to_string()))?
+        )
+    ));
+    let written = async {
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(HallError::io("storing the upload"))?;
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk
+                .map_err(|e| HallError::Invalid(format!("the upload was interrupted: {e}")))?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(HallError::TooLarge { size, limit });
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(HallError::io("storing the upload"))?;
+        }
+        file.sync_all()
+            .await
+            .map_err(HallError::io("storing the upload"))?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e.into());
+    }
+    let received = hall.now();
+    let receipt = hall.receive_bid(&opening_id, &uscc, tmp, received).await?;
+    Ok(HttpResponse::Created().json(receipt))
+}
+
+async fn qr_svg(hall: web::Data<Hall>, path: web::Path<(String, String)>) -> Result<HttpResponse> {
+    let (opening_id, bid_id) = path.into_inner();
+    let bid = hall
+        .db()
+        .bid(&bid_id)
+        .await?
+        .filter(|b| b.opening_id == opening_id)
+        .ok_or(HallError::NotFound("bid"))?;
+    if bid.state != "awaiting_key" {
+        return Err(HallError::WrongState(format!(
+            "no QR code is needed: the bid is {}",
+            bid.state
+        ))
+        .into());
+    }
+    let challenge = hall
+        .db()
+        .current_challenge(&bid.id)
+        .await?
+        .ok_or(HallError::NotFound("QR code"))?;
+    let code = qrcode::QrCode::new(hall.qr_url(&challenge.nonce).as_bytes())
+        .map_err(|e| HallError::Internal(format!("QR encoding: {e}")))?;
+    let svg = code
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(240, 240)
+        .quiet_zone(true)
+        .build();
+    Ok(HttpResponse::Ok()
+        .content_type("image/svg+xml")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(svg))
+}
+
+async fn start_decryption(
+    hall: web::Data<Hall>,
+    _agent: Agent,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    hall.start_decryption(&id).await?;
+    Ok(HttpResponse::Ok().json(json!({"state": "decrypting"})))
+}
+
+async fn end_decryption(
+    hall: web::Data<Hall>,
+    _agent: Agent,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    hall.end_decryption(&id).await?;
+    Ok(HttpResponse::Ok().json(json!({"state": "decryption_ended"})))
+}
+
+#[derive(serde::Deserialize)]
+struct Reason {
+    reason: String,
+}
+
+async fn fail_opening(
+    hall: web::Data<Hall>,
+    _agent: Agent,
+    id: web::Path<String>,
+    body: web::Json<Reason>,
+) -> Result<HttpResponse> {
+    hall.fail_opening(&id, &body.reason).await?;
+    Ok(HttpResponse::Ok().json(json!({"state": "failed"})))
+}
+
+async fn release(
+    hall: web::Data<Hall>,
+    _agent: Agent,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    hall.release(&id).await?;
+    Ok(HttpResponse::Ok().json(json!({"state": "released"})))
+}
+
+async fn close(
+    hall: web::Data<Hall>,
+    _agent: Agent,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    hall.close(&id).await?;
+    Ok(HttpResponse::Ok().json(json!({"state": "closed"})))
+}
+
+async fn evaluator_token(
+    hall: web::Data<Hall>,
+    _agent: Agent,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    let token = hall.issue_evaluator_token(&id).await?;
+    Ok(HttpResponse::Created().json(json!({"token": token})))
+}
+
+async fn challenge(hall: web::Data<Hall>, nonce: web::Path<String>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(hall.challenge_view(&nonce).await?))
+}
+
+async fn answer(
+    hall: web::Data<Hall>,
+    nonce: web::Path<String>,
+    body: web::Json<Answer>,
+) -> Result<HttpResponse> {
+    let summary = hall.answer(&nonce, &body).await?;
+    Ok(HttpResponse::Ok().json(json!({"status": "accepted", "summary": summary})))
+}
+
+async fn eval_bids(hall: web::Data<Hall>, evaluator: Evaluator) -> Result<HttpResponse> {
+    let opening = hall.opening(&evaluator.opening_id).await?;
+    let released = matches!(opening.state.as_str(), "released" | "closed");
+    let bidders = hall.db().bidders(&opening.id).await?;
+    let mut list = Vec::new();
+    for bid in hall.db().bids(&opening.id).await? {
+        let bidder = bidders.iter().find(|b| b.id == bid.bidder_id);
+        let summary: Option<serde_json::Value> = bid
+            .summary
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok());
+        list.push(json!({
+            "id": bid.id, "bidder_code": bidder.map(|b| &b.uscc), "bidder_name": bidder.map(|b| &b.name),
+            "state": bid.state, "sealed_size": bid.size, "sealed_sm3": bid.sm3, "plaintext_len": bid.plaintext_len,
+            "plain_sm3": bid.plain_sm3, "summary": summary, "failure": bid.failure, "fault": bid.fault,
+            "proof": hall.bid_proof(&bid).await?,
+            "download": (released && bid.state == "decrypted").then(|| format!("/api/eval/bids/{}/file", bid.id)),
+        }));
+    }
+    Ok(HttpResponse::Ok().json(json!({"opening_id": opening.id, "state": opening.state, "released": released, "bids": list})))
+}
+
+async fn eval_file(
+    hall: web::Data<Hall>,
+    evaluator: Evaluator,
+    req: HttpRequest,
+    bid: web::Path<String>,
+) -> Result<HttpResponse> {
+    let (path, sm3) = hall.released_file(&evaluator.opening_id, &bid).await?;
+    let file = actix_files::NamedFile::open_async(&path)
+        .await
+        .map_err(HallError::io("opening a decrypted bid"))?
+        .set_content_type("application/x-tar".parse().expect("valid mime"))
+        .set_content_disposition(header::ContentDisposition::attachment(format!("{bid}.tar")));
+    let mut res = file.into_response(&req);
+    res.headers_mut().insert(
+        header::HeaderName::from_static("x-kaibiao-sm3"),
+        header::HeaderValue::from_str(&sm3).expect("hex is a valid header"),
+    );
+    Ok(res)
+}
+
+async fn eval_sealed(
+    hall: web::Data<Hall>,
+    evaluator: Evaluator,
+    req: HttpRequest,
+    bid: web::Path<String>,
+) -> Result<HttpResponse> {
+    let row = hall
+        .db()
+        .bid(&bid)
+        .await?
+        .filter(|b| b.opening_id == evaluator.opening_id)
+        .ok_or(HallError::NotFound("bid"))?;
+    let file = actix_files::NamedFile::open_async(&row.path)
+        .await
+        .map_err(HallError::io("opening a sealed bid"))?
+        .set_content_type("application/octet-stream".parse().expect("valid mime"));
+    let mut res = file.into_response(&req);
+    res.headers_mut().insert(
+        header::HeaderName::from_static("x-kaibiao-sm3"),
+        header::HeaderValue::from_str(&row.sm3).expect("hex is a valid header"),
+    );
+    Ok(res)
+}

@@ -1,0 +1,112 @@
+//! The HTTP server: actix-web routes over the [`Hall`]. The only module that knows actix.
+
+mod api;
+mod auth;
+mod error;
+mod pages;
+mod ws;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use tracing_actix_web::TracingLogger;
+
+use crate::config::Settings;
+use crate::db::Db;
+use crate::hall::{Clock, Hall, HallError, system_clock};
+use crate::metrics::Metrics;
+
+pub use error::ApiError;
+
+/// A built server, bound and ready to run.
+pub struct Application {
+    port: u16,
+    server: Server,
+    hall: Hall,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_clock(settings, system_clock()).await
+    }
+
+    /// Binds `settings.bind` (port 0 picks a free port) and prepares everything.
+    pub async fn build_with_clock(mut settings: Settings, clock: Clock) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.bind).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {e} (is another server running there?)",
+                settings.bind
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        settings.bind = addr;
+        let db = Db::connect(&settings.database_url()).await?;
+        let hall = Hall::new(db, settings, clock, Metrics::new()).await?;
+        spawn_background(hall.clone());
+        let data = web::Data::new(hall.clone());
+        let max_upload = hall.settings().max_upload_bytes;
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(actix_web::middleware::from_fn(api::observe_latency))
+                .wrap(TracingLogger::default())
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(max_upload as usize))
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(1 << 20)
+                        .error_handler(|err, _| {
+                            ApiError(HallError::Invalid(format!(
+                                "the request body is not valid JSON: {err}"
+                            )))
+                            .into()
+                        }),
+                )
+                .configure(api::routes)
+                .configure(ws::routes)
+                .configure(pages::routes)
+        })
+        .listen(listener)?
+        .shutdown_timeout(10)
+        .run();
+        Ok(Self {
+            port: addr.port(),
+            server,
+            hall,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn hall(&self) -> &Hall {
+        &self.hall
+    }
+
+    /// Runs until the server is stopped (Ctrl-C or SIGTERM stop it gracefully).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+fn spawn_background(hall: Hall) {
+    let ticker = hall.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            interval.tick().await;
+            if let Err(error) = ticker.tick().await {
+                tracing::error!(%error, "the hall's periodic work failed");
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            interval.tick().await;
+            hall.publish_progress();
+        }
+    });
+}

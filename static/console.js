@@ -1,0 +1,68 @@
+// The agent console: a thin client of the JSON API (session cookie).
+(function () {
+  const msg = document.getElementById('message');
+  let current = null;
+  function say(t) { msg.textContent = t || ''; }
+  async function api(method, url, body) {
+    const res = await fetch(url, { method, credentials: 'same-origin', headers: body ? { 'Content-Type': 'application/json' } : {}, body: body ? JSON.stringify(body) : undefined });
+    const data = await res.json().catch(() => ({}));
+    if (!res.ok) throw new Error(data.message || res.statusText);
+    return data;
+  }
+  async function refresh() {
+    try {
+      const list = await api('GET', '/api/openings');
+      document.getElementById('login-box').hidden = true;
+      document.getElementById('work').hidden = false;
+      const tb = document.getElementById('openings');
+      tb.innerHTML = '';
+      for (const o of list) {
+        const tr = document.createElement('tr');
+        tr.innerHTML = '<td></td><td></td><td></td><td><button>管理</button></td>';
+        tr.children[0].textContent = o.tender_id + ' ' + o.name;
+        tr.children[1].textContent = o.state;
+        tr.children[2].textContent = new Date(o.deadline_ms).toLocaleString('zh-CN');
+        tr.querySelector('button').onclick = () => show(o.id);
+        tb.appendChild(tr);
+      }
+      if (current) show(current);
+    } catch (e) { document.getElementById('login-box').hidden = false; }
+  }
+  async function show(id) {
+    current = id;
+    const s = await api('GET', '/api/openings/' + id);
+    document.getElementById('detail').hidden = false;
+    document.getElementById('detail-title').textContent = s.opening.tender_id + ' ' + s.opening.name + ' — ' + s.opening.state;
+    document.getElementById('hall-link').href = '/hall/' + id;
+    document.getElementById('detail-body').textContent = JSON.stringify({ bidders: s.bidders, bids: s.bids.map(b => ({ bidder: b.bidder_name, state: b.state, sm3: b.sm3, failure: b.failure })) }, null, 2);
+  }
+  document.getElementById('login').onsubmit = async e => {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    try { await api('POST', '/api/login', { username: f.get('username'), password: f.get('password') }); say(''); refresh(); } catch (err) { say(err.message); }
+  };
+  document.getElementById('new-opening').onsubmit = async e => {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    try {
+      await api('POST', '/api/openings', { tender_id: f.get('tender_id'), name: f.get('name'), deadline_ms: new Date(f.get('deadline')).getTime(), opening_ms: new Date(f.get('opening')).getTime(), decrypt_limit_secs: Number(f.get('limit')) * 60 });
+      say('已创建'); refresh();
+    } catch (err) { say(err.message); }
+  };
+  document.getElementById('new-bidder').onsubmit = async e => {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    try { await api('POST', '/api/openings/' + current + '/bidders', { uscc: f.get('uscc'), name: f.get('name'), sign_keys: [f.get('sign')], enc_keys: [f.get('enc')] }); say('已登记'); show(current); } catch (err) { say(err.message); }
+  };
+  for (const b of document.querySelectorAll('.actions button')) {
+    b.onclick = async () => {
+      const act = b.dataset.act;
+      try {
+        if (act === 'fail') { const reason = prompt('开标失败原因（如：投标人少于3个）'); if (!reason) return; await api('POST', '/api/openings/' + current + '/fail', { reason }); }
+        else { const r = await api('POST', '/api/openings/' + current + '/' + act); if (r.token) prompt('评标系统令牌（仅显示一次）', r.token); }
+        say('完成'); refresh();
+      } catch (err) { say(err.message); }
+    };
+  }
+  refresh();
+})();

@@ -42,9 +42,12 @@ pub enum BusMsg {
     Progress(Arc<str>),
 }
 
+/// The last `(seq, hash)` of an opening's log, once loaded; its lock serializes appends.
+type Tail = Arc<Mutex<Option<(i64, String)>>>;
+
 pub struct EventBus {
     db: Db,
-    tails: DashMap<String, Arc<Mutex<Option<(i64, String)>>>>,
+    tails: DashMap<String, Tail>,
     channels: DashMap<String, broadcast::Sender<BusMsg>>,
 }
 

@@ -153,12 +153,21 @@ async fn list_openings(hall: web::Data<Hall>, _agent: Agent) -> Result<HttpRespo
     Ok(HttpResponse::Ok().json(list))
 }
 
+/// Parses a JSON body after the caller was authenticated, so that an unauthenticated request is
+/// told so before anything about its body.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> std::result::Result<T, HallError> {
+    serde_json::from_slice(body)
+        .map_err(|e| HallError::Invalid(format!("the request body is not valid: {e}")))
+}
+
 async fn create_opening(
     hall: web::Data<Hall>,
     agent: Agent,
-    body: web::Json<NewOpening>,
+    body: web::Bytes,
 ) -> Result<HttpResponse> {
-    let row = hall.create_opening(&agent.id, body.into_inner()).await?;
+    let row = hall
+        .create_opening(&agent.id, json_body::<NewOpening>(&body)?)
+        .await?;
     Ok(HttpResponse::Created().json(json!({"id": row.id, "state": row.state})))
 }
 
@@ -211,9 +220,11 @@ async fn register_bidder(
     hall: web::Data<Hall>,
     _agent: Agent,
     id: web::Path<String>,
-    body: web::Json<NewBidder>,
+    body: web::Bytes,
 ) -> Result<HttpResponse> {
-    let bidder = hall.register_bidder(&id, body.into_inner()).await?;
+    let bidder = hall
+        .register_bidder(&id, json_body::<NewBidder>(&body)?)
+        .await?;
     Ok(HttpResponse::Created()
         .json(json!({"id": bidder.id, "uscc": bidder.uscc, "name": bidder.name})))
 }
@@ -340,9 +351,10 @@ async fn fail_opening(
     hall: web::Data<Hall>,
     _agent: Agent,
     id: web::Path<String>,
-    body: web::Json<Reason>,
+    body: web::Bytes,
 ) -> Result<HttpResponse> {
-    hall.fail_opening(&id, &body.reason).await?;
+    hall.fail_opening(&id, &json_body::<Reason>(&body)?.reason)
+        .await?;
     Ok(HttpResponse::Ok().json(json!({"state": "failed"})))
 }
 

@@ -46,13 +46,13 @@ impl Application {
         let hall = Hall::new(db, settings, clock, Metrics::new()).await?;
         spawn_background(hall.clone());
         let data = web::Data::new(hall.clone());
-        let max_upload = hall.settings().max_upload_bytes;
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(actix_web::middleware::from_fn(api::observe_latency))
                 .wrap(TracingLogger::default())
                 .app_data(data.clone())
-                .app_data(web::PayloadConfig::new(max_upload as usize))
+                // Bodies read whole (JSON) are small; bid uploads stream and have their own limit.
+                .app_data(web::PayloadConfig::new(1 << 20))
                 .app_data(
                     web::JsonConfig::default()
                         .limit(1 << 20)
@@ -83,6 +83,11 @@ impl Application {
 
     pub fn hall(&self) -> &Hall {
         &self.hall
+    }
+
+    /// The server future, for callers that want its handle (to stop it) before running it.
+    pub fn into_server(self) -> Server {
+        self.server
     }
 
     /// Runs until the server is stopped (Ctrl-C or SIGTERM stop it gracefully).

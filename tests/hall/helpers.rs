@@ -1,0 +1,492 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use awc::Client;
+use futures_util::{SinkExt, StreamExt};
+use kaibiao::config::Settings;
+use kaibiao::crypto;
+use kaibiao::domain::{BidSummary, Uscc};
+use kaibiao::engine::{self, NoProgress, SealParams};
+use kaibiao::phone::{self, ChallengeView};
+use kaibiao::server::Application;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+/// Runs a test body on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[actix_web::test]
+            async fn sqlite() {
+                super::$name($crate::helpers::Backend::Sqlite).await
+            }
+            #[actix_web::test]
+            async fn postgres() {
+                match $crate::helpers::postgres_url() {
+                    Some(url) => super::$name($crate::helpers::Backend::Postgres(url)).await,
+                    None => eprintln!("SKIPPED on PostgreSQL: set KAIBIAO_TEST_POSTGRES_URL (e.g. postgres://postgres@127.0.0.1/test) to run it"),
+                }
+            }
+        }
+    )*};
+}
+
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("KAIBIAO_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => None,
+    }
+}
+
+pub const ADMIN_PASSWORD: &str = "correct horse battery";
+pub const TENDER: &str = "ZB-TEST-001";
+
+pub struct TestApp {
+    pub base: String,
+    pub port: u16,
+    pub client: Client,
+    pub token: String,
+    pub offset: Arc<AtomicI64>,
+    pub dir: tempfile::TempDir,
+    pub settings: Settings,
+    pub server: actix_web::dev::ServerHandle,
+}
+
+fn clock(offset: Arc<AtomicI64>) -> kaibiao::hall::Clock {
+    let system = kaibiao::hall::system_clock();
+    Arc::new(move || system() + offset.load(Ordering::SeqCst))
+}
+
+async fn fresh_database(backend: &Backend, dir: &std::path::Path) -> String {
+    match backend {
+        Backend::Sqlite => format!("sqlite://{}/test.db", dir.display()),
+        Backend::Postgres(url) => {
+            let name = format!(
+                "kaibiao_test_{}",
+                hex::encode(crypto::random_bytes::<6>().unwrap())
+            );
+            let mut conn = sqlx::PgConnection::connect(url)
+                .await
+                .expect("KAIBIAO_TEST_POSTGRES_URL is set but PostgreSQL does not answer there");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let (head, _) = url.rsplit_once('/').unwrap();
+            format!("{head}/{name}")
+        }
+    }
+}
+
+pub async fn spawn_app(backend: &Backend) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        database_url: fresh_database(backend, dir.path()).await,
+        admin_password: Some(ADMIN_PASSWORD.into()),
+        challenge_ttl_secs: 60,
+        ..Settings::default()
+    };
+    start(settings, dir, Arc::new(AtomicI64::new(0))).await
+}
+
+async fn start(mut settings: Settings, dir: tempfile::TempDir, offset: Arc<AtomicI64>) -> TestApp {
+    let app = Application::build_with_clock(settings.clone(), clock(offset.clone()))
+        .await
+        .unwrap();
+    let port = app.port();
+    settings.bind = format!("127.0.0.1:{port}").parse().unwrap();
+    let server = app_handle(app);
+    let client = Client::builder().timeout(Duration::from_secs(120)).finish();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut res = client
+        .post(format!("{base}/api/login"))
+        .send_json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "login failed");
+    let cookie = res.cookie("kaibiao_session").expect("a session cookie");
+    let _ = res.body().await;
+    let mut res = client
+        .post(format!("{base}/api/tokens"))
+        .cookie(cookie)
+        .send()
+        .await
+        .unwrap();
+    let token: Value = res.json().await.unwrap();
+    TestApp {
+        base,
+        port,
+        client,
+        token: token["token"].as_str().unwrap().to_owned(),
+        offset,
+        dir,
+        settings,
+        server,
+    }
+}
+
+fn app_handle(app: Application) -> actix_web::dev::ServerHandle {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = app.into_server();
+    tx.send(server.handle()).unwrap();
+    actix_web::rt::spawn(server);
+    rx.recv().unwrap()
+}
+
+/// A bidder with its keys and sealed bid.
+pub struct TestBidder {
+    pub uscc: Uscc,
+    pub name: String,
+    pub sign: sm2::SecretKey,
+    pub enc: sm2::SecretKey,
+    pub data: Vec<u8>,
+    pub file: PathBuf,
+    pub summary: BidSummary,
+}
+
+impl TestBidder {
+    /// Seals `len` bytes with 16 KiB chunks.
+    pub fn new(dir: &std::path::Path, i: usize, len: usize) -> Self {
+        let uscc = Uscc::with_check_digit(&format!("9144030000{:07}", 5000 + i)).unwrap();
+        let name = format!("测试建设有限公司{i}");
+        let sign = crypto::generate_secret_key();
+        let enc = crypto::generate_secret_key();
+        let data: Vec<u8> = (0..len).map(|j| ((j * 31 + i * 7) % 253) as u8).collect();
+        let plain = dir.join(format!("plain{i}"));
+        std::fs::write(&plain, &data).unwrap();
+        let summary = BidSummary {
+            bidder_name: name.clone(),
+            price_fen: 10_000_000 + i as u64,
+            duration_days: 100 + i as u32,
+            quality: "合格".into(),
+            fields: Default::default(),
+        };
+        let signer =
+            crypto::load_public_pem(&crypto::public_key_pem(&sign.public_key()).unwrap()).unwrap();
+        let file = dir.join(format!("bid{i}.kbid"));
+        engine::seal_file(
+            &plain,
+            &file,
+            &SealParams {
+                tender_id: TENDER,
+                bidder: uscc.clone(),
+                summary: &summary,
+                recipients: &[enc.public_key()],
+                sign_key: &sign,
+                signer: &signer,
+                chunk_size: 16 * 1024,
+                created_at: 0,
+            },
+            &NoProgress,
+        )
+        .unwrap();
+        Self {
+            uscc,
+            name,
+            sign,
+            enc,
+            data,
+            file,
+            summary,
+        }
+    }
+
+    pub fn registration(&self) -> Value {
+        json!({
+            "uscc": self.uscc.as_str(),
+            "name": self.name,
+            "sign_keys": [crypto::public_key_pem(&self.sign.public_key()).unwrap()],
+            "enc_keys": [crypto::public_key_pem(&self.enc.public_key()).unwrap()],
+        })
+    }
+}
+
+/// A response's status and JSON body.
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl TestApp {
+    pub fn now_ms(&self) -> i64 {
+        kaibiao::hall::system_clock()() + self.offset.load(Ordering::SeqCst)
+    }
+
+    /// Moves the server's clock forward.
+    pub fn advance_secs(&self, secs: i64) {
+        self.offset.fetch_add(secs * 1000, Ordering::SeqCst);
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        auth: Option<&str>,
+    ) -> Reply {
+        let url = format!("{}{path}", self.base);
+        let mut req = match method {
+            "GET" => self.client.get(url),
+            "POST" => self.client.post(url),
+            "PUT" => self.client.put(url),
+            other => panic!("{other}"),
+        };
+        if let Some(token) = auth {
+            req = req.bearer_auth(token);
+        }
+        let mut res = match body {
+            Some(b) => req.send_json(&b).await.unwrap(),
+            None => req.send().await.unwrap(),
+        };
+        let bytes = res.body().limit(64 << 20).await.unwrap();
+        Reply {
+            status: res.status().as_u16(),
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    pub async fn agent(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        self.call(method, path, body, Some(&self.token.clone()))
+            .await
+    }
+
+    /// Creates an opening whose deadline and opening time are `in_secs` from now.
+    pub async fn create_opening(&self, in_secs: i64, limit_secs: i64) -> String {
+        let at = self.now_ms() + in_secs * 1000;
+        let r = self
+            .agent(
+                "POST",
+                "/api/openings",
+                Some(json!({"tender_id": TENDER, "name": "测试工程施工招标",
+                "deadline_ms": at, "opening_ms": at, "decrypt_limit_secs": limit_secs})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn register(&self, opening: &str, bidder: &TestBidder) {
+        let r = self
+            .agent(
+                "POST",
+                &format!("/api/openings/{opening}/bidders"),
+                Some(bidder.registration()),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+
+    pub async fn upload_bytes(&self, opening: &str, uscc: &str, bytes: Vec<u8>) -> Reply {
+        let mut res = self
+            .client
+            .put(format!("{}/api/openings/{opening}/bids/{uscc}", self.base))
+            .send_body(bytes)
+            .await
+            .unwrap();
+        let body = res.body().await.unwrap();
+        Reply {
+            status: res.status().as_u16(),
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        }
+    }
+
+    pub async fn upload(&self, opening: &str, bidder: &TestBidder) -> Reply {
+        self.upload_bytes(
+            opening,
+            bidder.uscc.as_str(),
+            std::fs::read(&bidder.file).unwrap(),
+        )
+        .await
+    }
+
+    pub async fn snapshot(&self, opening: &str) -> Value {
+        self.call("GET", &format!("/api/openings/{opening}"), None, None)
+            .await
+            .body
+    }
+
+    /// The QR URL shown for a bidder's bid, if any.
+    pub async fn qr_url(&self, opening: &str, bidder: &TestBidder) -> Option<String> {
+        let s = self.snapshot(opening).await;
+        s["bids"]
+            .as_array()?
+            .iter()
+            .find(|b| b["bidder_code"] == bidder.uscc.as_str())?["qr"]["url"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    pub async fn challenge(&self, qr_url: &str) -> Reply {
+        let url = phone::challenge_url(qr_url, None);
+        let path = url.split_once(&self.base).unwrap().1.to_owned();
+        self.call("GET", &path, None, None).await
+    }
+
+    pub async fn post_answer(
+        &self,
+        view: &ChallengeView,
+        answer: &kaibiao::phone::Answer,
+    ) -> Reply {
+        let path = view.answer_url.split_once(&self.base).unwrap().1.to_owned();
+        self.call(
+            "POST",
+            &path,
+            Some(serde_json::to_value(answer).unwrap()),
+            None,
+        )
+        .await
+    }
+
+    /// The whole phone flow for a bidder: fetch the QR's challenge, answer it.
+    pub async fn scan(&self, opening: &str, bidder: &TestBidder) -> Reply {
+        let url = self
+            .qr_url(opening, bidder)
+            .await
+            .expect("a QR code is shown");
+        let r = self.challenge(&url).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let view: ChallengeView = serde_json::from_value(r.body).unwrap();
+        let answer = phone::answer_challenge(&view, &bidder.enc, &bidder.sign).unwrap();
+        self.post_answer(&view, &answer).await
+    }
+
+    /// Polls until every bid has left the decrypting state (bounded, not a speed check).
+    pub async fn wait_until_settled(&self, opening: &str) -> Value {
+        for _ in 0..1200 {
+            let s = self.snapshot(opening).await;
+            let busy = s["bids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b["state"] == "decrypting");
+            let digests_pending = s["bids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b["state"] == "decrypted")
+                && self.digests_pending(opening).await;
+            if !busy && !digests_pending {
+                return s;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the opening did not settle within two minutes");
+    }
+
+    async fn digests_pending(&self, opening: &str) -> bool {
+        let r = self
+            .agent("GET", &format!("/api/openings/{opening}"), None)
+            .await;
+        r.body["bids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["state"] == "decrypted" && b["plain_sm3"].is_null())
+    }
+
+    /// All events of an opening as the agent sees them.
+    pub async fn events(&self, opening: &str) -> Vec<Value> {
+        self.agent("GET", &format!("/api/openings/{opening}/events"), None)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Stops the server and starts a new one on the same database and data folder.
+    pub async fn restart(self) -> TestApp {
+        self.server.stop(true).await;
+        let mut settings = self.settings.clone();
+        settings.bind = "127.0.0.1:0".parse().unwrap();
+        settings.admin_password = None;
+        start(settings, self.dir, self.offset).await
+    }
+
+    pub async fn cleanup(self) {
+        self.server.stop(true).await;
+        if self.settings.database_url.starts_with("postgres") {
+            let (head, name) = self.settings.database_url.rsplit_once('/').unwrap();
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&format!("{head}/postgres")).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
+            }
+        }
+    }
+}
+
+/// A websocket client that records events.
+pub struct Viewer {
+    framed: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
+}
+
+impl Viewer {
+    pub async fn connect(app: &TestApp, opening: &str, since: i64, token: Option<&str>) -> Viewer {
+        let mut url = format!(
+            "ws://127.0.0.1:{}/ws/openings/{opening}?since={since}",
+            app.port
+        );
+        if let Some(t) = token {
+            url.push_str(&format!("&token={t}"));
+        }
+        let (_, framed) = app
+            .client
+            .ws(url)
+            .connect()
+            .await
+            .expect("websocket connects");
+        Viewer { framed }
+    }
+
+    /// The next JSON message, answering pings; None on close or after `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            let frame = actix_web::rt::time::timeout(wait, self.framed.next())
+                .await
+                .ok()??
+                .ok()?;
+            match frame {
+                awc::ws::Frame::Text(bytes) => return serde_json::from_slice(&bytes).ok(),
+                awc::ws::Frame::Ping(p) => {
+                    let _ = self.framed.send(awc::ws::Message::Pong(p)).await;
+                }
+                awc::ws::Frame::Close(_) => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads events (skipping other messages) until one satisfies `stop`, collecting them.
+    pub async fn events_until(&mut self, stop: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut seen = Vec::new();
+        while let Some(m) = self.next(Duration::from_secs(60)).await {
+            if m["type"] == "event" {
+                let done = stop(&m);
+                seen.push(m);
+                if done {
+                    return seen;
+                }
+            }
+        }
+        panic!(
+            "the websocket closed before the awaited event; saw {} events",
+            seen.len()
+        );
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.framed.send(awc::ws::Message::Close(None)).await;
+    }
+}

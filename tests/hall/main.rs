@@ -1,0 +1,9 @@
+//! Black-box tests of the hall: the real server on port 0, a fresh database per test, driven over
+//! HTTP and websocket — each test runs on SQLite and, when KAIBIAO_TEST_POSTGRES_URL is set, on
+//! PostgreSQL.
+
+mod helpers;
+mod opening;
+mod refusals;
+mod roles;
+mod websocket;

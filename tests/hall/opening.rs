@@ -1,0 +1,262 @@
+//! A whole opening, from upload to the evaluators' download, and a restart in the middle.
+
+use kaibiao::crypto;
+use serde_json::json;
+
+use crate::helpers::{Backend, TestBidder, Viewer, spawn_app};
+
+crate::on_both_databases!(
+    twenty_bidders_from_upload_to_evaluator_download,
+    a_restarted_server_resumes_the_opening
+);
+
+async fn twenty_bidders_from_upload_to_evaluator_download(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let opening = app.create_opening(600, 1800).await;
+    let bidders: Vec<TestBidder> = (0..20)
+        .map(|i| TestBidder::new(app.dir.path(), i, 50_000 + i * 7_919))
+        .collect();
+    for b in &bidders {
+        app.register(&opening, b).await;
+    }
+    for b in &bidders {
+        let r = app.upload(&opening, b).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let file = std::fs::read(&b.file).unwrap();
+        assert_eq!(
+            r.body["sm3"],
+            hex::encode(crypto::sm3(&file)),
+            "the receipt carries the file's SM3"
+        );
+        assert_eq!(r.body["size"], file.len() as u64);
+    }
+
+    let mut viewer = Viewer::connect(&app, &opening, 0, None).await;
+    app.advance_secs(601);
+    let r = app
+        .agent(
+            "POST",
+            &format!("/api/openings/{opening}/start-decryption"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let scans = bidders.iter().map(|b| app.scan(&opening, b));
+    for r in futures_util::future::join_all(scans).await {
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["status"], "accepted");
+    }
+    let snapshot = app.wait_until_settled(&opening).await;
+    for bid in snapshot["bids"].as_array().unwrap() {
+        assert_eq!(bid["state"], "decrypted", "{bid}");
+        assert!(bid["summary"]["price_fen"].as_u64().is_some());
+    }
+
+    // The live feed saw every event in order, and each bid's summary before its body finished.
+    let decrypted = std::cell::Cell::new(0);
+    let seen = viewer
+        .events_until(|e| {
+            if e["kind"] == "bid.decrypted" {
+                decrypted.set(decrypted.get() + 1);
+            }
+            decrypted.get() == 20
+        })
+        .await;
+    viewer.close().await;
+    let public = app
+        .call(
+            "GET",
+            &format!("/api/openings/{opening}/events"),
+            None,
+            None,
+        )
+        .await
+        .body;
+    let last = seen.last().unwrap()["seq"].as_i64().unwrap();
+    let expected: Vec<i64> = public
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .filter(|&s| s <= last)
+        .collect();
+    let got: Vec<i64> = seen.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(got, expected, "every public event exactly once, in order");
+    for bid in snapshot["bids"].as_array().unwrap() {
+        let pos = |kind: &str| {
+            seen.iter()
+                .position(|e| e["kind"] == kind && e["data"]["bid_id"] == bid["id"])
+        };
+        assert!(pos("bid.summary").unwrap() < pos("bid.decrypted").unwrap());
+    }
+
+    // Before release the evaluators get nothing; after it, every file byte-identical.
+    let eval = app
+        .agent(
+            "POST",
+            &format!("/api/openings/{opening}/evaluator-tokens"),
+            None,
+        )
+        .await;
+    let eval_token = eval.body["token"].as_str().unwrap().to_owned();
+    let first = snapshot["bids"][0]["id"].as_str().unwrap().to_owned();
+    let early = app
+        .call(
+            "GET",
+            &format!("/api/eval/bids/{first}/file"),
+            None,
+            Some(&eval_token),
+        )
+        .await;
+    assert_eq!(early.status, 403, "{}", early.body);
+    assert_eq!(
+        app.agent(
+            "POST",
+            &format!("/api/openings/{opening}/end-decryption"),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        app.agent("POST", &format!("/api/openings/{opening}/release"), None)
+            .await
+            .status,
+        200
+    );
+
+    let list = app
+        .call("GET", "/api/eval/bids", None, Some(&eval_token))
+        .await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    for b in &bidders {
+        let entry = list.body["bids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["bidder_code"] == b.uscc.as_str())
+            .unwrap();
+        assert_eq!(entry["summary"]["price_fen"], b.summary.price_fen);
+        // The proof verifies against the bidder's key.
+        let proof = &entry["proof"];
+        let mut message = kaibiao::format::SIGNATURE_CONTEXT.to_vec();
+        message.extend(hex::decode(proof["header_hash"].as_str().unwrap()).unwrap());
+        let digests = proof["chunk_digests"].as_array().unwrap();
+        message.extend((digests.len() as u64).to_be_bytes());
+        for d in digests {
+            message.extend(hex::decode(d.as_str().unwrap()).unwrap());
+        }
+        use base64::Engine;
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(proof["signature"].as_str().unwrap())
+            .unwrap();
+        crypto::verify(&b.sign.public_key(), &message, &signature).unwrap();
+
+        let url = format!("{}{}", app.base, entry["download"].as_str().unwrap());
+        let mut res = app
+            .client
+            .get(&url)
+            .bearer_auth(&eval_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        let digest = res
+            .headers()
+            .get("x-kaibiao-sm3")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = res.body().limit(16 << 20).await.unwrap();
+        assert!(
+            body.as_ref() == b.data.as_slice(),
+            "decrypted bid of {} differs",
+            b.name
+        );
+        assert_eq!(digest, hex::encode(crypto::sm3(&b.data)));
+        let mut part = app
+            .client
+            .get(&url)
+            .bearer_auth(&eval_token)
+            .insert_header(("Range", "bytes=100-199"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(part.status().as_u16(), 206);
+        assert_eq!(part.body().await.unwrap().as_ref(), &b.data[100..200]);
+    }
+    let verify = app
+        .agent(
+            "GET",
+            &format!("/api/openings/{opening}/events/verify"),
+            None,
+        )
+        .await;
+    assert_eq!(verify.body["valid"], true, "{}", verify.body);
+    assert_eq!(
+        app.agent("POST", &format!("/api/openings/{opening}/close"), None)
+            .await
+            .status,
+        200
+    );
+    app.cleanup().await;
+}
+
+async fn a_restarted_server_resumes_the_opening(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let opening = app.create_opening(60, 1800).await;
+    let a = TestBidder::new(app.dir.path(), 1, 100_000);
+    let b = TestBidder::new(app.dir.path(), 2, 120_000);
+    for x in [&a, &b] {
+        app.register(&opening, x).await;
+        assert_eq!(app.upload(&opening, x).await.status, 201);
+    }
+    app.advance_secs(61);
+    assert_eq!(
+        app.agent(
+            "POST",
+            &format!("/api/openings/{opening}/start-decryption"),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(app.scan(&opening, &a).await.status, 200);
+    app.wait_until_settled(&opening).await;
+    let before = app.events(&opening).await.len();
+
+    let app = app.restart().await;
+    // Same opening, same hall key (sealed under master.key): the second bidder can still scan.
+    let r = app.scan(&opening, &b).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let snapshot = app.wait_until_settled(&opening).await;
+    assert!(
+        snapshot["bids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["state"] == "decrypted")
+    );
+    let events = app.events(&opening).await;
+    assert!(events.len() > before);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e["seq"],
+            json!(i as i64 + 1),
+            "the event log continues without a gap"
+        );
+    }
+    let verify = app
+        .agent(
+            "GET",
+            &format!("/api/openings/{opening}/events/verify"),
+            None,
+        )
+        .await;
+    assert_eq!(verify.body["valid"], true);
+    app.cleanup().await;
+}

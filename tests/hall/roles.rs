@@ -1,0 +1,137 @@
+//! Roles that may not see or do a thing are refused.
+
+use serde_json::json;
+
+use crate::helpers::{Backend, TestBidder, spawn_app};
+
+crate::on_both_databases!(roles_are_enforced, the_pages_render);
+
+async fn roles_are_enforced(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let opening = app.create_opening(60, 600).await;
+    let other = app.create_opening(60, 600).await;
+
+    // The public cannot act as an agent.
+    for (method, path) in [
+        ("POST", "/api/openings".to_owned()),
+        ("GET", "/api/openings".to_owned()),
+        ("POST", format!("/api/openings/{opening}/start-decryption")),
+        ("POST", format!("/api/openings/{opening}/release")),
+        ("POST", format!("/api/openings/{opening}/evaluator-tokens")),
+        ("POST", format!("/api/openings/{opening}/bidders")),
+    ] {
+        let r = app.call(method, &path, Some(json!({})), None).await;
+        assert_eq!(r.status, 401, "{method} {path}: {}", r.body);
+        let r = app
+            .call(method, &path, Some(json!({})), Some("kb_forged"))
+            .await;
+        assert_eq!(
+            r.status, 401,
+            "{method} {path} with a forged token: {}",
+            r.body
+        );
+    }
+    // A wrong password is refused.
+    let r = app
+        .call(
+            "POST",
+            "/api/login",
+            Some(json!({"username": "admin", "password": "wrong password"})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 401);
+
+    // An evaluator token is scoped to one opening and cannot act as an agent.
+    let token = app
+        .agent(
+            "POST",
+            &format!("/api/openings/{opening}/evaluator-tokens"),
+            None,
+        )
+        .await
+        .body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app
+        .call(
+            "POST",
+            &format!("/api/openings/{other}/start-decryption"),
+            None,
+            Some(&token),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let list = app.call("GET", "/api/eval/bids", None, Some(&token)).await;
+    assert_eq!(list.body["opening_id"], opening);
+    assert_eq!(list.body["released"], false);
+    assert_eq!(
+        app.call("GET", "/api/eval/bids", None, None).await.status,
+        401
+    );
+
+    // Agent-only events stay out of public feeds.
+    let public = app
+        .call(
+            "GET",
+            &format!("/api/openings/{opening}/events"),
+            None,
+            None,
+        )
+        .await
+        .body;
+    assert!(
+        public
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["audience"] == "public")
+    );
+    let agent = app.events(&opening).await;
+    assert!(agent.iter().any(|e| e["kind"] == "evaluator.token_issued"));
+
+    // Bad input changes nothing.
+    let r = app.agent("POST", &format!("/api/openings/{opening}/bidders"), Some(json!({"uscc": "91350100M000100Y44", "name": "x", "sign_keys": ["x"], "enc_keys": ["y"]}))).await;
+    assert_eq!(r.status, 422);
+    assert!(r.body["message"].as_str().unwrap().contains("check digit"));
+    let r = app.agent("POST", "/api/openings", Some(json!({"tender_id": "T", "name": "n", "deadline_ms": 10, "opening_ms": 5, "decrypt_limit_secs": 600}))).await;
+    assert_eq!(r.status, 422);
+    assert_eq!(
+        app.call("GET", "/api/openings/nope", None, None)
+            .await
+            .status,
+        404
+    );
+    app.cleanup().await;
+}
+
+async fn the_pages_render(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let opening = app.create_opening(60, 600).await;
+    let b = TestBidder::new(app.dir.path(), 1, 1000);
+    app.register(&opening, &b).await;
+    for path in [
+        format!("/hall/{opening}"),
+        "/console".to_owned(),
+        "/static/hall.js".to_owned(),
+        "/healthz".to_owned(),
+        "/metrics".to_owned(),
+    ] {
+        let mut res = app
+            .client
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{path}");
+        let body = res.body().await.unwrap();
+        if path.starts_with("/hall") {
+            assert!(String::from_utf8_lossy(&body).contains("开标大厅"));
+        }
+        if path == "/metrics" {
+            assert!(String::from_utf8_lossy(&body).contains("kaibiao_openings"));
+        }
+    }
+    app.cleanup().await;
+}

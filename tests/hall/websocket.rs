@@ -1,0 +1,116 @@
+//! A viewer that drops mid-opening resumes with no missed and no repeated event.
+
+use std::time::Duration;
+
+use crate::helpers::{Backend, TestBidder, Viewer, spawn_app};
+
+crate::on_both_databases!(
+    a_viewer_resumes_without_gaps_or_repeats,
+    progress_and_heartbeats_flow
+);
+
+async fn a_viewer_resumes_without_gaps_or_repeats(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let bidders: Vec<TestBidder> = (0..4)
+        .map(|i| TestBidder::new(app.dir.path(), i, 30_000))
+        .collect();
+    let opening = app.create_opening(60, 1800).await;
+    for b in &bidders {
+        app.register(&opening, b).await;
+        assert_eq!(app.upload(&opening, b).await.status, 201);
+    }
+    app.advance_secs(61);
+    assert_eq!(
+        app.agent(
+            "POST",
+            &format!("/api/openings/{opening}/start-decryption"),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+
+    let mut viewer = Viewer::connect(&app, &opening, 0, None).await;
+    let first = viewer
+        .events_until(|e| e["kind"] == "decryption.started")
+        .await;
+    let last_seen = first.last().unwrap()["seq"].as_i64().unwrap();
+    viewer.close().await;
+
+    // While the viewer is away, two bidders decrypt.
+    for b in &bidders[..2] {
+        assert_eq!(app.scan(&opening, b).await.status, 200);
+    }
+    app.wait_until_settled(&opening).await;
+
+    let mut viewer = Viewer::connect(&app, &opening, last_seen, None).await;
+    let hello = viewer.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(hello["type"], "hello");
+    // The other two decrypt while it is connected: the replay joins the live feed seamlessly.
+    for b in &bidders[2..] {
+        assert_eq!(app.scan(&opening, b).await.status, 200);
+    }
+    app.wait_until_settled(&opening).await;
+    let public: Vec<i64> = app
+        .call(
+            "GET",
+            &format!("/api/openings/{opening}/events"),
+            None,
+            None,
+        )
+        .await
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    let newest = *public.last().unwrap();
+    let rest = viewer
+        .events_until(|e| e["seq"].as_i64() == Some(newest))
+        .await;
+    viewer.close().await;
+
+    let seqs: Vec<i64> = first
+        .iter()
+        .chain(rest.iter())
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, public, "every public event exactly once, in order");
+    app.cleanup().await;
+}
+
+async fn progress_and_heartbeats_flow(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let b = TestBidder::new(app.dir.path(), 1, 4 << 20);
+    let opening = app.create_opening(60, 1800).await;
+    app.register(&opening, &b).await;
+    assert_eq!(app.upload(&opening, &b).await.status, 201);
+    app.advance_secs(61);
+    assert_eq!(
+        app.agent(
+            "POST",
+            &format!("/api/openings/{opening}/start-decryption"),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    let mut viewer = Viewer::connect(&app, &opening, 0, None).await;
+    assert_eq!(app.scan(&opening, &b).await.status, 200);
+    let mut kinds = Vec::new();
+    while let Some(m) = viewer.next(Duration::from_secs(60)).await {
+        if m["type"] == "event" {
+            kinds.push(m["kind"].as_str().unwrap().to_owned());
+            if m["kind"] == "bid.decrypted" {
+                break;
+            }
+        }
+    }
+    assert!(kinds.contains(&"bid.summary".to_owned()));
+    assert!(kinds.contains(&"bid.decrypted".to_owned()));
+    viewer.close().await;
+    app.cleanup().await;
+}

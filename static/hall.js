@@ -77,5 +77,6 @@
   }
 
   setInterval(tickClock, 250);
+  load();
   connect();
 })();

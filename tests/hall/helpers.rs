@@ -276,6 +276,36 @@ impl TestApp {
         r.body["id"].as_str().unwrap().to_owned()
     }
 
+    /// An opening (deadline and opening time `in_secs` from now) with these bidders registered
+    /// and their bids uploaded.
+    pub async fn opening_with_bids(
+        &self,
+        bidders: &[&TestBidder],
+        in_secs: i64,
+        limit_secs: i64,
+    ) -> String {
+        let opening = self.create_opening(in_secs, limit_secs).await;
+        for b in bidders {
+            self.register(&opening, b).await;
+            let r = self.upload(&opening, b).await;
+            assert_eq!(r.status, 201, "{}", r.body);
+        }
+        opening
+    }
+
+    /// An agent's action on an opening: `start-decryption`, `release`, …
+    pub async fn act(&self, opening: &str, action: &str) -> Reply {
+        self.agent("POST", &format!("/api/openings/{opening}/{action}"), None)
+            .await
+    }
+
+    /// Moves the clock `secs` forward and starts decryption.
+    pub async fn start_after(&self, opening: &str, secs: i64) {
+        self.advance_secs(secs);
+        let r = self.act(opening, "start-decryption").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+
     pub async fn register(&self, opening: &str, bidder: &TestBidder) {
         let r = self
             .agent(

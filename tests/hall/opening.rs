@@ -207,24 +207,10 @@ async fn twenty_bidders_from_upload_to_evaluator_download(backend: Backend) {
 
 async fn a_restarted_server_resumes_the_opening(backend: Backend) {
     let app = spawn_app(&backend).await;
-    let opening = app.create_opening(60, 1800).await;
     let a = TestBidder::new(app.dir.path(), 1, 100_000);
     let b = TestBidder::new(app.dir.path(), 2, 120_000);
-    for x in [&a, &b] {
-        app.register(&opening, x).await;
-        assert_eq!(app.upload(&opening, x).await.status, 201);
-    }
-    app.advance_secs(61);
-    assert_eq!(
-        app.agent(
-            "POST",
-            &format!("/api/openings/{opening}/start-decryption"),
-            None
-        )
-        .await
-        .status,
-        200
-    );
+    let opening = app.opening_with_bids(&[&a, &b], 60, 1800).await;
+    app.start_after(&opening, 61).await;
     assert_eq!(app.scan(&opening, &a).await.status, 200);
     app.wait_until_settled(&opening).await;
     let before = app.events(&opening).await.len();

@@ -20,21 +20,8 @@ crate::on_both_databases!(
 
 /// An opening with the given bidders uploaded and decryption started.
 async fn decrypting(app: &TestApp, bidders: &[&TestBidder]) -> String {
-    let opening = app.create_opening(30, 600).await;
-    for b in bidders {
-        app.register(&opening, b).await;
-        let r = app.upload(&opening, b).await;
-        assert_eq!(r.status, 201, "{}", r.body);
-    }
-    app.advance_secs(31);
-    let r = app
-        .agent(
-            "POST",
-            &format!("/api/openings/{opening}/start-decryption"),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    let opening = app.opening_with_bids(bidders, 30, 600).await;
+    app.start_after(&opening, 31).await;
     opening
 }
 

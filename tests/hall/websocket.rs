@@ -14,22 +14,10 @@ async fn a_viewer_resumes_without_gaps_or_repeats(backend: Backend) {
     let bidders: Vec<TestBidder> = (0..4)
         .map(|i| TestBidder::new(app.dir.path(), i, 30_000))
         .collect();
-    let opening = app.create_opening(60, 1800).await;
-    for b in &bidders {
-        app.register(&opening, b).await;
-        assert_eq!(app.upload(&opening, b).await.status, 201);
-    }
-    app.advance_secs(61);
-    assert_eq!(
-        app.agent(
-            "POST",
-            &format!("/api/openings/{opening}/start-decryption"),
-            None
-        )
-        .await
-        .status,
-        200
-    );
+    let opening = app
+        .opening_with_bids(&bidders.iter().collect::<Vec<_>>(), 60, 1800)
+        .await;
+    app.start_after(&opening, 61).await;
 
     let mut viewer = Viewer::connect(&app, &opening, 0, None).await;
     let first = viewer
@@ -84,20 +72,8 @@ async fn a_viewer_resumes_without_gaps_or_repeats(backend: Backend) {
 async fn progress_and_heartbeats_flow(backend: Backend) {
     let app = spawn_app(&backend).await;
     let b = TestBidder::new(app.dir.path(), 1, 4 << 20);
-    let opening = app.create_opening(60, 1800).await;
-    app.register(&opening, &b).await;
-    assert_eq!(app.upload(&opening, &b).await.status, 201);
-    app.advance_secs(61);
-    assert_eq!(
-        app.agent(
-            "POST",
-            &format!("/api/openings/{opening}/start-decryption"),
-            None
-        )
-        .await
-        .status,
-        200
-    );
+    let opening = app.opening_with_bids(&[&b], 60, 1800).await;
+    app.start_after(&opening, 61).await;
     let mut viewer = Viewer::connect(&app, &opening, 0, None).await;
     assert_eq!(app.scan(&opening, &b).await.status, 200);
     let mut kinds = Vec::new();

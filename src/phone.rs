@@ -71,6 +71,14 @@ pub fn answer_message(nonce: &str, bid_id: &str, rewrapped_key: &[u8]) -> Vec<u8
     m
 }
 
+/// The message a bidder signs to withdraw (撤回) one upload before the deadline: bound to that
+/// upload's bid id, so replaying it can never withdraw a later upload.
+pub fn withdrawal_message(bid_id: &str) -> Vec<u8> {
+    let mut m = b"kaibiao withdraw v1\0".to_vec();
+    m.extend_from_slice(bid_id.as_bytes());
+    m
+}
+
 /// Computes the answer the phone sends: unwrap, re-wrap to the hall, sign.
 pub fn answer_challenge(
     view: &ChallengeView,

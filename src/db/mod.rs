@@ -462,6 +462,28 @@ impl Db {
         Ok(old_path)
     }
 
+    /// Deletes a bid and its challenges; returns its file path if it existed.
+    pub async fn delete_bid(&self, id: &str) -> Result<Option<String>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT path FROM bids WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        sqlx::query("DELETE FROM challenges WHERE bid_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM bids WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(row.try_get("path")?))
+    }
+
     pub async fn bids(&self, opening_id: &str) -> Result<Vec<BidRow>, DbError> {
         Ok(sqlx::query_as(&format!(
             "SELECT {BID_COLS} FROM bids WHERE opening_id = $1 ORDER BY received_ms, id"

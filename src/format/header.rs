@@ -278,3 +278,60 @@ impl<'a> Reader<'a> {
         self.take(len, field)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> Header {
+        Header {
+            suite: SUITE_SM2_SM4GCM_SM3,
+            created_at: 1_795_000_000,
+            chunk_size: 1024,
+            plaintext_len: 3000,
+            salt: [1; 32],
+            nonce_prefix: [2; 7],
+            commitment: [3; 32],
+            tender_id: "ZB-2026-001".into(),
+            bidder: Uscc::parse("91350100M000100Y43").unwrap(),
+            recipients: vec![Recipient {
+                key_id: [4; 32],
+                wrapped_key: vec![5; 124],
+            }],
+            sealed_summary: vec![6; 166],
+            signer: Signer {
+                kind: SignerKind::PublicKey,
+                der: vec![7; 91],
+            },
+        }
+    }
+
+    #[test]
+    fn worked_example_layout() {
+        let header = example();
+        let bytes = header.encode();
+        assert_eq!(bytes.len(), PREAMBLE_LEN + 547);
+        assert_eq!(header.chunk_count(), 3);
+        assert_eq!(header.chunk_plain_len(2), 952);
+        assert_eq!(header.body_len(), 3048);
+        assert_eq!(bytes.len() as u64 + header.chunk_stride(), 1597);
+        assert_eq!(bytes.len() as u64 + header.body_len(), 3605);
+    }
+
+    #[test]
+    fn encode_decode_round_trip_and_truncations_fail() {
+        let header = example();
+        let bytes = header.encode();
+        let len = Header::parse_preamble(&bytes[..PREAMBLE_LEN]).unwrap() as usize;
+        assert_eq!(
+            Header::decode(&bytes[PREAMBLE_LEN..PREAMBLE_LEN + len]).unwrap(),
+            header
+        );
+        for cut in 0..len {
+            assert!(
+                Header::decode(&bytes[PREAMBLE_LEN..PREAMBLE_LEN + cut]).is_err(),
+                "a header cut at {cut} parsed"
+            );
+        }
+    }
+}

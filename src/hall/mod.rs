@@ -585,6 +585,55 @@ impl Hall {
         })
     }
 
+    /// Withdraws (撤回) a bid before the deadline, on the bidder's signature over
+    /// [`crate::phone::withdrawal_message`] of that upload's bid id.
+    pub async fn withdraw_bid(
+        &self,
+        opening_id: &str,
+        uscc: &str,
+        bid_id: &str,
+        signature: &str,
+    ) -> Result<(), HallError> {
+        let opening = self.opening(opening_id).await?;
+        if opening.state != "scheduled" || self.now() >= opening.deadline_ms {
+            return Err(HallError::AfterDeadline(fmt_time(opening.deadline_ms)));
+        }
+        let bidder = self
+            .inner
+            .db
+            .bidder_by_uscc(opening_id, uscc)
+            .await?
+            .ok_or(HallError::NotFound("registered bidder"))?;
+        let bid = self
+            .inner
+            .db
+            .bid(bid_id)
+            .await?
+            .filter(|b| b.opening_id == opening_id && b.bidder_id == bidder.id)
+            .ok_or(HallError::NotFound(
+                "bid (it may have been replaced or withdrawn already)",
+            ))?;
+        let signature = B64
+            .decode(signature.trim())
+            .map_err(|_| HallError::Invalid("signature is not base64".into()))?;
+        let keys = self.inner.db.bidder_keys(&bidder.id, "sign").await?;
+        let message = crate::phone::withdrawal_message(&bid.id);
+        let signed = on_rayon(move || signed_by_any(&keys, &message, &signature)).await?;
+        if !signed {
+            return Err(HallError::BadAnswerSignature);
+        }
+        if let Some(path) = self.inner.db.delete_bid(&bid.id).await? {
+            let _ = std::fs::remove_file(path);
+        }
+        self.event(
+            opening_id,
+            "bid.withdrawn",
+            "public",
+            json!({"bid_id": bid.id, "bidder_code": bidder.uscc}),
+        )
+        .await
+    }
+
     /// Starts decryption: refused before the opening time. Makes the hall key and a QR per bid.
     pub async fn start_decryption(&self, opening_id: &str) -> Result<(), HallError> {
         let opening = self.opening(opening_id).await?;
@@ -812,11 +861,7 @@ impl Hall {
         let path = PathBuf::from(&bid.path);
         let wrapped = rewrapped.clone();
         let checked = on_rayon(move || -> Result<(FileKey, BidSummary), HallError> {
-            let signed = sign_keys.iter().any(|k| {
-                crypto::parse_public_der(&k.der, k.is_cert != 0)
-                    .is_ok_and(|id| crypto::verify(id.key(), &message, &signature).is_ok())
-            });
-            if !signed {
+            if !signed_by_any(&sign_keys, &message, &signature) {
                 return Err(HallError::BadAnswerSignature);
             }
             let raw =
@@ -1303,6 +1348,14 @@ impl Hall {
         }
         Ok(())
     }
+}
+
+/// Whether any of a bidder's registered signing keys signed `message`.
+fn signed_by_any(keys: &[BidderKeyRow], message: &[u8], signature: &[u8]) -> bool {
+    keys.iter().any(|k| {
+        crypto::parse_public_der(&k.der, k.is_cert != 0)
+            .is_ok_and(|id| crypto::verify(id.key(), message, signature).is_ok())
+    })
 }
 
 /// SM3 of a whole file, streamed.

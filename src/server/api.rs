@@ -39,6 +39,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/api/openings/{id}/bids/{uscc}", web::put().to(upload))
         .route(
+            "/api/openings/{id}/bids/{uscc}/withdraw",
+            web::post().to(withdraw),
+        )
+        .route(
             "/api/openings/{id}/bids/{bid}/qr.svg",
             web::get().to(qr_svg),
         )
@@ -289,6 +293,24 @@ async fn upload(
     let received = hall.now();
     let receipt = hall.receive_bid(&opening_id, &uscc, tmp, received).await?;
     Ok(HttpResponse::Created().json(receipt))
+}
+
+#[derive(serde::Deserialize)]
+struct Withdrawal {
+    bid_id: String,
+    /// SM2 signature (DER, base64) over `phone::withdrawal_message(bid_id)`.
+    signature: String,
+}
+
+async fn withdraw(
+    hall: web::Data<Hall>,
+    path: web::Path<(String, String)>,
+    body: web::Json<Withdrawal>,
+) -> Result<HttpResponse> {
+    let (opening_id, uscc) = path.into_inner();
+    hall.withdraw_bid(&opening_id, &uscc, &body.bid_id, &body.signature)
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"status": "withdrawn", "bid_id": body.bid_id})))
 }
 
 async fn qr_svg(hall: web::Data<Hall>, path: web::Path<(String, String)>) -> Result<HttpResponse> {

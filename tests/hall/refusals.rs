@@ -298,3 +298,71 @@ async fn a_forged_or_foreign_upload_is_refused(backend: Backend) {
     );
     app.cleanup().await;
 }
+
+crate::on_both_databases!(a_bidder_withdraws_before_the_deadline_only);
+
+async fn a_bidder_withdraws_before_the_deadline_only(backend: Backend) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let app = spawn_app(&backend).await;
+    let a = TestBidder::new(app.dir.path(), 1, 10_000);
+    let opening = app.create_opening(60, 600).await;
+    app.register(&opening, &a).await;
+    let receipt = app.upload(&opening, &a).await;
+    let bid_id = receipt.body["bid_id"].as_str().unwrap().to_owned();
+    let path = format!("/api/openings/{opening}/bids/{}/withdraw", a.uscc);
+    // Signed by someone else: refused, nothing changes.
+    let stranger = crypto::generate_secret_key();
+    let forged = b64.encode(crypto::sign(&stranger, &phone::withdrawal_message(&bid_id)).unwrap());
+    let r = app
+        .call(
+            "POST",
+            &path,
+            Some(serde_json::json!({"bid_id": bid_id, "signature": forged})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(
+        app.snapshot(&opening).await["bids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Signed by the bidder: withdrawn, and a replay finds nothing to withdraw.
+    let signature = b64.encode(crypto::sign(&a.sign, &phone::withdrawal_message(&bid_id)).unwrap());
+    let body = serde_json::json!({"bid_id": bid_id, "signature": signature});
+    let r = app.call("POST", &path, Some(body.clone()), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        app.snapshot(&opening).await["bids"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(app.call("POST", &path, Some(body), None).await.status, 404);
+    // After the deadline a withdrawal is refused.
+    let again = app.upload(&opening, &a).await;
+    let bid_id = again.body["bid_id"].as_str().unwrap().to_owned();
+    app.advance_secs(61);
+    let signature = b64.encode(crypto::sign(&a.sign, &phone::withdrawal_message(&bid_id)).unwrap());
+    let r = app
+        .call(
+            "POST",
+            &path,
+            Some(serde_json::json!({"bid_id": bid_id, "signature": signature})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.body["error"], "after_deadline");
+    assert_eq!(
+        app.snapshot(&opening).await["bids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    app.cleanup().await;
+}

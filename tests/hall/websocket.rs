@@ -90,3 +90,49 @@ async fn progress_and_heartbeats_flow(backend: Backend) {
     viewer.close().await;
     app.cleanup().await;
 }
+
+crate::on_both_databases!(a_viewer_far_behind_gets_a_snapshot);
+
+/// More than 2,000 events behind, a viewer gets the current state instead of the backlog, and
+/// then the live feed.
+async fn a_viewer_far_behind_gets_a_snapshot(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let b = TestBidder::new(app.dir.path(), 1, 1000);
+    let opening = app.opening_with_bids(&[&b], 30, 1800).await;
+    app.start_after(&opening, 31).await;
+    let url = app.qr_url(&opening, &b).await.unwrap();
+    let view: kaibiao::phone::ChallengeView =
+        serde_json::from_value(app.challenge(&url).await.body).unwrap();
+    let junk = kaibiao::phone::Answer {
+        rewrapped_key: "not base64!".into(),
+        signature: "x".into(),
+    };
+    // Every refused answer is an event on the hall display.
+    for _ in 0..42 {
+        let batch = (0..50).map(|_| app.post_answer(&view, &junk));
+        for r in futures_util::future::join_all(batch).await {
+            assert_eq!(r.status, 422);
+        }
+    }
+    let mut viewer = Viewer::connect(&app, &opening, 0, None).await;
+    assert_eq!(
+        viewer.next(Duration::from_secs(10)).await.unwrap()["type"],
+        "hello"
+    );
+    let snapshot = viewer.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    let last = snapshot["snapshot"]["last_seq"].as_i64().unwrap();
+    assert!(last > 2100);
+    assert_eq!(snapshot["snapshot"]["bids"][0]["state"], "awaiting_key");
+    assert_eq!(app.scan(&opening, &b).await.status, 200);
+    let live = viewer
+        .events_until(|e| e["kind"] == "bid.key_accepted")
+        .await;
+    assert_eq!(
+        live[0]["seq"].as_i64().unwrap(),
+        last + 1,
+        "the feed continues right after the snapshot"
+    );
+    viewer.close().await;
+    app.cleanup().await;
+}

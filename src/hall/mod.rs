@@ -483,16 +483,7 @@ impl Hall {
         upload: &Path,
         received_ms: i64,
     ) -> Result<Receipt, HallError> {
-        let opening = self.opening(opening_id).await?;
-        if opening.state != "scheduled" || received_ms >= opening.deadline_ms {
-            return Err(HallError::AfterDeadline(fmt_time(opening.deadline_ms)));
-        }
-        let bidder = self
-            .inner
-            .db
-            .bidder_by_uscc(opening_id, uscc)
-            .await?
-            .ok_or(HallError::NotFound("registered bidder"))?;
+        let (opening, bidder) = self.before_deadline(opening_id, uscc, received_ms).await?;
         let path = upload.to_owned();
         let (header, signer_id, sm3, size) = on_rayon(move || -> Result<_, BidError> {
             let bid = SealedBid::open(&path)?;
@@ -585,6 +576,26 @@ impl Hall {
         })
     }
 
+    /// The opening and registered bidder, if bids may still change at `at_ms`.
+    async fn before_deadline(
+        &self,
+        opening_id: &str,
+        uscc: &str,
+        at_ms: i64,
+    ) -> Result<(OpeningRow, BidderRow), HallError> {
+        let opening = self.opening(opening_id).await?;
+        if opening.state != "scheduled" || at_ms >= opening.deadline_ms {
+            return Err(HallError::AfterDeadline(fmt_time(opening.deadline_ms)));
+        }
+        let bidder = self
+            .inner
+            .db
+            .bidder_by_uscc(opening_id, uscc)
+            .await?
+            .ok_or(HallError::NotFound("registered bidder"))?;
+        Ok((opening, bidder))
+    }
+
     /// Withdraws (撤回) a bid before the deadline, on the bidder's signature over
     /// [`crate::phone::withdrawal_message`] of that upload's bid id.
     pub async fn withdraw_bid(
@@ -594,16 +605,7 @@ impl Hall {
         bid_id: &str,
         signature: &str,
     ) -> Result<(), HallError> {
-        let opening = self.opening(opening_id).await?;
-        if opening.state != "scheduled" || self.now() >= opening.deadline_ms {
-            return Err(HallError::AfterDeadline(fmt_time(opening.deadline_ms)));
-        }
-        let bidder = self
-            .inner
-            .db
-            .bidder_by_uscc(opening_id, uscc)
-            .await?
-            .ok_or(HallError::NotFound("registered bidder"))?;
+        let (_, bidder) = self.before_deadline(opening_id, uscc, self.now()).await?;
         let bid = self
             .inner
             .db

@@ -49,6 +49,11 @@ pub fn init_tracing(filter: &str) {
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = args.settings()?;
     init_tracing(&settings.log);
+    // Every websocket viewer holds a descriptor: raise the soft limit to the hard one.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(open_files = n, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         tracing::info!(port = app.port(), "kaibiao is serving; open /console");

@@ -128,7 +128,7 @@ impl Db {
                     .map_err(DbError::Connect)?
                     .create_if_missing(true)
                     .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                    .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
                     .foreign_keys(true)
                     .busy_timeout(std::time::Duration::from_secs(10));
                 if let Some(dir) = options.get_filename().parent() {

@@ -1,0 +1,468 @@
+//! The kaibiao load harness: runs a real `kaibiao serve` on loopback and measures
+//! 1. M openings × N websocket viewers with server-stamped events at a given rate: delivery
+//!    latency p50/p99/max per opening, delivered frames/s, errors, server RSS per connection,
+//!    with one slow viewer that stops reading;
+//! 2. a QR storm: P phones answering their challenges at once: answer latency p50/p99, answers/s.
+//!
+//! Bounded in count and time, loopback only, stops by itself. Build and run:
+//!
+//! ```sh
+//! cargo build --release --bins --examples
+//! target/release/examples/loadtest --openings 10 --viewers 1000 --rate 4 --seconds 20 --phones 1000
+//! ```
+//!
+//! It writes `loadtest/results/latest.md` and `latest.json` (or `--out DIR`).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use futures_util::StreamExt;
+use kaibiao::crypto;
+use kaibiao::domain::{BidSummary, Uscc};
+use kaibiao::engine::{self, NoProgress, SealParams};
+use kaibiao::phone::{self, Answer, ChallengeView};
+use serde_json::{Value, json};
+use tokio::net::TcpSocket;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Load harness for kaibiao: websocket broadcast and phone-answer storms on loopback")]
+struct Args {
+    /// Openings watched at once.
+    #[arg(long, default_value_t = 10)]
+    openings: usize,
+    /// Websocket viewers per opening.
+    #[arg(long, default_value_t = 100)]
+    viewers: usize,
+    /// Stored events per second per opening.
+    #[arg(long, default_value_t = 4.0)]
+    rate: f64,
+    /// How long the broadcast phase runs.
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+    /// Phones answering at once in the QR storm (0 skips it).
+    #[arg(long, default_value_t = 200)]
+    phones: usize,
+    /// The kaibiao binary (default: the one beside this program's folder).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Where to write latest.md and latest.json.
+    #[arg(long, default_value = "loadtest/results")]
+    out: PathBuf,
+    /// A hard stop for the whole run.
+    #[arg(long, default_value_t = 600)]
+    max_seconds: u64,
+}
+
+const PASSWORD: &str = "loadtest-password";
+const TENDER: &str = "ZB-LOAD-001";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0)))
+        .unwrap_or(0)
+}
+
+struct Server {
+    child: std::process::Child,
+    base: String,
+    addr: SocketAddr,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn spawn_server(args: &Args) -> anyhow::Result<Server> {
+    let bin = match &args.server_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.parent().and_then(|p| p.parent()).context("locating kaibiao")?.join("kaibiao"),
+    };
+    if !bin.exists() {
+        bail!("{} does not exist: run `cargo build --release --bins --examples` first", bin.display());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let data = tempfile::tempdir()?;
+    let child = std::process::Command::new(&bin)
+        .args(["serve", "--bind", &addr.to_string(), "--data-dir"])
+        .arg(data.path())
+        .env("KAIBIAO_ADMIN_PASSWORD", PASSWORD)
+        .env("KAIBIAO_LOG", "warn")
+        .env("KAIBIAO_CHALLENGE_TTL_SECS", "600")
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let server = Server { child, base: format!("http://{addr}"), addr, _data: data };
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        if client.get(format!("{}/healthz", server.base)).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(server);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the server did not answer /healthz within 10 s")
+}
+
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn login(base: &str) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder().pool_max_idle_per_host(512).build()?;
+        let res = client.post(format!("{base}/api/login")).json(&json!({"username": "admin", "password": PASSWORD})).send().await?;
+        let cookie = res.headers().get("set-cookie").context("no session cookie")?.to_str()?.split(';').next().unwrap_or("").to_owned();
+        let token: Value = client.post(format!("{base}/api/tokens")).header("cookie", cookie).send().await?.json().await?;
+        Ok(Self { client, base: base.to_owned(), token: token["token"].as_str().context("no token")?.to_owned() })
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let res = self.client.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body).send().await?;
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{path}: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    async fn create_opening(&self, in_secs: i64) -> anyhow::Result<String> {
+        let at = now_ms() + in_secs * 1000;
+        let body = self
+            .post("/api/openings", json!({"tender_id": TENDER, "name": "负载测试", "deadline_ms": at, "opening_ms": at, "decrypt_limit_secs": 3600}))
+            .await?;
+        Ok(body["id"].as_str().context("no id")?.to_owned())
+    }
+}
+
+struct Keys {
+    sign: sm2::SecretKey,
+    enc: sm2::SecretKey,
+    sign_pem: String,
+    enc_pem: String,
+}
+
+fn bidder_code(n: usize) -> Uscc {
+    Uscc::with_check_digit(&format!("91110000{:09}", n)).expect("digits are valid")
+}
+
+/// Connects one websocket from a source address in 127.0.0.0/8 (spreading ports over addresses).
+async fn connect_viewer(server: SocketAddr, opening: &str, n: usize) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let source = Ipv4Addr::new(127, 0, (1 + n / 20_000 / 250) as u8, (1 + (n / 20_000) % 250) as u8);
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source.into(), 0))?;
+    let stream = socket.connect(server).await?;
+    let url = format!("ws://{server}/ws/openings/{opening}");
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    Ok(ws)
+}
+
+struct Broadcast {
+    connected: usize,
+    connect_errors: usize,
+    dropped_early: usize,
+    events_generated: u64,
+    frames: u64,
+    per_opening: Vec<(u32, u32, u32, usize)>,
+    all: (u32, u32, u32),
+    rss_before_kib: u64,
+    rss_connected_kib: u64,
+    slow_viewer_dropped: bool,
+    slow_opening_p99: u32,
+    others_p99: u32,
+}
+
+async fn broadcast_phase(args: &Args, server: &Server, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::Result<Broadcast> {
+    let mut openings = Vec::new();
+    for _ in 0..args.openings {
+        openings.push(api.create_opening(3600).await?);
+    }
+    let pid = server.child.id();
+    let rss_before_kib = rss_kib(pid);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let frames = Arc::new(AtomicU64::new(0));
+    let mut viewers = Vec::new();
+    let mut connect_errors = 0;
+    let mut n = 0;
+    for (o, opening) in openings.iter().enumerate() {
+        for _ in 0..args.viewers {
+            n += 1;
+            match connect_viewer(server.addr, opening, n).await {
+                Ok(ws) => {
+                    let mut stop = stop_rx.clone();
+                    let frames = frames.clone();
+                    viewers.push((o, tokio::spawn(async move {
+                        let (_, mut read) = ws.split();
+                        let mut latencies: Vec<u32> = Vec::new();
+                        let mut closed_early = false;
+                        loop {
+                            tokio::select! {
+                                _ = stop.changed() => break,
+                                msg = read.next() => match msg {
+                                    Some(Ok(Message::Text(text))) => {
+                                        frames.fetch_add(1, Ordering::Relaxed);
+                                        if let Ok(v) = serde_json::from_str::<Value>(&text)
+                                            && v["type"] == "event"
+                                            && let Some(ts) = v["ts_ms"].as_i64()
+                                        {
+                                            latencies.push((now_ms() - ts).max(0) as u32);
+                                        }
+                                    }
+                                    Some(Ok(_)) => {}
+                                    _ => { closed_early = true; break; }
+                                }
+                            }
+                        }
+                        (latencies, closed_early)
+                    })));
+                }
+                Err(_) => connect_errors += 1,
+            }
+        }
+    }
+    // One slow viewer in the first opening: connects, then never reads.
+    let slow = connect_viewer(server.addr, &openings[0], n + 1).await.ok();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_connected_kib = rss_kib(pid);
+
+    let generated = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let mut generators = Vec::new();
+    for (o, opening) in openings.iter().enumerate() {
+        let api = api.clone();
+        let keys = keys.clone();
+        let opening = opening.clone();
+        let generated = generated.clone();
+        let period = Duration::from_secs_f64(1.0 / args.rate);
+        generators.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            let mut i = 0;
+            while Instant::now() < deadline {
+                tick.tick().await;
+                i += 1;
+                let code = bidder_code(o * 1_000_000 + i);
+                let body = json!({"uscc": code.as_str(), "name": format!("负载投标人{o}-{i}"), "sign_keys": [keys.sign_pem], "enc_keys": [keys.enc_pem]});
+                if api.post(&format!("/api/openings/{opening}/bidders"), body).await.is_ok() {
+                    generated.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for g in generators {
+        g.await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop_tx.send(true);
+    let mut per: Vec<Vec<u32>> = vec![Vec::new(); openings.len()];
+    let mut dropped_early = 0;
+    for (o, v) in viewers {
+        let (lat, early) = v.await?;
+        per[o].extend(lat);
+        dropped_early += usize::from(early);
+    }
+    // The slow viewer was dropped if the server closed it (after its buffers drained).
+    let slow_viewer_dropped = match slow {
+        Some(ws) => {
+            let (_, mut read) = ws.split();
+            let mut closed = false;
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until {
+                match tokio::time::timeout(Duration::from_millis(500), read.next()).await {
+                    Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    Err(_) => break,
+                }
+            }
+            closed
+        }
+        None => false,
+    };
+    let mut all: Vec<u32> = per.iter().flatten().copied().collect();
+    all.sort_unstable();
+    let mut per_opening = Vec::new();
+    let mut others: Vec<u32> = Vec::new();
+    for (o, mut l) in per.into_iter().enumerate() {
+        l.sort_unstable();
+        per_opening.push((percentile(&l, 0.5), percentile(&l, 0.99), l.last().copied().unwrap_or(0), l.len()));
+        if o != 0 {
+            others.extend(l);
+        }
+    }
+    others.sort_unstable();
+    Ok(Broadcast {
+        connected: args.openings * args.viewers - connect_errors,
+        connect_errors,
+        dropped_early,
+        events_generated: generated.load(Ordering::Relaxed),
+        frames: frames.load(Ordering::Relaxed),
+        slow_opening_p99: per_opening.first().map(|p| p.1).unwrap_or(0),
+        per_opening,
+        all: (percentile(&all, 0.5), percentile(&all, 0.99), all.last().copied().unwrap_or(0)),
+        rss_before_kib,
+        rss_connected_kib,
+        slow_viewer_dropped,
+        others_p99: percentile(&others, 0.99),
+    })
+}
+
+struct Storm {
+    phones: usize,
+    accepted: usize,
+    refused: usize,
+    wall_secs: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::Result<Storm> {
+    let p = args.phones;
+    let work = tempfile::tempdir()?;
+    // Seal P small bids (one per bidder) before the opening exists.
+    let summary = BidSummary { bidder_name: "负载".into(), price_fen: 1, duration_days: 1, quality: "合格".into(), fields: Default::default() };
+    let signer = crypto::load_public_pem(&keys.sign_pem)?;
+    let mut files = Vec::new();
+    let plain = work.path().join("plain");
+    std::fs::write(&plain, vec![7u8; 4096])?;
+    for i in 0..p {
+        let file = work.path().join(format!("{i}.kbid"));
+        engine::seal_file(&plain, &file, &SealParams {
+            tender_id: TENDER, bidder: bidder_code(900_000_000 + i), summary: &summary, recipients: &[keys.enc.public_key()],
+            sign_key: &keys.sign, signer: &signer, chunk_size: 4096, created_at: 0,
+        }, &NoProgress)?;
+        files.push(file);
+    }
+    let lead = 5 + (p as i64) / 50;
+    let opening = api.create_opening(lead).await?;
+    let opening_at = Instant::now() + Duration::from_secs(lead as u64);
+    for (i, file) in files.iter().enumerate() {
+        let code = bidder_code(900_000_000 + i);
+        api.post(&format!("/api/openings/{opening}/bidders"), json!({"uscc": code.as_str(), "name": format!("手机{i}"), "sign_keys": [keys.sign_pem], "enc_keys": [keys.enc_pem]})).await?;
+        let res = api.client.put(format!("{}/api/openings/{opening}/bids/{}", api.base, code)).body(std::fs::read(file)?).send().await?;
+        if !res.status().is_success() {
+            bail!("upload {i}: {}", res.text().await.unwrap_or_default());
+        }
+    }
+    tokio::time::sleep_until((opening_at + Duration::from_millis(300)).into()).await;
+    api.post(&format!("/api/openings/{opening}/start-decryption"), json!({})).await?;
+    let snapshot: Value = api.client.get(format!("{}/api/openings/{opening}", api.base)).send().await?.json().await?;
+    let urls: Vec<String> = snapshot["bids"].as_array().context("bids")?.iter().filter_map(|b| b["qr"]["url"].as_str().map(str::to_owned)).collect();
+    // Each phone fetches its challenge and prepares its answer; then all answer at once.
+    let mut prepared: Vec<(String, Answer)> = Vec::new();
+    for url in &urls {
+        let view: ChallengeView = api.client.get(phone::challenge_url(url, None)).send().await?.json().await?;
+        let answer = phone::answer_challenge(&view, &keys.enc, &keys.sign)?;
+        prepared.push((view.answer_url, answer));
+    }
+    let start = Instant::now();
+    let tasks = prepared.into_iter().map(|(url, answer)| {
+        let client = api.client.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let ok = client.post(url).json(&answer).send().await.is_ok_and(|r| r.status().is_success());
+            (ok, t.elapsed().as_secs_f64() * 1000.0)
+        })
+    });
+    let results = futures_util::future::join_all(tasks).await;
+    let wall_secs = start.elapsed().as_secs_f64();
+    let mut lat: Vec<f64> = Vec::new();
+    let mut accepted = 0;
+    for r in results {
+        let (ok, ms) = r?;
+        accepted += usize::from(ok);
+        lat.push(ms);
+    }
+    lat.sort_by(f64::total_cmp);
+    let pick = |q: f64| lat.get(((lat.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or(0.0);
+    Ok(Storm { phones: urls.len(), accepted, refused: urls.len() - accepted, wall_secs, p50_ms: pick(0.5), p99_ms: pick(0.99), max_ms: pick(1.0) })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+    let hard_stop = Duration::from_secs(args.max_seconds);
+    tokio::time::timeout(hard_stop, run(args, limit)).await.context("the run passed --max-seconds and was stopped")?
+}
+
+async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
+    let server = spawn_server(&args).await?;
+    let api = Arc::new(Api::login(&server.base).await?);
+    let sign = crypto::generate_secret_key();
+    let enc = crypto::generate_secret_key();
+    let keys = Arc::new(Keys { sign_pem: crypto::public_key_pem(&sign.public_key())?, enc_pem: crypto::public_key_pem(&enc.public_key())?, sign, enc });
+    eprintln!("broadcast: {} openings × {} viewers, {} events/s each, {} s", args.openings, args.viewers, args.rate, args.seconds);
+    let b = broadcast_phase(&args, &server, &api, &keys).await?;
+    let s = if args.phones > 0 {
+        eprintln!("storm: {} phones", args.phones);
+        Some(storm_phase(&args, &api, &keys).await?)
+    } else {
+        None
+    };
+    let per_conn = if b.connected > 0 { (b.rss_connected_kib.saturating_sub(b.rss_before_kib)) as f64 * 1024.0 / b.connected as f64 } else { 0.0 };
+    let report = json!({
+        "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "open_file_limit": nofile},
+        "args": {"openings": args.openings, "viewers": args.viewers, "rate": args.rate, "seconds": args.seconds, "phones": args.phones},
+        "broadcast": {
+            "connected": b.connected, "connect_errors": b.connect_errors, "dropped_early": b.dropped_early,
+            "events_generated": b.events_generated, "frames_delivered": b.frames,
+            "frames_per_second": b.frames as f64 / args.seconds as f64,
+            "latency_ms": {"p50": b.all.0, "p99": b.all.1, "max": b.all.2},
+            "per_opening": b.per_opening.iter().map(|p| json!({"p50": p.0, "p99": p.1, "max": p.2, "samples": p.3})).collect::<Vec<_>>(),
+            "server_rss_kib": {"before": b.rss_before_kib, "connected": b.rss_connected_kib},
+            "server_rss_bytes_per_connection": per_conn,
+            "slow_viewer": {"dropped": b.slow_viewer_dropped, "its_opening_p99_ms": b.slow_opening_p99, "other_openings_p99_ms": b.others_p99},
+        },
+        "storm": s.as_ref().map(|s| json!({"phones": s.phones, "accepted": s.accepted, "refused": s.refused, "seconds": s.wall_secs,
+            "answers_per_second": s.accepted as f64 / s.wall_secs, "latency_ms": {"p50": s.p50_ms, "p99": s.p99_ms, "max": s.max_ms}})),
+    });
+    let mut md = format!(
+        "# kaibiao load test\n\n{} openings × {} viewers, {} events/s per opening for {} s; {} phones.\n\n\
+         | broadcast | value |\n|---|---|\n| connected | {} (errors {}, dropped early {}) |\n| events generated | {} |\n\
+         | frames delivered | {} ({:.0}/s) |\n| delivery latency p50 / p99 / max | {} / {} / {} ms |\n\
+         | server RSS before → connected | {} → {} KiB ({:.1} KB per connection) |\n\
+         | slow viewer dropped | {} (its opening p99 {} ms, others p99 {} ms) |\n",
+        args.openings, args.viewers, args.rate, args.seconds, args.phones,
+        b.connected, b.connect_errors, b.dropped_early, b.events_generated, b.frames, b.frames as f64 / args.seconds as f64,
+        b.all.0, b.all.1, b.all.2, b.rss_before_kib, b.rss_connected_kib, per_conn / 1000.0,
+        b.slow_viewer_dropped, b.slow_opening_p99, b.others_p99,
+    );
+    if let Some(s) = &s {
+        md.push_str(&format!(
+            "\n| phone storm | value |\n|---|---|\n| answers accepted / refused | {} / {} |\n| answers/s | {:.0} |\n| answer latency p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |\n",
+            s.accepted, s.refused, s.accepted as f64 / s.wall_secs, s.p50_ms, s.p99_ms, s.max_ms
+        ));
+    }
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("latest.md"), &md)?;
+    std::fs::write(args.out.join("latest.json"), serde_json::to_string_pretty(&report)?)?;
+    println!("{md}");
+    Ok(())
+}

@@ -520,6 +520,19 @@ impl Db {
             .collect()
     }
 
+    /// At the start of decryption every received bid waits for its key; returns those bids.
+    pub async fn await_keys(&self, opening_id: &str) -> Result<Vec<String>, DbError> {
+        sqlx::query("UPDATE bids SET state = 'awaiting_key' WHERE opening_id = $1 AND state = 'received'")
+            .bind(opening_id)
+            .execute(&self.pool)
+            .await?;
+        let rows = sqlx::query("SELECT id FROM bids WHERE opening_id = $1 AND state = 'awaiting_key' ORDER BY received_ms, id")
+            .bind(opening_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
     /// Moves a bid between states; false if it was no longer in `from`.
     pub async fn transition_bid(&self, id: &str, from: &str, to: &str) -> Result<bool, DbError> {
         let done = sqlx::query("UPDATE bids SET state = $1 WHERE id = $2 AND state = $3")
@@ -531,20 +544,29 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Records an accepted key answer and the opened summary: awaiting_key → decrypting.
-    pub async fn accept_answer(
-        &self,
-        id: &str,
-        answer: &[u8],
-        summary: &str,
-    ) -> Result<bool, DbError> {
+    /// Uses the challenge and records the accepted answer and the opened summary in one
+    /// transaction: awaiting_key → decrypting. False (and nothing changed) if the challenge was
+    /// used already or the bid no longer waits for a key.
+    pub async fn accept_answer(&self, nonce: &str, bid_id: &str, answer: &[u8], summary: &str) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let used = sqlx::query("UPDATE challenges SET used = 1 WHERE nonce = $1 AND used = 0")
+            .bind(nonce)
+            .execute(&mut *tx)
+            .await?;
+        if used.rows_affected() != 1 {
+            return Ok(false);
+        }
         let done = sqlx::query("UPDATE bids SET state = 'decrypting', answer = $1, summary = $2 WHERE id = $3 AND state = 'awaiting_key'")
             .bind(answer.to_vec())
             .bind(summary)
-            .bind(id)
-            .execute(&self.pool)
+            .bind(bid_id)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn finish_bid(&self, id: &str, plain_path: &str) -> Result<(), DbError> {
@@ -584,17 +606,35 @@ impl Db {
 
     // --- challenges ---------------------------------------------------------------------------
 
-    pub async fn insert_challenge(&self, c: &ChallengeRow) -> Result<(), DbError> {
-        sqlx::query("INSERT INTO challenges (nonce, opening_id, bid_id, expires_ms, used, created_ms) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(&c.nonce)
-            .bind(&c.opening_id)
-            .bind(&c.bid_id)
-            .bind(c.expires_ms)
-            .bind(c.used)
-            .bind(c.created_ms)
-            .execute(&self.pool)
-            .await?;
+    /// Inserts challenges in one transaction.
+    pub async fn insert_challenges(&self, rows: &[ChallengeRow]) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        for c in rows {
+            sqlx::query("INSERT INTO challenges (nonce, opening_id, bid_id, expires_ms, used, created_ms) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(&c.nonce)
+                .bind(&c.opening_id)
+                .bind(&c.bid_id)
+                .bind(c.expires_ms)
+                .bind(c.used)
+                .bind(c.created_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Bids of an opening that wait for a key but have no unused, unexpired challenge.
+    pub async fn bids_needing_challenge(&self, opening_id: &str, now: i64) -> Result<Vec<String>, DbError> {
+        let rows = sqlx::query(
+            "SELECT b.id AS id FROM bids b WHERE b.opening_id = $1 AND b.state = 'awaiting_key' AND NOT EXISTS \
+             (SELECT 1 FROM challenges c WHERE c.bid_id = b.id AND c.used = 0 AND c.expires_ms > $2)",
+        )
+        .bind(opening_id)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
 
     pub async fn challenge(&self, nonce: &str) -> Result<Option<ChallengeRow>, DbError> {
@@ -612,28 +652,24 @@ impl Db {
             .await?)
     }
 
-    /// Marks a challenge used; false if it already was (a replay).
-    pub async fn use_challenge(&self, nonce: &str) -> Result<bool, DbError> {
-        let done = sqlx::query("UPDATE challenges SET used = 1 WHERE nonce = $1 AND used = 0")
-            .bind(nonce)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
     // --- events -------------------------------------------------------------------------------
 
-    pub async fn insert_event(&self, e: &EventRow) -> Result<(), DbError> {
-        sqlx::query("INSERT INTO events (opening_id, seq, ts_ms, kind, audience, payload, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(&e.opening_id)
-            .bind(e.seq)
-            .bind(e.ts_ms)
-            .bind(&e.kind)
-            .bind(&e.audience)
-            .bind(&e.payload)
-            .bind(&e.hash)
-            .execute(&self.pool)
-            .await?;
+    /// Inserts events in one transaction (one commit for a batch).
+    pub async fn insert_events(&self, events: &[EventRow]) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        for e in events {
+            sqlx::query("INSERT INTO events (opening_id, seq, ts_ms, kind, audience, payload, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                .bind(&e.opening_id)
+                .bind(e.seq)
+                .bind(e.ts_ms)
+                .bind(&e.kind)
+                .bind(&e.audience)
+                .bind(&e.payload)
+                .bind(&e.hash)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use bytestring::ByteString;
 use dashmap::DashMap;
 use tokio::sync::{Mutex, broadcast};
 
@@ -34,12 +35,31 @@ impl Role {
     }
 }
 
-/// What travels on an opening's broadcast channel.
+/// A stored event with its websocket frame, rendered once for every viewer.
+#[derive(Debug)]
+pub struct Published {
+    pub row: EventRow,
+    pub frame: ByteString,
+}
+
+/// What travels on an opening's broadcast channel. Frames are shared, never copied per viewer.
 #[derive(Debug, Clone)]
 pub enum BusMsg {
-    Event(Arc<EventRow>),
+    Event(Arc<Published>),
     /// Coalesced decryption progress: not a state change, not stored.
-    Progress(Arc<str>),
+    Progress(ByteString),
+}
+
+/// The websocket frame of an event: `{"type":"event","seq":…,"ts_ms":…,"kind":…,"data":…,"hash":…}`.
+pub fn render(e: &EventRow) -> String {
+    format!(
+        r#"{{"type":"event","seq":{},"ts_ms":{},"kind":{},"data":{},"hash":"{}"}}"#,
+        e.seq,
+        e.ts_ms,
+        serde_json::Value::from(e.kind.as_str()),
+        e.payload,
+        e.hash
+    )
 }
 
 /// The last `(seq, hash)` of an opening's log, once loaded; its lock serializes appends.
@@ -91,10 +111,24 @@ impl EventBus {
         audience: &str,
         payload: serde_json::Value,
         now: i64,
-    ) -> Result<Arc<EventRow>, HallError> {
+    ) -> Result<(), HallError> {
+        self.append_all(opening_id, vec![(kind.to_owned(), audience.to_owned(), payload)], now)
+            .await
+    }
+
+    /// Stores several events of one opening in one transaction, then broadcasts them in order.
+    pub async fn append_all(
+        &self,
+        opening_id: &str,
+        events: Vec<(String, String, serde_json::Value)>,
+        now: i64,
+    ) -> Result<(), HallError> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let tail = self.tails.entry(opening_id.to_owned()).or_default().clone();
         let mut tail = tail.lock().await;
-        let (last_seq, last_hash) = match tail.as_ref() {
+        let (mut seq, mut hash) = match tail.as_ref() {
             Some(t) => t.clone(),
             None => self
                 .db
@@ -102,25 +136,34 @@ impl EventBus {
                 .await?
                 .unwrap_or((0, GENESIS.to_owned())),
         };
-        let mut event = EventRow {
-            opening_id: opening_id.to_owned(),
-            seq: last_seq + 1,
-            ts_ms: now,
-            kind: kind.to_owned(),
-            audience: audience.to_owned(),
-            payload: payload.to_string(),
-            hash: String::new(),
-        };
-        event.hash = chain_hash(&last_hash, &event);
-        self.db.insert_event(&event).await?;
-        *tail = Some((event.seq, event.hash.clone()));
-        let event = Arc::new(event);
-        // Nobody listening is fine: the event is stored and will be replayed.
-        let _ = self.sender(opening_id).send(BusMsg::Event(event.clone()));
-        Ok(event)
+        let mut rows = Vec::with_capacity(events.len());
+        for (kind, audience, payload) in events {
+            seq += 1;
+            let mut event = EventRow {
+                opening_id: opening_id.to_owned(),
+                seq,
+                ts_ms: now,
+                kind,
+                audience,
+                payload: payload.to_string(),
+                hash: String::new(),
+            };
+            event.hash = chain_hash(&hash, &event);
+            hash = event.hash.clone();
+            rows.push(event);
+        }
+        self.db.insert_events(&rows).await?;
+        *tail = Some((seq, hash));
+        let sender = self.sender(opening_id);
+        for row in rows {
+            let frame = ByteString::from(render(&row));
+            // Nobody listening is fine: the event is stored and will be replayed.
+            let _ = sender.send(BusMsg::Event(Arc::new(Published { row, frame })));
+        }
+        Ok(())
     }
 
-    pub fn progress(&self, opening_id: &str, message: Arc<str>) {
+    pub fn progress(&self, opening_id: &str, message: ByteString) {
         let _ = self.sender(opening_id).send(BusMsg::Progress(message));
     }
 

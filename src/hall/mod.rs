@@ -20,7 +20,7 @@ use sm2::SecretKey;
 use sm2::pkcs8::EncodePublicKey;
 
 pub use error::HallError;
-pub use events::{BusMsg, EventBus, GENESIS, Role, chain_hash};
+pub use events::{BusMsg, EventBus, GENESIS, Published, Role, chain_hash, render};
 use vault::Vault;
 
 use crate::config::Settings;
@@ -680,42 +680,38 @@ impl Hall {
             json!({"started_ms": now, "deadline_ms": deadline, "hall_key_id": hex::encode(crypto::sm3(&public))}),
         )
         .await?;
-        for bid in self.inner.db.bids(opening_id).await? {
-            if self
-                .inner
-                .db
-                .transition_bid(&bid.id, "received", "awaiting_key")
-                .await?
-            {
-                self.issue_challenge(opening_id, &bid.id).await?;
-            }
-        }
-        Ok(())
+        let waiting = self.inner.db.await_keys(opening_id).await?;
+        self.issue_challenges(opening_id, &waiting).await
     }
 
-    async fn issue_challenge(
-        &self,
-        opening_id: &str,
-        bid_id: &str,
-    ) -> Result<ChallengeRow, HallError> {
+    /// Issues a fresh challenge (QR code) for each bid, with one commit for the challenges and
+    /// one for their events.
+    async fn issue_challenges(&self, opening_id: &str, bid_ids: &[String]) -> Result<(), HallError> {
+        if bid_ids.is_empty() {
+            return Ok(());
+        }
         let now = self.now();
-        let row = ChallengeRow {
-            nonce: random_hex::<16>()?,
-            opening_id: opening_id.to_owned(),
-            bid_id: bid_id.to_owned(),
-            expires_ms: now + self.inner.settings.challenge_ttl_secs as i64 * 1000,
-            used: 0,
-            created_ms: now,
-        };
-        self.inner.db.insert_challenge(&row).await?;
-        self.event(
-            opening_id,
-            "qr.issued",
-            "public",
-            json!({"bid_id": bid_id, "nonce": row.nonce, "url": self.qr_url(&row.nonce), "expires_ms": row.expires_ms}),
-        )
-        .await?;
-        Ok(row)
+        let expires_ms = now + self.inner.settings.challenge_ttl_secs as i64 * 1000;
+        let mut rows = Vec::with_capacity(bid_ids.len());
+        for bid_id in bid_ids {
+            rows.push(ChallengeRow {
+                nonce: random_hex::<16>()?,
+                opening_id: opening_id.to_owned(),
+                bid_id: bid_id.clone(),
+                expires_ms,
+                used: 0,
+                created_ms: now,
+            });
+        }
+        self.inner.db.insert_challenges(&rows).await?;
+        let events = rows
+            .iter()
+            .map(|row| {
+                let payload = json!({"bid_id": row.bid_id, "nonce": row.nonce, "url": self.qr_url(&row.nonce), "expires_ms": row.expires_ms});
+                ("qr.issued".to_owned(), "public".to_owned(), payload)
+            })
+            .collect();
+        self.inner.bus.append_all(opening_id, events, now).await
     }
 
     /// The hall's private key of an opening, from the cache or unsealed from the database.
@@ -836,7 +832,7 @@ impl Hall {
                     && current.nonce == challenge.nonce
                 {
                     let _ = self
-                        .issue_challenge(&challenge.opening_id, &challenge.bid_id)
+                        .issue_challenges(&challenge.opening_id, std::slice::from_ref(&challenge.bid_id))
                         .await;
                 }
             }
@@ -877,39 +873,25 @@ impl Hall {
         })
         .await??;
         let (key, summary) = checked;
-        if !self.inner.db.use_challenge(&challenge.nonce).await? {
-            return Err(HallError::ChallengeUsed);
-        }
         let summary_json =
             serde_json::to_string(&summary).map_err(|e| HallError::Internal(e.to_string()))?;
         if !self
             .inner
             .db
-            .accept_answer(&bid.id, &rewrapped, &summary_json)
+            .accept_answer(&challenge.nonce, &bid.id, &rewrapped, &summary_json)
             .await?
         {
-            return Err(HallError::AlreadyDecrypted);
+            return Err(HallError::ChallengeUsed);
         }
-        self.event(
-            &opening.id,
-            "bid.key_accepted",
-            "public",
-            json!({"bid_id": bid.id}),
-        )
-        .await?;
-        self.event(
-            &opening.id,
-            "bid.summary",
-            "public",
-            json!({"bid_id": bid.id, "summary": summary, "price_yuan": summary.price_yuan()}),
-        )
-        .await?;
-        let bid = self
-            .inner
-            .db
-            .bid(&bid.id)
-            .await?
-            .ok_or(HallError::NotFound("bid"))?;
+        let events = vec![
+            ("bid.key_accepted".to_owned(), "public".to_owned(), json!({"bid_id": bid.id})),
+            (
+                "bid.summary".to_owned(),
+                "public".to_owned(),
+                json!({"bid_id": bid.id, "summary": summary, "price_yuan": summary.price_yuan()}),
+            ),
+        ];
+        self.inner.bus.append_all(&opening.id, events, self.now()).await?;
         self.spawn_decryption(bid, key);
         Ok(summary)
     }
@@ -1278,18 +1260,8 @@ impl Hall {
                 }
                 continue;
             }
-            for bid in self.inner.db.bids(&opening.id).await? {
-                if bid.state != "awaiting_key" {
-                    continue;
-                }
-                let stale = match self.inner.db.current_challenge(&bid.id).await? {
-                    Some(c) => c.used != 0 || now >= c.expires_ms,
-                    None => true,
-                };
-                if stale {
-                    self.issue_challenge(&opening.id, &bid.id).await?;
-                }
-            }
+            let stale = self.inner.db.bids_needing_challenge(&opening.id, now).await?;
+            self.issue_challenges(&opening.id, &stale).await?;
         }
         Ok(())
     }

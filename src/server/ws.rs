@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use bytestring::ByteString;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::ApiError;
 use super::auth::role_for;
-use crate::db::EventRow;
 use crate::hall::{BusMsg, Hall, Role};
 
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -68,18 +68,13 @@ impl Drop for Gauge {
     }
 }
 
-async fn send(session: &mut Session, text: String) -> Result<(), ()> {
+async fn send(session: &mut Session, text: impl Into<ByteString>) -> Result<(), ()> {
     match tokio::time::timeout(WRITE_TIMEOUT, session.text(text)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
 }
 
-fn event_json(e: &EventRow) -> String {
-    let data: serde_json::Value =
-        serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::Null);
-    json!({"type": "event", "seq": e.seq, "ts_ms": e.ts_ms, "kind": e.kind, "data": data, "hash": e.hash}).to_string()
-}
 
 /// Sends every stored event after `*last` that `role` may see, advancing `*last`.
 async fn catch_up(
@@ -114,7 +109,7 @@ async fn catch_up(
         let full = page.len() as i64 == PAGE;
         for e in page {
             if role.can_see(&e.audience) {
-                send(session, event_json(&e)).await?;
+                send(session, crate::hall::render(&e)).await?;
             }
             *last = e.seq;
         }
@@ -150,12 +145,12 @@ async fn run(
         tokio::select! {
             msg = rx.recv() => match msg {
                 Ok(BusMsg::Event(e)) => {
-                    if e.seq <= last {
+                    if e.row.seq <= last {
                         continue;
                     }
-                    let ok = if e.seq == last + 1 {
-                        last = e.seq;
-                        if role.can_see(&e.audience) { send(&mut session, event_json(&e)).await } else { Ok(()) }
+                    let ok = if e.row.seq == last + 1 {
+                        last = e.row.seq;
+                        if role.can_see(&e.row.audience) { send(&mut session, e.frame.clone()).await } else { Ok(()) }
                     } else {
                         catch_up(&hall, &opening, role, &mut last, &mut session).await
                     };
@@ -164,7 +159,7 @@ async fn run(
                     }
                 }
                 Ok(BusMsg::Progress(p)) => {
-                    if send(&mut session, p.to_string()).await.is_err() {
+                    if send(&mut session, p).await.is_err() {
                         break None;
                     }
                 }

@@ -32,7 +32,9 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser, Debug, Clone)]
-#[command(about = "Load harness for kaibiao: websocket broadcast and phone-answer storms on loopback")]
+#[command(
+    about = "Load harness for kaibiao: websocket broadcast and phone-answer storms on loopback"
+)]
 struct Args {
     /// Openings watched at once.
     #[arg(long, default_value_t = 10)]
@@ -55,6 +57,9 @@ struct Args {
     /// Where to write latest.md and latest.json.
     #[arg(long, default_value = "loadtest/results")]
     out: PathBuf,
+    /// Run the server on this database (e.g. an empty PostgreSQL database) instead of SQLite.
+    #[arg(long)]
+    database_url: Option<String>,
     /// A hard stop for the whole run.
     #[arg(long, default_value_t = 600)]
     max_seconds: u64,
@@ -64,7 +69,10 @@ const PASSWORD: &str = "loadtest-password";
 const TENDER: &str = "ZB-LOAD-001";
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// The server's stamp of an event frame, read without parsing the whole frame (the client shares
@@ -74,7 +82,9 @@ fn event_stamp(frame: &str) -> Option<i64> {
         return None;
     }
     let rest = &frame[frame.find(r#""ts_ms":"#)? + 8..];
-    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
 
@@ -88,7 +98,15 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0)))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse()
+                    .unwrap_or(0)
+            })
+        })
         .unwrap_or(0)
 }
 
@@ -109,15 +127,28 @@ impl Drop for Server {
 async fn spawn_server(args: &Args) -> anyhow::Result<Server> {
     let bin = match &args.server_bin {
         Some(b) => b.clone(),
-        None => std::env::current_exe()?.parent().and_then(|p| p.parent()).context("locating kaibiao")?.join("kaibiao"),
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(|p| p.parent())
+            .context("locating kaibiao")?
+            .join("kaibiao"),
     };
     if !bin.exists() {
-        bail!("{} does not exist: run `cargo build --release --bins --examples` first", bin.display());
+        bail!(
+            "{} does not exist: run `cargo build --release --bins --examples` first",
+            bin.display()
+        );
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let data = tempfile::tempdir()?;
-    let child = std::process::Command::new(&bin)
+    let mut command = std::process::Command::new(&bin);
+    if let Some(url) = &args.database_url {
+        command.env("KAIBIAO_DATABASE_URL", url);
+    }
+    let child = command
         .args(["serve", "--bind", &addr.to_string(), "--data-dir"])
         .arg(data.path())
         .env("KAIBIAO_ADMIN_PASSWORD", PASSWORD)
@@ -125,10 +156,20 @@ async fn spawn_server(args: &Args) -> anyhow::Result<Server> {
         .env("KAIBIAO_CHALLENGE_TTL_SECS", "600")
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    let server = Server { child, base: format!("http://{addr}"), addr, _data: data };
+    let server = Server {
+        child,
+        base: format!("http://{addr}"),
+        addr,
+        _data: data,
+    };
     let client = reqwest::Client::new();
     for _ in 0..100 {
-        if client.get(format!("{}/healthz", server.base)).send().await.is_ok_and(|r| r.status().is_success()) {
+        if client
+            .get(format!("{}/healthz", server.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return Ok(server);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -144,15 +185,45 @@ struct Api {
 
 impl Api {
     async fn login(base: &str) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder().pool_max_idle_per_host(512).build()?;
-        let res = client.post(format!("{base}/api/login")).json(&json!({"username": "admin", "password": PASSWORD})).send().await?;
-        let cookie = res.headers().get("set-cookie").context("no session cookie")?.to_str()?.split(';').next().unwrap_or("").to_owned();
-        let token: Value = client.post(format!("{base}/api/tokens")).header("cookie", cookie).send().await?.json().await?;
-        Ok(Self { client, base: base.to_owned(), token: token["token"].as_str().context("no token")?.to_owned() })
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(512)
+            .build()?;
+        let res = client
+            .post(format!("{base}/api/login"))
+            .json(&json!({"username": "admin", "password": PASSWORD}))
+            .send()
+            .await?;
+        let cookie = res
+            .headers()
+            .get("set-cookie")
+            .context("no session cookie")?
+            .to_str()?
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        let token: Value = client
+            .post(format!("{base}/api/tokens"))
+            .header("cookie", cookie)
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(Self {
+            client,
+            base: base.to_owned(),
+            token: token["token"].as_str().context("no token")?.to_owned(),
+        })
     }
 
     async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        let res = self.client.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body).send().await?;
+        let res = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await?;
         let status = res.status();
         let body: Value = res.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -182,8 +253,17 @@ fn bidder_code(n: usize) -> Uscc {
 }
 
 /// Connects one websocket from a source address in 127.0.0.0/8 (spreading ports over addresses).
-async fn connect_viewer(server: SocketAddr, opening: &str, n: usize) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
-    let source = Ipv4Addr::new(127, 0, (1 + n / 20_000 / 250) as u8, (1 + (n / 20_000) % 250) as u8);
+async fn connect_viewer(
+    server: SocketAddr,
+    opening: &str,
+    n: usize,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let source = Ipv4Addr::new(
+        127,
+        0,
+        (1 + n / 20_000 / 250) as u8,
+        (1 + (n / 20_000) % 250) as u8,
+    );
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source.into(), 0))?;
     let stream = socket.connect(server).await?;
@@ -212,7 +292,12 @@ struct Broadcast {
     others_p99: u32,
 }
 
-async fn broadcast_phase(args: &Args, server: &Server, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::Result<Broadcast> {
+async fn broadcast_phase(
+    args: &Args,
+    server: &Server,
+    api: &Arc<Api>,
+    keys: &Arc<Keys>,
+) -> anyhow::Result<Broadcast> {
     let mut openings = Vec::new();
     for _ in 0..args.openings {
         openings.push(api.create_opening(3600).await?);
@@ -325,7 +410,12 @@ async fn broadcast_phase(args: &Args, server: &Server, api: &Arc<Api>, keys: &Ar
     let mut others: Vec<u32> = Vec::new();
     for (o, mut l) in per.into_iter().enumerate() {
         l.sort_unstable();
-        per_opening.push((percentile(&l, 0.5), percentile(&l, 0.99), l.last().copied().unwrap_or(0), l.len()));
+        per_opening.push((
+            percentile(&l, 0.5),
+            percentile(&l, 0.99),
+            l.last().copied().unwrap_or(0),
+            l.len(),
+        ));
         if o != 0 {
             others.extend(l);
         }
@@ -339,7 +429,11 @@ async fn broadcast_phase(args: &Args, server: &Server, api: &Arc<Api>, keys: &Ar
         frames: frames.load(Ordering::Relaxed),
         slow_opening_p99: per_opening.first().map(|p| p.1).unwrap_or(0),
         per_opening,
-        all: (percentile(&all, 0.5), percentile(&all, 0.99), all.last().copied().unwrap_or(0)),
+        all: (
+            percentile(&all, 0.5),
+            percentile(&all, 0.99),
+            all.last().copied().unwrap_or(0),
+        ),
         rss_before_kib,
         rss_connected_kib,
         slow_viewer_dropped,
@@ -361,17 +455,34 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
     let p = args.phones;
     let work = tempfile::tempdir()?;
     // Seal P small bids (one per bidder) before the opening exists.
-    let summary = BidSummary { bidder_name: "负载".into(), price_fen: 1, duration_days: 1, quality: "合格".into(), fields: Default::default() };
+    let summary = BidSummary {
+        bidder_name: "负载".into(),
+        price_fen: 1,
+        duration_days: 1,
+        quality: "合格".into(),
+        fields: Default::default(),
+    };
     let signer = crypto::load_public_pem(&keys.sign_pem)?;
     let mut files = Vec::new();
     let plain = work.path().join("plain");
     std::fs::write(&plain, vec![7u8; 4096])?;
     for i in 0..p {
         let file = work.path().join(format!("{i}.kbid"));
-        engine::seal_file(&plain, &file, &SealParams {
-            tender_id: TENDER, bidder: bidder_code(900_000_000 + i), summary: &summary, recipients: &[keys.enc.public_key()],
-            sign_key: &keys.sign, signer: &signer, chunk_size: 4096, created_at: 0,
-        }, &NoProgress)?;
+        engine::seal_file(
+            &plain,
+            &file,
+            &SealParams {
+                tender_id: TENDER,
+                bidder: bidder_code(900_000_000 + i),
+                summary: &summary,
+                recipients: &[keys.enc.public_key()],
+                sign_key: &keys.sign,
+                signer: &signer,
+                chunk_size: 4096,
+                created_at: 0,
+            },
+            &NoProgress,
+        )?;
         files.push(file);
     }
     let lead = 5 + (p as i64) / 50;
@@ -380,19 +491,45 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
     for (i, file) in files.iter().enumerate() {
         let code = bidder_code(900_000_000 + i);
         api.post(&format!("/api/openings/{opening}/bidders"), json!({"uscc": code.as_str(), "name": format!("手机{i}"), "sign_keys": [keys.sign_pem], "enc_keys": [keys.enc_pem]})).await?;
-        let res = api.client.put(format!("{}/api/openings/{opening}/bids/{}", api.base, code)).body(std::fs::read(file)?).send().await?;
+        let res = api
+            .client
+            .put(format!("{}/api/openings/{opening}/bids/{}", api.base, code))
+            .body(std::fs::read(file)?)
+            .send()
+            .await?;
         if !res.status().is_success() {
             bail!("upload {i}: {}", res.text().await.unwrap_or_default());
         }
     }
     tokio::time::sleep_until((opening_at + Duration::from_millis(300)).into()).await;
-    api.post(&format!("/api/openings/{opening}/start-decryption"), json!({})).await?;
-    let snapshot: Value = api.client.get(format!("{}/api/openings/{opening}", api.base)).send().await?.json().await?;
-    let urls: Vec<String> = snapshot["bids"].as_array().context("bids")?.iter().filter_map(|b| b["qr"]["url"].as_str().map(str::to_owned)).collect();
+    api.post(
+        &format!("/api/openings/{opening}/start-decryption"),
+        json!({}),
+    )
+    .await?;
+    let snapshot: Value = api
+        .client
+        .get(format!("{}/api/openings/{opening}", api.base))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let urls: Vec<String> = snapshot["bids"]
+        .as_array()
+        .context("bids")?
+        .iter()
+        .filter_map(|b| b["qr"]["url"].as_str().map(str::to_owned))
+        .collect();
     // Each phone fetches its challenge and prepares its answer; then all answer at once.
     let mut prepared: Vec<(String, Answer)> = Vec::new();
     for url in &urls {
-        let view: ChallengeView = api.client.get(phone::challenge_url(url, None)).send().await?.json().await?;
+        let view: ChallengeView = api
+            .client
+            .get(phone::challenge_url(url, None))
+            .send()
+            .await?
+            .json()
+            .await?;
         let answer = phone::answer_challenge(&view, &keys.enc, &keys.sign)?;
         prepared.push((view.answer_url, answer));
     }
@@ -401,7 +538,12 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
         let client = api.client.clone();
         tokio::spawn(async move {
             let t = Instant::now();
-            let ok = client.post(url).json(&answer).send().await.is_ok_and(|r| r.status().is_success());
+            let ok = client
+                .post(url)
+                .json(&answer)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
             (ok, t.elapsed().as_secs_f64() * 1000.0)
         })
     });
@@ -415,8 +557,20 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
         lat.push(ms);
     }
     lat.sort_by(f64::total_cmp);
-    let pick = |q: f64| lat.get(((lat.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or(0.0);
-    Ok(Storm { phones: urls.len(), accepted, refused: urls.len() - accepted, wall_secs, p50_ms: pick(0.5), p99_ms: pick(0.99), max_ms: pick(1.0) })
+    let pick = |q: f64| {
+        lat.get(((lat.len().max(1) - 1) as f64 * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(Storm {
+        phones: urls.len(),
+        accepted,
+        refused: urls.len() - accepted,
+        wall_secs,
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+        max_ms: pick(1.0),
+    })
 }
 
 #[tokio::main]
@@ -424,7 +578,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
     let hard_stop = Duration::from_secs(args.max_seconds);
-    tokio::time::timeout(hard_stop, run(args, limit)).await.context("the run passed --max-seconds and was stopped")?
+    tokio::time::timeout(hard_stop, run(args, limit))
+        .await
+        .context("the run passed --max-seconds and was stopped")?
 }
 
 async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
@@ -432,8 +588,16 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
     let api = Arc::new(Api::login(&server.base).await?);
     let sign = crypto::generate_secret_key();
     let enc = crypto::generate_secret_key();
-    let keys = Arc::new(Keys { sign_pem: crypto::public_key_pem(&sign.public_key())?, enc_pem: crypto::public_key_pem(&enc.public_key())?, sign, enc });
-    eprintln!("broadcast: {} openings × {} viewers, {} events/s each, {} s", args.openings, args.viewers, args.rate, args.seconds);
+    let keys = Arc::new(Keys {
+        sign_pem: crypto::public_key_pem(&sign.public_key())?,
+        enc_pem: crypto::public_key_pem(&enc.public_key())?,
+        sign,
+        enc,
+    });
+    eprintln!(
+        "broadcast: {} openings × {} viewers, {} events/s each, {} s",
+        args.openings, args.viewers, args.rate, args.seconds
+    );
     let b = broadcast_phase(&args, &server, &api, &keys).await?;
     let s = if args.phones > 0 {
         eprintln!("storm: {} phones", args.phones);
@@ -441,9 +605,14 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
     } else {
         None
     };
-    let per_conn = if b.connected > 0 { (b.rss_connected_kib.saturating_sub(b.rss_before_kib)) as f64 * 1024.0 / b.connected as f64 } else { 0.0 };
+    let per_conn = if b.connected > 0 {
+        (b.rss_connected_kib.saturating_sub(b.rss_before_kib)) as f64 * 1024.0 / b.connected as f64
+    } else {
+        0.0
+    };
     let report = json!({
         "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "open_file_limit": nofile},
+        "database": if args.database_url.is_some() { "postgresql" } else { "sqlite" },
         "args": {"openings": args.openings, "viewers": args.viewers, "rate": args.rate, "seconds": args.seconds, "phones": args.phones},
         "broadcast": {
             "connected": b.connected, "connect_errors": b.connect_errors, "dropped_early": b.dropped_early,
@@ -464,10 +633,26 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
          | frames delivered | {} ({:.0}/s) |\n| delivery latency p50 / p99 / max | {} / {} / {} ms |\n\
          | server RSS before → connected | {} → {} KiB ({:.1} KB per connection) |\n\
          | slow viewer dropped | {} (its opening p99 {} ms, others p99 {} ms) |\n",
-        args.openings, args.viewers, args.rate, args.seconds, args.phones,
-        b.connected, b.connect_errors, b.dropped_early, b.events_generated, b.frames, b.frames as f64 / args.seconds as f64,
-        b.all.0, b.all.1, b.all.2, b.rss_before_kib, b.rss_connected_kib, per_conn / 1000.0,
-        b.slow_viewer_dropped, b.slow_opening_p99, b.others_p99,
+        args.openings,
+        args.viewers,
+        args.rate,
+        args.seconds,
+        args.phones,
+        b.connected,
+        b.connect_errors,
+        b.dropped_early,
+        b.events_generated,
+        b.frames,
+        b.frames as f64 / args.seconds as f64,
+        b.all.0,
+        b.all.1,
+        b.all.2,
+        b.rss_before_kib,
+        b.rss_connected_kib,
+        per_conn / 1000.0,
+        b.slow_viewer_dropped,
+        b.slow_opening_p99,
+        b.others_p99,
     );
     if let Some(s) = &s {
         md.push_str(&format!(
@@ -477,7 +662,10 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("latest.md"), &md)?;
-    std::fs::write(args.out.join("latest.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(
+        args.out.join("latest.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
     println!("{md}");
     Ok(())
 }

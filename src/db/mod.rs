@@ -522,10 +522,12 @@ impl Db {
 
     /// At the start of decryption every received bid waits for its key; returns those bids.
     pub async fn await_keys(&self, opening_id: &str) -> Result<Vec<String>, DbError> {
-        sqlx::query("UPDATE bids SET state = 'awaiting_key' WHERE opening_id = $1 AND state = 'received'")
-            .bind(opening_id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE bids SET state = 'awaiting_key' WHERE opening_id = $1 AND state = 'received'",
+        )
+        .bind(opening_id)
+        .execute(&self.pool)
+        .await?;
         let rows = sqlx::query("SELECT id FROM bids WHERE opening_id = $1 AND state = 'awaiting_key' ORDER BY received_ms, id")
             .bind(opening_id)
             .fetch_all(&self.pool)
@@ -547,7 +549,13 @@ impl Db {
     /// Uses the challenge and records the accepted answer and the opened summary in one
     /// transaction: awaiting_key → decrypting. False (and nothing changed) if the challenge was
     /// used already or the bid no longer waits for a key.
-    pub async fn accept_answer(&self, nonce: &str, bid_id: &str, answer: &[u8], summary: &str) -> Result<bool, DbError> {
+    pub async fn accept_answer(
+        &self,
+        nonce: &str,
+        bid_id: &str,
+        answer: &[u8],
+        summary: &str,
+    ) -> Result<bool, DbError> {
         let mut tx = self.pool.begin().await?;
         let used = sqlx::query("UPDATE challenges SET used = 1 WHERE nonce = $1 AND used = 0")
             .bind(nonce)
@@ -625,7 +633,11 @@ impl Db {
     }
 
     /// Bids of an opening that wait for a key but have no unused, unexpired challenge.
-    pub async fn bids_needing_challenge(&self, opening_id: &str, now: i64) -> Result<Vec<String>, DbError> {
+    pub async fn bids_needing_challenge(
+        &self,
+        opening_id: &str,
+        now: i64,
+    ) -> Result<Vec<String>, DbError> {
         let rows = sqlx::query(
             "SELECT b.id AS id FROM bids b WHERE b.opening_id = $1 AND b.state = 'awaiting_key' AND NOT EXISTS \
              (SELECT 1 FROM challenges c WHERE c.bid_id = b.id AND c.used = 0 AND c.expires_ms > $2)",

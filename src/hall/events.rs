@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 use dashmap::DashMap;
-use tokio::sync::{Mutex, broadcast};
+use std::collections::HashMap;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::HallError;
 use crate::crypto;
@@ -62,13 +64,23 @@ pub fn render(e: &EventRow) -> String {
     )
 }
 
-/// The last `(seq, hash)` of an opening's log, once loaded; its lock serializes appends.
-type Tail = Arc<Mutex<Option<(i64, String)>>>;
+/// One caller's events, waiting for the writer.
+struct Append {
+    opening_id: String,
+    events: Vec<(String, String, serde_json::Value)>,
+    now: i64,
+    done: oneshot::Sender<Result<(), HallError>>,
+}
+
+type Channels = Arc<DashMap<String, broadcast::Sender<BusMsg>>>;
+
+/// Most appends the writer commits in one transaction.
+const GROUP_COMMIT: usize = 512;
 
 pub struct EventBus {
     db: Db,
-    tails: DashMap<String, Tail>,
-    channels: DashMap<String, broadcast::Sender<BusMsg>>,
+    channels: Channels,
+    writer: mpsc::Sender<Append>,
 }
 
 pub fn chain_hash(prev: &str, e: &EventRow) -> String {
@@ -79,24 +91,101 @@ pub fn chain_hash(prev: &str, e: &EventRow) -> String {
     hex::encode(crypto::sm3(text.as_bytes()))
 }
 
+fn sender(channels: &Channels, opening_id: &str) -> broadcast::Sender<BusMsg> {
+    channels
+        .entry(opening_id.to_owned())
+        .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+        .clone()
+}
+
+/// The single writer of the event log: it takes every append waiting, numbers and chains them,
+/// stores them in one transaction (group commit: one disk flush for many callers), then
+/// broadcasts them in order and answers each caller.
+async fn writer(db: Db, channels: Channels, mut queue: mpsc::Receiver<Append>) {
+    let mut tails: HashMap<String, (i64, String)> = HashMap::new();
+    let mut batch = Vec::with_capacity(GROUP_COMMIT);
+    while queue.recv_many(&mut batch, GROUP_COMMIT).await > 0 {
+        let mut next = tails.clone();
+        let mut rows = Vec::new();
+        let mut failed = None;
+        for append in &batch {
+            if !next.contains_key(&append.opening_id) {
+                match db.last_event(&append.opening_id).await {
+                    Ok(tail) => {
+                        next.insert(
+                            append.opening_id.clone(),
+                            tail.unwrap_or((0, GENESIS.to_owned())),
+                        );
+                    }
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            let (seq, hash) = next.get_mut(&append.opening_id).expect("loaded above");
+            for (kind, audience, payload) in &append.events {
+                *seq += 1;
+                let mut event = EventRow {
+                    opening_id: append.opening_id.clone(),
+                    seq: *seq,
+                    ts_ms: append.now,
+                    kind: kind.clone(),
+                    audience: audience.clone(),
+                    payload: payload.to_string(),
+                    hash: String::new(),
+                };
+                event.hash = chain_hash(hash, &event);
+                *hash = event.hash.clone();
+                rows.push(event);
+            }
+        }
+        if failed.is_none()
+            && let Err(e) = db.insert_events(&rows).await
+        {
+            failed = Some(e.to_string());
+        }
+        match failed {
+            Some(error) => {
+                // Nothing was stored: forget the tails so they are read again from the database.
+                tails.clear();
+                for append in batch.drain(..) {
+                    let _ = append.done.send(Err(HallError::Internal(format!(
+                        "storing an event: {error}"
+                    ))));
+                }
+            }
+            None => {
+                tails = next;
+                for row in rows {
+                    let frame = ByteString::from(render(&row));
+                    // Nobody listening is fine: the event is stored and will be replayed.
+                    let _ = sender(&channels, &row.opening_id)
+                        .send(BusMsg::Event(Arc::new(Published { row, frame })));
+                }
+                for append in batch.drain(..) {
+                    let _ = append.done.send(Ok(()));
+                }
+            }
+        }
+    }
+}
+
 impl EventBus {
+    /// Starts the log's writer task on the current runtime.
     pub fn new(db: Db) -> Self {
+        let channels: Channels = Arc::default();
+        let (tx, rx) = mpsc::channel(4 * GROUP_COMMIT);
+        tokio::spawn(writer(db.clone(), channels.clone(), rx));
         Self {
             db,
-            tails: DashMap::new(),
-            channels: DashMap::new(),
+            channels,
+            writer: tx,
         }
     }
 
-    fn sender(&self, opening_id: &str) -> broadcast::Sender<BusMsg> {
-        self.channels
-            .entry(opening_id.to_owned())
-            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
-            .clone()
-    }
-
     pub fn subscribe(&self, opening_id: &str) -> broadcast::Receiver<BusMsg> {
-        self.sender(opening_id).subscribe()
+        sender(&self.channels, opening_id).subscribe()
     }
 
     pub fn receivers(&self) -> usize {
@@ -112,11 +201,16 @@ impl EventBus {
         payload: serde_json::Value,
         now: i64,
     ) -> Result<(), HallError> {
-        self.append_all(opening_id, vec![(kind.to_owned(), audience.to_owned(), payload)], now)
-            .await
+        self.append_all(
+            opening_id,
+            vec![(kind.to_owned(), audience.to_owned(), payload)],
+            now,
+        )
+        .await
     }
 
-    /// Stores several events of one opening in one transaction, then broadcasts them in order.
+    /// Stores events of one opening, consecutive and in this order, then broadcasts them.
+    /// Returns once they are committed.
     pub async fn append_all(
         &self,
         opening_id: &str,
@@ -126,45 +220,24 @@ impl EventBus {
         if events.is_empty() {
             return Ok(());
         }
-        let tail = self.tails.entry(opening_id.to_owned()).or_default().clone();
-        let mut tail = tail.lock().await;
-        let (mut seq, mut hash) = match tail.as_ref() {
-            Some(t) => t.clone(),
-            None => self
-                .db
-                .last_event(opening_id)
-                .await?
-                .unwrap_or((0, GENESIS.to_owned())),
+        let (done, answer) = oneshot::channel();
+        let append = Append {
+            opening_id: opening_id.to_owned(),
+            events,
+            now,
+            done,
         };
-        let mut rows = Vec::with_capacity(events.len());
-        for (kind, audience, payload) in events {
-            seq += 1;
-            let mut event = EventRow {
-                opening_id: opening_id.to_owned(),
-                seq,
-                ts_ms: now,
-                kind,
-                audience,
-                payload: payload.to_string(),
-                hash: String::new(),
-            };
-            event.hash = chain_hash(&hash, &event);
-            hash = event.hash.clone();
-            rows.push(event);
-        }
-        self.db.insert_events(&rows).await?;
-        *tail = Some((seq, hash));
-        let sender = self.sender(opening_id);
-        for row in rows {
-            let frame = ByteString::from(render(&row));
-            // Nobody listening is fine: the event is stored and will be replayed.
-            let _ = sender.send(BusMsg::Event(Arc::new(Published { row, frame })));
-        }
-        Ok(())
+        self.writer
+            .send(append)
+            .await
+            .map_err(|_| HallError::Internal("the event log writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| HallError::Internal("the event log writer has stopped".into()))?
     }
 
     pub fn progress(&self, opening_id: &str, message: ByteString) {
-        let _ = self.sender(opening_id).send(BusMsg::Progress(message));
+        let _ = sender(&self.channels, opening_id).send(BusMsg::Progress(message));
     }
 
     /// Recomputes the whole chain of an opening; returns the number of events, or the first

@@ -686,7 +686,11 @@ impl Hall {
 
     /// Issues a fresh challenge (QR code) for each bid, with one commit for the challenges and
     /// one for their events.
-    async fn issue_challenges(&self, opening_id: &str, bid_ids: &[String]) -> Result<(), HallError> {
+    async fn issue_challenges(
+        &self,
+        opening_id: &str,
+        bid_ids: &[String],
+    ) -> Result<(), HallError> {
         if bid_ids.is_empty() {
             return Ok(());
         }
@@ -832,7 +836,10 @@ impl Hall {
                     && current.nonce == challenge.nonce
                 {
                     let _ = self
-                        .issue_challenges(&challenge.opening_id, std::slice::from_ref(&challenge.bid_id))
+                        .issue_challenges(
+                            &challenge.opening_id,
+                            std::slice::from_ref(&challenge.bid_id),
+                        )
                         .await;
                 }
             }
@@ -884,14 +891,21 @@ impl Hall {
             return Err(HallError::ChallengeUsed);
         }
         let events = vec![
-            ("bid.key_accepted".to_owned(), "public".to_owned(), json!({"bid_id": bid.id})),
+            (
+                "bid.key_accepted".to_owned(),
+                "public".to_owned(),
+                json!({"bid_id": bid.id}),
+            ),
             (
                 "bid.summary".to_owned(),
                 "public".to_owned(),
                 json!({"bid_id": bid.id, "summary": summary, "price_yuan": summary.price_yuan()}),
             ),
         ];
-        self.inner.bus.append_all(&opening.id, events, self.now()).await?;
+        self.inner
+            .bus
+            .append_all(&opening.id, events, self.now())
+            .await?;
         self.spawn_decryption(bid, key);
         Ok(summary)
     }
@@ -1260,7 +1274,11 @@ impl Hall {
                 }
                 continue;
             }
-            let stale = self.inner.db.bids_needing_challenge(&opening.id, now).await?;
+            let stale = self
+                .inner
+                .db
+                .bids_needing_challenge(&opening.id, now)
+                .await?;
             self.issue_challenges(&opening.id, &stale).await?;
         }
         Ok(())

@@ -75,7 +75,6 @@ async fn send(session: &mut Session, text: impl Into<ByteString>) -> Result<(), 
     }
 }
 
-
 /// Sends every stored event after `*last` that `role` may see, advancing `*last`.
 async fn catch_up(
     hall: &Hall,

@@ -7,6 +7,7 @@
 
 mod aead;
 mod keys;
+mod sm4_fast;
 
 pub use aead::{FileKey, Sm4Gcm, TAG_LEN, open_in_place, seal_in_place, sm3};
 pub use keys::{
@@ -14,3 +15,4 @@ pub use keys::{
     load_public_pem, parse_public_der, private_key_pem, public_key_pem, random_bytes, sign,
     unwrap_key, verify, wrap_key,
 };
+pub use sm4_fast::{Sm4Fast, Sm4Path};

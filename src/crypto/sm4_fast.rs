@@ -1,4 +1,4 @@
-//! SM4 with a run-time chosen backend: GFNI + AVX-512 (16 blocks at a time) where the CPU has it,
+//! SM4 with a run-time chosen backend: GFNI + AVX-512 (64 blocks at a time) where the CPU has it,
 //! the RustCrypto `sm4` crate everywhere else. It implements the RustCrypto `cipher` traits, so
 //! `aes-gcm`'s GCM and the `ctr` crate use it unchanged.
 //!
@@ -18,7 +18,7 @@
 
 use std::sync::OnceLock;
 
-use sm4::cipher::consts::U16;
+use sm4::cipher::consts::{U16, U64};
 use sm4::cipher::{
     AlgorithmName, Block, BlockCipherEncBackend, BlockCipherEncClosure, BlockCipherEncrypt,
     BlockSizeUser, InOut, Key, KeyInit, KeySizeUser, ParBlocks, ParBlocksSizeUser,
@@ -27,7 +27,7 @@ use sm4::cipher::{
 /// The implementations of SM4 this build can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sm4Path {
-    /// GFNI + AVX-512F/BW, 16 blocks per step.
+    /// GFNI + AVX-512F/BW, 64 blocks per step.
     Gfni512,
     /// The RustCrypto `sm4` crate.
     Portable,
@@ -215,60 +215,74 @@ mod gfni {
         rk
     }
 
-    /// Encrypts 16 blocks read from `input` into `output` (which may be the same memory).
+    /// Blocks per step: four independent groups of 16, interleaved so that one group's S-box and
+    /// rotations run while the others wait on their latency (measured: 16 blocks 1.51 GiB/s,
+    /// 32 blocks 2.08 GiB/s, 64 blocks 2.30 GiB/s of SM4-CTR on one core).
+    const BLOCKS: usize = 64;
+
+    /// One SM4 round on the 16 blocks of a group: `X₄ = X₀ ⊕ L(τ(X₁ ⊕ X₂ ⊕ X₃ ⊕ rk))`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    fn round(x: [__m512i; 4], rk: __m512i, pre: __m512i, post: __m512i) -> [__m512i; 4] {
+        let t = _mm512_xor_si512(_mm512_xor_si512(x[1], x[2]), _mm512_xor_si512(x[3], rk));
+        let t = _mm512_gf2p8affine_epi64_epi8::<PRE_C>(t, pre);
+        let t = _mm512_gf2p8affineinv_epi64_epi8::<POST_C>(t, post);
+        // L(B) = B ⊕ (B ⋘ 2) ⊕ (B ⋘ 10) ⊕ (B ⋘ 18) ⊕ (B ⋘ 24)
+        let l = _mm512_xor_si512(
+            _mm512_xor_si512(t, _mm512_rol_epi32::<2>(t)),
+            _mm512_xor_si512(
+                _mm512_xor_si512(_mm512_rol_epi32::<10>(t), _mm512_rol_epi32::<18>(t)),
+                _mm512_rol_epi32::<24>(t),
+            ),
+        );
+        [x[1], x[2], x[3], _mm512_xor_si512(x[0], l)]
+    }
+
+    /// Encrypts [`BLOCKS`] blocks read from `input` into `output` (which may be the same memory).
     ///
     /// # Safety
     /// The CPU must support AVX-512F, AVX-512BW and GFNI; `input` must be readable and `output`
-    /// writable for 256 bytes (no alignment needed: unaligned loads and stores are used).
+    /// writable for `16 × BLOCKS` bytes (no alignment needed: unaligned loads and stores are used).
     #[target_feature(enable = "avx512f,avx512bw,gfni")]
-    unsafe fn encrypt16(round_keys: &[u32; 32], input: *const u8, output: *mut u8) {
+    unsafe fn encrypt_blocks(round_keys: &[u32; 32], input: *const u8, output: *mut u8) {
         // Byte order: SM4 words are big-endian; swap the bytes of every 32-bit word.
         let bswap = _mm512_broadcast_i32x4(_mm_set_epi8(
             12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3,
         ));
         let pre = _mm512_set1_epi64(PRE);
         let post = _mm512_set1_epi64(POST);
-        // SAFETY: the caller guarantees 256 readable bytes at `input`.
-        let (v0, v1, v2, v3) = unsafe {
-            (
-                _mm512_loadu_si512(input.cast()),
-                _mm512_loadu_si512(input.add(64).cast()),
-                _mm512_loadu_si512(input.add(128).cast()),
-                _mm512_loadu_si512(input.add(192).cast()),
-            )
-        };
-        let [mut x0, mut x1, mut x2, mut x3] = transpose(
-            _mm512_shuffle_epi8(v0, bswap),
-            _mm512_shuffle_epi8(v1, bswap),
-            _mm512_shuffle_epi8(v2, bswap),
-            _mm512_shuffle_epi8(v3, bswap),
-        );
-        for &rk in round_keys {
-            let t = _mm512_xor_si512(
-                _mm512_xor_si512(x1, x2),
-                _mm512_xor_si512(x3, _mm512_set1_epi32(rk as i32)),
-            );
-            let t = _mm512_gf2p8affine_epi64_epi8::<PRE_C>(t, pre);
-            let t = _mm512_gf2p8affineinv_epi64_epi8::<POST_C>(t, post);
-            // L(B) = B ⊕ (B ⋘ 2) ⊕ (B ⋘ 10) ⊕ (B ⋘ 18) ⊕ (B ⋘ 24)
-            let l = _mm512_xor_si512(
-                _mm512_xor_si512(t, _mm512_rol_epi32::<2>(t)),
-                _mm512_xor_si512(
-                    _mm512_xor_si512(_mm512_rol_epi32::<10>(t), _mm512_rol_epi32::<18>(t)),
-                    _mm512_rol_epi32::<24>(t),
-                ),
-            );
-            let x4 = _mm512_xor_si512(x0, l);
-            (x0, x1, x2, x3) = (x1, x2, x3, x4);
+        let mut groups = [[_mm512_setzero_si512(); 4]; BLOCKS / 16];
+        for (g, group) in groups.iter_mut().enumerate() {
+            let mut v = [_mm512_setzero_si512(); 4];
+            for (i, reg) in v.iter_mut().enumerate() {
+                // SAFETY: the caller guarantees 16 × BLOCKS readable bytes at `input`, and
+                // (g × 4 + i) × 64 + 64 ≤ 16 × BLOCKS.
+                *reg = _mm512_shuffle_epi8(
+                    unsafe { _mm512_loadu_si512(input.add((g * 4 + i) * 64).cast()) },
+                    bswap,
+                );
+            }
+            *group = transpose(v[0], v[1], v[2], v[3]);
         }
-        // The output is (X35, X34, X33, X32): the transpose is its own inverse.
-        let [y0, y1, y2, y3] = transpose(x3, x2, x1, x0);
-        // SAFETY: the caller guarantees 256 writable bytes at `output`; all loads are done.
-        unsafe {
-            _mm512_storeu_si512(output.cast(), _mm512_shuffle_epi8(y0, bswap));
-            _mm512_storeu_si512(output.add(64).cast(), _mm512_shuffle_epi8(y1, bswap));
-            _mm512_storeu_si512(output.add(128).cast(), _mm512_shuffle_epi8(y2, bswap));
-            _mm512_storeu_si512(output.add(192).cast(), _mm512_shuffle_epi8(y3, bswap));
+        for &rk in round_keys {
+            let rk = _mm512_set1_epi32(rk as i32);
+            for group in groups.iter_mut() {
+                *group = round(*group, rk, pre, post);
+            }
+        }
+        for (g, x) in groups.iter().enumerate() {
+            // The output is (X35, X34, X33, X32): the transpose is its own inverse.
+            let y = transpose(x[3], x[2], x[1], x[0]);
+            for (i, reg) in y.iter().enumerate() {
+                // SAFETY: the caller guarantees 16 × BLOCKS writable bytes at `output`; every
+                // load happened before the first store.
+                unsafe {
+                    _mm512_storeu_si512(
+                        output.add((g * 4 + i) * 64).cast(),
+                        _mm512_shuffle_epi8(*reg, bswap),
+                    )
+                };
+            }
         }
     }
 
@@ -289,7 +303,7 @@ mod gfni {
         ]
     }
 
-    /// The `cipher` backend of the GFNI path: 16 blocks per call, single blocks on the portable
+    /// The `cipher` backend of the GFNI path: 64 blocks per call, single blocks on the portable
     /// code (a GCM message uses those only for its tag and a partial last block).
     pub(super) struct Backend<'a> {
         pub(super) round_keys: &'a [u32; 32],
@@ -301,7 +315,7 @@ mod gfni {
     }
 
     impl ParBlocksSizeUser for Backend<'_> {
-        type ParBlocksSize = U16;
+        type ParBlocksSize = U64;
     }
 
     impl BlockCipherEncBackend for Backend<'_> {
@@ -321,9 +335,9 @@ mod gfni {
         fn encrypt_par_blocks(&self, blocks: InOut<'_, '_, ParBlocks<Self>>) {
             let (input, output) = blocks.into_raw();
             // SAFETY: a Backend exists only on the Gfni512 path, which `Sm4Path::available`
-            // confirmed the CPU runs; `ParBlocks` is 16 blocks of 16 bytes = 256 contiguous
+            // confirmed the CPU runs; `ParBlocks` is BLOCKS (64) blocks of 16 bytes, contiguous
             // bytes, readable at `input` and writable at `output` for the call.
-            unsafe { encrypt16(self.round_keys, input.cast(), output.cast()) }
+            unsafe { encrypt_blocks(self.round_keys, input.cast(), output.cast()) }
         }
     }
 }
@@ -364,7 +378,7 @@ mod tests {
         let mut seed = 0x9e37_79b9_7f4a_7c15;
         for round in 0..64 {
             let key: [u8; 16] = std::array::from_fn(|_| xorshift(&mut seed));
-            let n = 1 + round * 3 % 70;
+            let n = 1 + round * 5 % 140;
             let data: Vec<Block<Sm4Fast>> = (0..n)
                 .map(|_| {
                     Block::<Sm4Fast>::from(std::array::from_fn::<u8, 16, _>(|_| {

@@ -329,6 +329,41 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Closes the decryption window in one transaction: the opening becomes `decryption_ended`
+    /// and bids still waiting for a key become `not_decrypted` through the bidder. Returns those
+    /// bids, or `None` if decryption was not running.
+    pub async fn end_decryption(
+        &self,
+        id: &str,
+        failure: &str,
+    ) -> Result<Option<Vec<String>>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE openings SET state = 'decryption_ended' WHERE id = $1 AND state = 'decrypting'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let rows = sqlx::query("SELECT id FROM bids WHERE opening_id = $1 AND state = 'awaiting_key' ORDER BY received_ms, id")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let ids = rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<Vec<String>, _>>()?;
+        sqlx::query("UPDATE bids SET state = 'not_decrypted', failure = $1, fault = 'bidder' WHERE opening_id = $2 AND state = 'awaiting_key'")
+            .bind(failure)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(ids))
+    }
+
     pub async fn start_decryption(
         &self,
         id: &str,

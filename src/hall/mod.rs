@@ -1031,29 +1031,15 @@ impl Hall {
     /// Ends the decryption window: bids still waiting for a key count as not decrypted through
     /// the bidder (art. 31: revoked, 撤销).
     pub async fn end_decryption(&self, opening_id: &str) -> Result<(), HallError> {
-        if !self
+        let not_decrypted = self
             .inner
             .db
-            .transition_opening(opening_id, "decrypting", "decryption_ended", None)
+            .end_decryption(
+                opening_id,
+                "not decrypted by the bidder within the time limit: counts as revoked (撤销, art. 31)",
+            )
             .await?
-        {
-            return Err(HallError::WrongState("decryption is not running".into()));
-        }
-        let mut not_decrypted = Vec::new();
-        for bid in self.inner.db.bids(opening_id).await? {
-            if bid.state == "awaiting_key" {
-                self.inner
-                    .db
-                    .fail_bid(
-                        &bid.id,
-                        "not_decrypted",
-                        "not decrypted by the bidder within the time limit: counts as revoked (撤销, art. 31)",
-                        "bidder",
-                    )
-                    .await?;
-                not_decrypted.push(bid.id);
-            }
-        }
+            .ok_or_else(|| HallError::WrongState("decryption is not running".into()))?;
         self.event(
             opening_id,
             "decryption.ended",

@@ -29,6 +29,8 @@ use sm4::cipher::{
 pub enum Sm4Path {
     /// GFNI + AVX-512F/BW, 64 blocks per step.
     Gfni512,
+    /// GFNI + AVX2, 16 blocks per step (CPUs with GFNI but no AVX-512).
+    Gfni256,
     /// The RustCrypto `sm4` crate.
     Portable,
 }
@@ -40,11 +42,14 @@ impl Sm4Path {
         if gfni512_supported() {
             paths.push(Sm4Path::Gfni512);
         }
+        if gfni256_supported() {
+            paths.push(Sm4Path::Gfni256);
+        }
         paths.push(Sm4Path::Portable);
         paths
     }
 
-    /// The path used by default: `KAIBIAO_SM4=portable|gfni512` forces one (an unavailable
+    /// The path used by default: `KAIBIAO_SM4=portable|gfni256|gfni512` forces one (an unavailable
     /// choice falls back to the portable path), otherwise the fastest available.
     pub fn default_path() -> Sm4Path {
         static CHOSEN: OnceLock<Sm4Path> = OnceLock::new();
@@ -53,6 +58,7 @@ impl Sm4Path {
             match std::env::var("KAIBIAO_SM4").as_deref() {
                 Ok("portable") => Sm4Path::Portable,
                 Ok("gfni512") if available.contains(&Sm4Path::Gfni512) => Sm4Path::Gfni512,
+                Ok("gfni256") if available.contains(&Sm4Path::Gfni256) => Sm4Path::Gfni256,
                 _ => available[0],
             }
         })
@@ -61,8 +67,20 @@ impl Sm4Path {
     pub fn name(self) -> &'static str {
         match self {
             Sm4Path::Gfni512 => "gfni512",
+            Sm4Path::Gfni256 => "gfni256",
             Sm4Path::Portable => "portable",
         }
+    }
+}
+
+fn gfni256_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("gfni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -104,7 +122,7 @@ impl Sm4Fast {
         let round_keys = match path {
             // SAFETY: the path is available, so the CPU has GFNI.
             #[cfg(target_arch = "x86_64")]
-            Sm4Path::Gfni512 => unsafe { gfni::key_schedule(key) },
+            Sm4Path::Gfni512 | Sm4Path::Gfni256 => unsafe { gfni::key_schedule(key) },
             // Round keys are only used by the SIMD path.
             _ => [0; 32],
         };
@@ -142,6 +160,11 @@ impl BlockCipherEncrypt for Sm4Fast {
         match self.path {
             #[cfg(target_arch = "x86_64")]
             Sm4Path::Gfni512 => f.call(&gfni::Backend {
+                round_keys: &self.round_keys,
+                portable: &self.portable,
+            }),
+            #[cfg(target_arch = "x86_64")]
+            Sm4Path::Gfni256 => f.call(&gfni::Backend256 {
                 round_keys: &self.round_keys,
                 portable: &self.portable,
             }),
@@ -303,6 +326,136 @@ mod gfni {
         ]
     }
 
+    /// `x ⋘ N` on each 32-bit lane, for AVX2 which has no rotate instruction.
+    macro_rules! rol256 {
+        ($x:expr, $n:literal) => {
+            _mm256_or_si256(
+                _mm256_slli_epi32::<$n>($x),
+                _mm256_srli_epi32::<{ 32 - $n }>($x),
+            )
+        };
+    }
+
+    /// Blocks per step on the AVX2 path: two interleaved groups of 8.
+    const BLOCKS_256: usize = 16;
+
+    #[inline]
+    #[target_feature(enable = "avx2,gfni")]
+    fn transpose256(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> [__m256i; 4] {
+        let t0 = _mm256_unpacklo_epi32(a, b);
+        let t1 = _mm256_unpackhi_epi32(a, b);
+        let t2 = _mm256_unpacklo_epi32(c, d);
+        let t3 = _mm256_unpackhi_epi32(c, d);
+        [
+            _mm256_unpacklo_epi64(t0, t2),
+            _mm256_unpackhi_epi64(t0, t2),
+            _mm256_unpacklo_epi64(t1, t3),
+            _mm256_unpackhi_epi64(t1, t3),
+        ]
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,gfni")]
+    fn round256(x: [__m256i; 4], rk: __m256i, pre: __m256i, post: __m256i) -> [__m256i; 4] {
+        let t = _mm256_xor_si256(_mm256_xor_si256(x[1], x[2]), _mm256_xor_si256(x[3], rk));
+        let t = _mm256_gf2p8affine_epi64_epi8::<PRE_C>(t, pre);
+        let t = _mm256_gf2p8affineinv_epi64_epi8::<POST_C>(t, post);
+        let l = _mm256_xor_si256(
+            _mm256_xor_si256(t, rol256!(t, 2)),
+            _mm256_xor_si256(
+                _mm256_xor_si256(rol256!(t, 10), rol256!(t, 18)),
+                rol256!(t, 24),
+            ),
+        );
+        [x[1], x[2], x[3], _mm256_xor_si256(x[0], l)]
+    }
+
+    /// Encrypts [`BLOCKS_256`] blocks read from `input` into `output` (which may be the same
+    /// memory).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and GFNI; `input` must be readable and `output` writable for
+    /// `16 × BLOCKS_256` bytes (unaligned loads and stores are used).
+    #[target_feature(enable = "avx2,gfni")]
+    unsafe fn encrypt_blocks_256(round_keys: &[u32; 32], input: *const u8, output: *mut u8) {
+        let bswap = _mm256_broadcastsi128_si256(_mm_set_epi8(
+            12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3,
+        ));
+        let pre = _mm256_set1_epi64x(PRE);
+        let post = _mm256_set1_epi64x(POST);
+        let mut groups = [[_mm256_setzero_si256(); 4]; BLOCKS_256 / 8];
+        for (g, group) in groups.iter_mut().enumerate() {
+            let mut v = [_mm256_setzero_si256(); 4];
+            for (i, reg) in v.iter_mut().enumerate() {
+                // SAFETY: the caller guarantees 16 × BLOCKS_256 readable bytes at `input`, and
+                // (g × 4 + i) × 32 + 32 ≤ 16 × BLOCKS_256.
+                let loaded = unsafe { _mm256_loadu_si256(input.add((g * 4 + i) * 32).cast()) };
+                *reg = _mm256_shuffle_epi8(loaded, bswap);
+            }
+            *group = transpose256(v[0], v[1], v[2], v[3]);
+        }
+        for &rk in round_keys {
+            let rk = _mm256_set1_epi32(rk as i32);
+            for group in groups.iter_mut() {
+                *group = round256(*group, rk, pre, post);
+            }
+        }
+        for (g, x) in groups.iter().enumerate() {
+            let y = transpose256(x[3], x[2], x[1], x[0]);
+            for (i, reg) in y.iter().enumerate() {
+                // SAFETY: 16 × BLOCKS_256 writable bytes at `output`; all loads are done.
+                unsafe {
+                    _mm256_storeu_si256(
+                        output.add((g * 4 + i) * 32).cast(),
+                        _mm256_shuffle_epi8(*reg, bswap),
+                    )
+                };
+            }
+        }
+    }
+
+    /// The `cipher` backend of the GFNI + AVX2 path: 16 blocks per call.
+    pub(super) struct Backend256<'a> {
+        pub(super) round_keys: &'a [u32; 32],
+        pub(super) portable: &'a sm4::Sm4,
+    }
+
+    impl BlockSizeUser for Backend256<'_> {
+        type BlockSize = U16;
+    }
+
+    impl ParBlocksSizeUser for Backend256<'_> {
+        type ParBlocksSize = U16;
+    }
+
+    impl BlockCipherEncBackend for Backend256<'_> {
+        fn encrypt_block(&self, block: InOut<'_, '_, Block<Self>>) {
+            encrypt_one(self.portable, block);
+        }
+
+        fn encrypt_par_blocks(&self, blocks: InOut<'_, '_, ParBlocks<Self>>) {
+            let (input, output) = blocks.into_raw();
+            // SAFETY: a Backend256 exists only on the Gfni256 path, which `Sm4Path::available`
+            // confirmed the CPU runs; `ParBlocks` is 16 contiguous blocks of 16 bytes, readable
+            // at `input` and writable at `output` for the call.
+            unsafe { encrypt_blocks_256(self.round_keys, input.cast(), output.cast()) }
+        }
+    }
+
+    /// One block on the portable code.
+    fn encrypt_one(portable: &sm4::Sm4, block: InOut<'_, '_, Block<sm4::Sm4>>) {
+        struct One<'b>(InOut<'b, 'b, Block<sm4::Sm4>>);
+        impl BlockSizeUser for One<'_> {
+            type BlockSize = U16;
+        }
+        impl BlockCipherEncClosure for One<'_> {
+            fn call<B: BlockCipherEncBackend<BlockSize = U16>>(self, backend: &B) {
+                backend.encrypt_block(self.0);
+            }
+        }
+        portable.encrypt_with_backend(One(block));
+    }
+
     /// The `cipher` backend of the GFNI path: 64 blocks per call, single blocks on the portable
     /// code (a GCM message uses those only for its tag and a partial last block).
     pub(super) struct Backend<'a> {
@@ -320,16 +473,7 @@ mod gfni {
 
     impl BlockCipherEncBackend for Backend<'_> {
         fn encrypt_block(&self, block: InOut<'_, '_, Block<Self>>) {
-            struct One<'b>(InOut<'b, 'b, Block<sm4::Sm4>>);
-            impl BlockSizeUser for One<'_> {
-                type BlockSize = U16;
-            }
-            impl BlockCipherEncClosure for One<'_> {
-                fn call<B: BlockCipherEncBackend<BlockSize = U16>>(self, backend: &B) {
-                    backend.encrypt_block(self.0);
-                }
-            }
-            self.portable.encrypt_with_backend(One(block));
+            encrypt_one(self.portable, block);
         }
 
         fn encrypt_par_blocks(&self, blocks: InOut<'_, '_, ParBlocks<Self>>) {
@@ -469,6 +613,43 @@ mod tests {
                 "83DE3541E4C2B58177E065A9BF7B62EC",
                 "{path:?}"
             );
+        }
+    }
+
+    #[test]
+    fn every_path_passes_rfc8998_sm4_ccm() {
+        use aes_gcm::aead::consts::{U12, U16};
+        use ccm::aead::AeadInOut;
+        let key: [u8; 16] = hex::decode("0123456789ABCDEFFEDCBA9876543210")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let nonce: [u8; 12] = hex::decode("00001234567800000000ABCD")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let aad = hex::decode("FEEDFACEDEADBEEFFEEDFACEDEADBEEFABADDAD2").unwrap();
+        let plain = hex::decode("AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBBCCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDDEEEEEEEEEEEEEEEEFFFFFFFFFFFFFFFFEEEEEEEEEEEEEEEEAAAAAAAAAAAAAAAA").unwrap();
+        let mut reference = plain.clone();
+        let reference_tag = ccm::Ccm::<sm4::Sm4, U16, U12>::new(&key.into())
+            .encrypt_inout_detached(&nonce.into(), &aad, reference.as_mut_slice().into())
+            .unwrap();
+        assert_eq!(
+            hex::encode_upper(reference_tag),
+            "16842D4FA186F56AB33256971FA110F4"
+        );
+        for path in Sm4Path::available() {
+            let ccm = ccm::Ccm::<Sm4Fast, U16, U12>::from(Sm4Fast::with_path(&key, path).unwrap());
+            let mut buf = plain.clone();
+            let tag = ccm
+                .encrypt_inout_detached(&nonce.into(), &aad, buf.as_mut_slice().into())
+                .unwrap();
+            assert_eq!(
+                hex::encode_upper(tag),
+                "16842D4FA186F56AB33256971FA110F4",
+                "{path:?}"
+            );
+            assert_eq!(buf, reference, "{path:?}");
         }
     }
 

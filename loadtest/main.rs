@@ -57,6 +57,9 @@ struct Args {
     /// Where to write latest.md and latest.json.
     #[arg(long, default_value = "loadtest/results")]
     out: PathBuf,
+    /// Size of the one large bid whose summary latency is measured before the storm.
+    #[arg(long, default_value_t = 256)]
+    summary_bid_mib: usize,
     /// Run the server on this database (e.g. an empty PostgreSQL database) instead of SQLite.
     #[arg(long)]
     database_url: Option<String>,
@@ -442,6 +445,9 @@ async fn broadcast_phase(
 }
 
 struct Storm {
+    summary_bid_mib: usize,
+    summary_ms: f64,
+    big_decrypt_secs: f64,
     phones: usize,
     accepted: usize,
     refused: usize,
@@ -485,16 +491,48 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
         )?;
         files.push(file);
     }
-    let lead = 5 + (p as i64) / 50;
+    // One large bid: its summary must show at once, whatever the size of its body.
+    let big_code = bidder_code(899_999_999);
+    let big_file = work.path().join("big.kbid");
+    {
+        let big_plain = work.path().join("big-plain");
+        let block = vec![0x5au8; 1 << 20];
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&big_plain)?);
+        for _ in 0..args.summary_bid_mib {
+            std::io::Write::write_all(&mut f, &block)?;
+        }
+        drop(f);
+        engine::seal_file(
+            &big_plain,
+            &big_file,
+            &SealParams {
+                tender_id: TENDER,
+                bidder: big_code.clone(),
+                summary: &summary,
+                recipients: &[keys.enc.public_key()],
+                sign_key: &keys.sign,
+                signer: &signer,
+                chunk_size: kaibiao::format::DEFAULT_CHUNK_SIZE,
+                created_at: 0,
+            },
+            &NoProgress,
+        )?;
+        std::fs::remove_file(big_plain)?;
+    }
+    let lead = 10 + (p as i64) / 50 + args.summary_bid_mib as i64 / 100;
     let opening = api.create_opening(lead).await?;
     let opening_at = Instant::now() + Duration::from_secs(lead as u64);
-    for (i, file) in files.iter().enumerate() {
-        let code = bidder_code(900_000_000 + i);
+    let uploads = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (bidder_code(900_000_000 + i), f))
+        .chain(std::iter::once((big_code.clone(), &big_file)));
+    for (i, (code, file)) in uploads.enumerate() {
         api.post(&format!("/api/openings/{opening}/bidders"), json!({"uscc": code.as_str(), "name": format!("手机{i}"), "sign_keys": [keys.sign_pem], "enc_keys": [keys.enc_pem]})).await?;
         let res = api
             .client
             .put(format!("{}/api/openings/{opening}/bids/{}", api.base, code))
-            .body(std::fs::read(file)?)
+            .body(tokio::fs::read(file).await?)
             .send()
             .await?;
         if !res.status().is_success() {
@@ -514,12 +552,69 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
         .await?
         .json()
         .await?;
-    let urls: Vec<String> = snapshot["bids"]
-        .as_array()
-        .context("bids")?
+    let bids = snapshot["bids"].as_array().context("bids")?;
+    let big = bids
         .iter()
+        .find(|b| b["bidder_code"] == big_code.as_str())
+        .context("the large bid")?;
+    let big_id = big["id"].as_str().context("id")?.to_owned();
+    let big_url = big["qr"]["url"].as_str().context("its QR")?.to_owned();
+    let urls: Vec<String> = bids
+        .iter()
+        .filter(|b| b["id"] != big_id.as_str())
         .filter_map(|b| b["qr"]["url"].as_str().map(str::to_owned))
         .collect();
+
+    // The large bid's phone answers while a viewer watches: time from sending the answer to the
+    // summary frame on the websocket, and the body's decryption time reported by the server.
+    let server_addr: SocketAddr = api.base.trim_start_matches("http://").parse()?;
+    let ws = connect_viewer(server_addr, &opening, 0).await?;
+    let (_, mut read) = ws.split();
+    // Let the viewer take its replay (or snapshot) first: only live frames are timed.
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(500), read.next()).await
+    {
+    }
+    let view: ChallengeView = api
+        .client
+        .get(phone::challenge_url(&big_url, None))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let answer = phone::answer_challenge(&view, &keys.enc, &keys.sign)?;
+    let sent = Instant::now();
+    let post = tokio::spawn({
+        let client = api.client.clone();
+        let url = view.answer_url.clone();
+        async move {
+            client
+                .post(url)
+                .json(&answer)
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+        }
+    });
+    let mut summary_ms = f64::NAN;
+    let mut big_decrypt_secs = f64::NAN;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(120), read.next()).await
+    {
+        let Message::Text(text) = msg else { continue };
+        let v: Value = serde_json::from_str(&text).unwrap_or_default();
+        if v["data"]["bid_id"] != big_id.as_str() {
+            continue;
+        }
+        if v["kind"] == "bid.summary" && summary_ms.is_nan() {
+            summary_ms = sent.elapsed().as_secs_f64() * 1000.0;
+        }
+        if v["kind"] == "bid.decrypted" {
+            big_decrypt_secs = v["data"]["seconds"].as_f64().unwrap_or(f64::NAN);
+            break;
+        }
+    }
+    if !post.await?? {
+        bail!("the large bid's answer was refused");
+    }
     // Each phone fetches its challenge and prepares its answer; then all answer at once.
     let mut prepared: Vec<(String, Answer)> = Vec::new();
     for url in &urls {
@@ -563,6 +658,9 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
             .unwrap_or(0.0)
     };
     Ok(Storm {
+        summary_bid_mib: args.summary_bid_mib,
+        summary_ms,
+        big_decrypt_secs,
         phones: urls.len(),
         accepted,
         refused: urls.len() - accepted,
@@ -624,7 +722,8 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
             "server_rss_bytes_per_connection": per_conn,
             "slow_viewer": {"dropped": b.slow_viewer_dropped, "its_opening_p99_ms": b.slow_opening_p99, "other_openings_p99_ms": b.others_p99},
         },
-        "storm": s.as_ref().map(|s| json!({"phones": s.phones, "accepted": s.accepted, "refused": s.refused, "seconds": s.wall_secs,
+        "storm": s.as_ref().map(|s| json!({"summary_bid_mib": s.summary_bid_mib, "summary_latency_ms": s.summary_ms,
+            "large_bid_decrypt_seconds": s.big_decrypt_secs, "phones": s.phones, "accepted": s.accepted, "refused": s.refused, "seconds": s.wall_secs,
             "answers_per_second": s.accepted as f64 / s.wall_secs, "latency_ms": {"p50": s.p50_ms, "p99": s.p99_ms, "max": s.max_ms}})),
     });
     let mut md = format!(
@@ -656,7 +755,8 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
     );
     if let Some(s) = &s {
         md.push_str(&format!(
-            "\n| phone storm | value |\n|---|---|\n| answers accepted / refused | {} / {} |\n| answers/s | {:.0} |\n| answer latency p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |\n",
+            "\n| phone storm | value |\n|---|---|\n| summary of a {} MiB bid on the websocket after its answer | {:.1} ms (body decrypted in {:.2} s) |\n| answers accepted / refused | {} / {} |\n| answers/s | {:.0} |\n| answer latency p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |\n",
+            s.summary_bid_mib, s.summary_ms, s.big_decrypt_secs,
             s.accepted, s.refused, s.accepted as f64 / s.wall_secs, s.p50_ms, s.p99_ms, s.max_ms
         ));
     }

@@ -691,6 +691,22 @@ impl Db {
             .await?)
     }
 
+    /// The newest challenge of every bid of an opening that has one (one query for a snapshot).
+    pub async fn current_challenges(
+        &self,
+        opening_id: &str,
+    ) -> Result<std::collections::HashMap<String, ChallengeRow>, DbError> {
+        let rows: Vec<ChallengeRow> = sqlx::query_as(
+            "SELECT nonce, opening_id, bid_id, expires_ms, used, created_ms FROM challenges WHERE opening_id = $1 ORDER BY created_ms, nonce DESC",
+        )
+        .bind(opening_id)
+        .fetch_all(&self.pool)
+        .await?;
+        // Later rows replace earlier ones: the map keeps each bid's newest challenge (ties broken
+        // as `current_challenge` breaks them).
+        Ok(rows.into_iter().map(|c| (c.bid_id.clone(), c)).collect())
+    }
+
     /// The newest challenge of a bid.
     pub async fn current_challenge(&self, bid_id: &str) -> Result<Option<ChallengeRow>, DbError> {
         Ok(sqlx::query_as("SELECT nonce, opening_id, bid_id, expires_ms, used, created_ms FROM challenges WHERE bid_id = $1 ORDER BY created_ms DESC, nonce LIMIT 1")

@@ -1205,11 +1205,12 @@ impl Hall {
             .await?
             .map(|(s, _)| s)
             .unwrap_or(0);
+        let challenges = self.inner.db.current_challenges(opening_id).await?;
         let mut bid_views = Vec::new();
         for bid in &bids {
             let bidder = bidders.iter().find(|b| b.id == bid.bidder_id);
             let qr = if bid.state == "awaiting_key" && opening.state == "decrypting" {
-                self.inner.db.current_challenge(&bid.id).await?.map(|c| {
+                challenges.get(&bid.id).map(|c| {
                     json!({"nonce": c.nonce, "url": self.qr_url(&c.nonce), "expires_ms": c.expires_ms})
                 })
             } else {

@@ -68,6 +68,23 @@ fn token_hash(token: &str) -> String {
     hex::encode(crypto::sm3(token.as_bytes()))
 }
 
+/// Longest name (of an opening or a bidder) accepted, in characters.
+const MAX_NAME_CHARS: usize = 200;
+const MAX_KEYS_PER_BIDDER: usize = 16;
+
+fn check_name(what: &str, name: &str) -> Result<(), HallError> {
+    let chars = name.trim().chars().count();
+    if chars == 0 {
+        return Err(HallError::Invalid(format!("{what} needs a name")));
+    }
+    if chars > MAX_NAME_CHARS {
+        return Err(HallError::Invalid(format!(
+            "{what}'s name has {chars} characters; at most {MAX_NAME_CHARS} are allowed"
+        )));
+    }
+    Ok(())
+}
+
 fn fmt_time(ms: i64) -> String {
     format!("{ms} ms since 1970-01-01 UTC")
 }
@@ -343,9 +360,7 @@ impl Hall {
                 "the tender id needs 1 to 128 bytes".into(),
             ));
         }
-        if new.name.trim().is_empty() {
-            return Err(HallError::Invalid("the opening needs a name".into()));
-        }
+        check_name("the opening", &new.name)?;
         if new.opening_ms < new.deadline_ms {
             return Err(HallError::Invalid(
                 "the opening time cannot be before the bid deadline".into(),
@@ -398,8 +413,11 @@ impl Hall {
             ));
         }
         let uscc = Uscc::parse(&new.uscc).map_err(|e| HallError::Invalid(e.to_string()))?;
-        if new.name.trim().is_empty() {
-            return Err(HallError::Invalid("the bidder needs a name".into()));
+        check_name("the bidder", &new.name)?;
+        if new.sign_keys.len() + new.enc_keys.len() > MAX_KEYS_PER_BIDDER {
+            return Err(HallError::Invalid(format!(
+                "register at most {MAX_KEYS_PER_BIDDER} certificates or keys per bidder"
+            )));
         }
         if new.sign_keys.is_empty() || new.enc_keys.is_empty() {
             return Err(HallError::Invalid(

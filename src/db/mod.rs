@@ -3,10 +3,15 @@
 //! Queries are checked at run time (`query_as`), not by `query!` macros, so one code path serves
 //! both backends; each backend has its own migrations, run at start.
 
+mod batch;
+
 use std::str::FromStr;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
+use tokio::sync::{mpsc, oneshot};
+
+pub use batch::BidWrite;
 
 /// Why the database could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +24,8 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Write(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +38,7 @@ pub enum Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    writes: mpsc::Sender<batch::Job>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -162,7 +170,13 @@ impl Db {
                     .map_err(DbError::Connect)?
             }
         };
-        Ok(Self { pool, backend })
+        let (writes, queue) = mpsc::channel(1024);
+        tokio::spawn(batch::writer(pool.clone(), queue));
+        Ok(Self {
+            pool,
+            backend,
+            writes,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -581,53 +595,15 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Uses the challenge and records the accepted answer and the opened summary in one
-    /// transaction: awaiting_key → decrypting. False (and nothing changed) if the challenge was
-    /// used already or the bid no longer waits for a key.
-    pub async fn accept_answer(
-        &self,
-        nonce: &str,
-        bid_id: &str,
-        answer: &[u8],
-        summary: &str,
-    ) -> Result<bool, DbError> {
-        let mut tx = self.pool.begin().await?;
-        let used = sqlx::query("UPDATE challenges SET used = 1 WHERE nonce = $1 AND used = 0")
-            .bind(nonce)
-            .execute(&mut *tx)
-            .await?;
-        if used.rows_affected() != 1 {
-            return Ok(false);
-        }
-        let done = sqlx::query("UPDATE bids SET state = 'decrypting', answer = $1, summary = $2 WHERE id = $3 AND state = 'awaiting_key'")
-            .bind(answer.to_vec())
-            .bind(summary)
-            .bind(bid_id)
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() != 1 {
-            return Ok(false);
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    pub async fn finish_bid(&self, id: &str, plain_path: &str) -> Result<(), DbError> {
-        sqlx::query("UPDATE bids SET state = 'decrypted', plain_path = $1 WHERE id = $2 AND state = 'decrypting'")
-            .bind(plain_path)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    pub async fn set_plain_sm3(&self, id: &str, sm3: &str) -> Result<(), DbError> {
-        sqlx::query("UPDATE bids SET plain_sm3 = $1 WHERE id = $2")
-            .bind(sm3)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// A hot-path write, group-committed with the others waiting (see [`BidWrite`]).
+    pub async fn write(&self, write: BidWrite) -> Result<bool, DbError> {
+        let (done, result) = oneshot::channel();
+        let stopped = || DbError::Write("the database writer has stopped".into());
+        self.writes
+            .send(batch::Job { write, done })
+            .await
+            .map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?.map_err(DbError::Write)
     }
 
     pub async fn fail_bid(

@@ -25,7 +25,7 @@ use vault::Vault;
 
 use crate::config::Settings;
 use crate::crypto::{self, FileKey};
-use crate::db::{BidRow, BidderKeyRow, BidderRow, ChallengeRow, Db, OpeningRow};
+use crate::db::{BidRow, BidWrite, BidderKeyRow, BidderRow, ChallengeRow, Db, OpeningRow};
 use crate::domain::{BidSummary, Uscc};
 use crate::engine::{DecryptOptions, SealedBid};
 use crate::format::BidError;
@@ -903,7 +903,12 @@ impl Hall {
         if !self
             .inner
             .db
-            .accept_answer(&challenge.nonce, &bid.id, &rewrapped, &summary_json)
+            .write(BidWrite::Accept {
+                nonce: challenge.nonce.clone(),
+                bid_id: bid.id.clone(),
+                answer: rewrapped,
+                summary: summary_json,
+            })
             .await?
         {
             return Err(HallError::ChallengeUsed);
@@ -996,7 +1001,10 @@ impl Hall {
     ) -> Result<(), HallError> {
         self.inner
             .db
-            .finish_bid(&bid.id, &out.to_string_lossy())
+            .write(BidWrite::Finish {
+                bid_id: bid.id.clone(),
+                plain_path: out.to_string_lossy().into_owned(),
+            })
             .await?;
         self.event(
             &bid.opening_id,
@@ -1007,7 +1015,13 @@ impl Hall {
         .await?;
         let path = out.to_owned();
         let digest = on_rayon(move || file_sm3(&path)).await??;
-        self.inner.db.set_plain_sm3(&bid.id, &digest).await?;
+        self.inner
+            .db
+            .write(BidWrite::PlainSm3 {
+                bid_id: bid.id.clone(),
+                sm3: digest.clone(),
+            })
+            .await?;
         self.event(
             &bid.opening_id,
             "bid.digest",
@@ -1320,7 +1334,11 @@ impl Hall {
                         tokio::spawn(async move {
                             let p = PathBuf::from(path);
                             if let Ok(Ok(d)) = on_rayon(move || file_sm3(&p)).await {
-                                let _ = hall.inner.db.set_plain_sm3(&id, &d).await;
+                                let _ = hall
+                                    .inner
+                                    .db
+                                    .write(BidWrite::PlainSm3 { bid_id: id, sm3: d })
+                                    .await;
                             }
                         });
                     }

@@ -582,20 +582,25 @@ mod tests {
         }
     }
 
+    /// Key, IV, AAD and plaintext shared by RFC 8998 appendices A.1 (GCM) and A.2 (CCM).
+    fn rfc8998_inputs() -> ([u8; 16], [u8; 12], Vec<u8>, Vec<u8>) {
+        let key = hex::decode("0123456789ABCDEFFEDCBA9876543210").unwrap();
+        let nonce = hex::decode("00001234567800000000ABCD").unwrap();
+        let aad = hex::decode("FEEDFACEDEADBEEFFEEDFACEDEADBEEFABADDAD2").unwrap();
+        let plain = hex::decode("AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBBCCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDDEEEEEEEEEEEEEEEEFFFFFFFFFFFFFFFFEEEEEEEEEEEEEEEEAAAAAAAAAAAAAAAA").unwrap();
+        (
+            key.try_into().unwrap(),
+            nonce.try_into().unwrap(),
+            aad,
+            plain,
+        )
+    }
+
     #[test]
     fn every_path_passes_rfc8998_sm4_gcm() {
         use aes_gcm::aead::AeadInOut;
         use aes_gcm::aead::consts::U12;
-        let key: [u8; 16] = hex::decode("0123456789ABCDEFFEDCBA9876543210")
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let nonce: [u8; 12] = hex::decode("00001234567800000000ABCD")
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let aad = hex::decode("FEEDFACEDEADBEEFFEEDFACEDEADBEEFABADDAD2").unwrap();
-        let plain = hex::decode("AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBBCCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDDEEEEEEEEEEEEEEEEFFFFFFFFFFFFFFFFEEEEEEEEEEEEEEEEAAAAAAAAAAAAAAAA").unwrap();
+        let (key, nonce, aad, plain) = rfc8998_inputs();
         for path in Sm4Path::available() {
             let gcm =
                 aes_gcm::AesGcm::<Sm4Fast, U12>::from(Sm4Fast::with_path(&key, path).unwrap());
@@ -620,16 +625,7 @@ mod tests {
     fn every_path_passes_rfc8998_sm4_ccm() {
         use aes_gcm::aead::consts::{U12, U16};
         use ccm::aead::AeadInOut;
-        let key: [u8; 16] = hex::decode("0123456789ABCDEFFEDCBA9876543210")
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let nonce: [u8; 12] = hex::decode("00001234567800000000ABCD")
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let aad = hex::decode("FEEDFACEDEADBEEFFEEDFACEDEADBEEFABADDAD2").unwrap();
-        let plain = hex::decode("AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBBCCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDDEEEEEEEEEEEEEEEEFFFFFFFFFFFFFFFFEEEEEEEEEEEEEEEEAAAAAAAAAAAAAAAA").unwrap();
+        let (key, nonce, aad, plain) = rfc8998_inputs();
         let mut reference = plain.clone();
         let reference_tag = ccm::Ccm::<sm4::Sm4, U16, U12>::new(&key.into())
             .encrypt_inout_detached(&nonce.into(), &aad, reference.as_mut_slice().into())

@@ -435,6 +435,18 @@ impl TestApp {
             .clone()
     }
 
+    /// The opening's SM3 hash chain verifies end to end.
+    pub async fn assert_chain_valid(&self, opening: &str) {
+        let r = self
+            .agent(
+                "GET",
+                &format!("/api/openings/{opening}/events/verify"),
+                None,
+            )
+            .await;
+        assert_eq!(r.body["valid"], true, "{}", r.body);
+    }
+
     /// Stops the server and starts a new one on the same database and data folder.
     pub async fn restart(self) -> TestApp {
         self.server.stop(true).await;

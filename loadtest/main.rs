@@ -57,6 +57,9 @@ struct Args {
     /// Where to write latest.md and latest.json.
     #[arg(long, default_value = "loadtest/results")]
     out: PathBuf,
+    /// Phones answer at this steady rate per second instead of all at once (0: all at once).
+    #[arg(long, default_value_t = 0.0)]
+    phone_rate: f64,
     /// Size of the one large bid whose summary latency is measured before the storm.
     #[arg(long, default_value_t = 256)]
     summary_bid_mib: usize,
@@ -629,9 +632,16 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
         prepared.push((view.answer_url, answer));
     }
     let start = Instant::now();
-    let tasks = prepared.into_iter().map(|(url, answer)| {
+    let gap = if args.phone_rate > 0.0 {
+        Duration::from_secs_f64(1.0 / args.phone_rate)
+    } else {
+        Duration::ZERO
+    };
+    let tasks = prepared.into_iter().enumerate().map(|(i, (url, answer))| {
         let client = api.client.clone();
+        let at = start + gap * i as u32;
         tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
             let t = Instant::now();
             let ok = client
                 .post(url)
@@ -711,7 +721,7 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
     let report = json!({
         "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "open_file_limit": nofile},
         "database": if args.database_url.is_some() { "postgresql" } else { "sqlite" },
-        "args": {"openings": args.openings, "viewers": args.viewers, "rate": args.rate, "seconds": args.seconds, "phones": args.phones},
+        "args": {"openings": args.openings, "viewers": args.viewers, "rate": args.rate, "seconds": args.seconds, "phones": args.phones, "phone_rate": args.phone_rate},
         "broadcast": {
             "connected": b.connected, "connect_errors": b.connect_errors, "dropped_early": b.dropped_early,
             "events_generated": b.events_generated, "frames_delivered": b.frames,
@@ -755,8 +765,9 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
     );
     if let Some(s) = &s {
         md.push_str(&format!(
-            "\n| phone storm | value |\n|---|---|\n| summary of a {} MiB bid on the websocket after its answer | {:.1} ms (body decrypted in {:.2} s) |\n| answers accepted / refused | {} / {} |\n| answers/s | {:.0} |\n| answer latency p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |\n",
+            "\n| phone storm | value |\n|---|---|\n| summary of a {} MiB bid on the websocket after its answer | {:.1} ms (body decrypted in {:.2} s) |\n| arrival | {} |\n| answers accepted / refused | {} / {} |\n| answers/s | {:.0} |\n| answer latency p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |\n",
             s.summary_bid_mib, s.summary_ms, s.big_decrypt_secs,
+            if args.phone_rate > 0.0 { format!("steady, {}/s", args.phone_rate) } else { "all at once".to_owned() },
             s.accepted, s.refused, s.accepted as f64 / s.wall_secs, s.p50_ms, s.p99_ms, s.max_ms
         ));
     }

@@ -29,7 +29,7 @@ pub enum DbError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+enum Backend {
     Sqlite,
     Postgres,
 }
@@ -37,7 +37,6 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
-    backend: Backend,
     writes: mpsc::Sender<batch::Job>,
 }
 
@@ -150,10 +149,11 @@ impl Db {
                     .run(&native)
                     .await?;
                 native.close().await;
-                let url = with_sqlite_pragmas(url);
+                // The file now exists in WAL mode (which persists in the file); the Any driver
+                // opens it from the URL with sqlx's defaults: foreign keys on, synchronous FULL.
                 AnyPoolOptions::new()
                     .max_connections(8)
-                    .connect(&url)
+                    .connect(url)
                     .await
                     .map_err(DbError::Connect)?
             }
@@ -172,15 +172,7 @@ impl Db {
         };
         let (writes, queue) = mpsc::channel(1024);
         tokio::spawn(batch::writer(pool.clone(), queue));
-        Ok(Self {
-            pool,
-            backend,
-            writes,
-        })
-    }
-
-    pub fn backend(&self) -> Backend {
-        self.backend
+        Ok(Self { pool, writes })
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
@@ -584,18 +576,6 @@ impl Db {
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
 
-    /// Moves a bid between states; false if it was no longer in `from`.
-    pub async fn transition_bid(&self, id: &str, from: &str, to: &str) -> Result<bool, DbError> {
-        let done = sqlx::query("UPDATE bids SET state = $1 WHERE id = $2 AND state = $3")
-            .bind(to)
-            .bind(id)
-            .bind(from)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// A hot-path write, group-committed with the others waiting (see [`BidWrite`]).
     pub async fn write(&self, write: BidWrite) -> Result<bool, DbError> {
         let (done, result) = oneshot::channel();
         let stopped = || DbError::Write("the database writer has stopped".into());
@@ -768,10 +748,4 @@ impl Db {
             None => None,
         })
     }
-}
-
-/// The Any driver takes options from the URL only: keep WAL and foreign keys on every connection.
-fn with_sqlite_pragmas(url: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}mode=rwc")
 }

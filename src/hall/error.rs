@@ -12,8 +12,6 @@ pub enum HallError {
     Unauthorized,
     #[error("wrong user name or password")]
     BadLogin,
-    #[error("not allowed: {0}")]
-    Forbidden(String),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -70,7 +68,6 @@ impl HallError {
             Self::NotFound(_) => "not_found",
             Self::Unauthorized => "unauthorized",
             Self::BadLogin => "bad_login",
-            Self::Forbidden(_) => "forbidden",
             Self::Invalid(_) => "invalid",
             Self::WrongState(_) => "wrong_state",
             Self::AfterDeadline(_) => "after_deadline",

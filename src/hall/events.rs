@@ -188,10 +188,6 @@ impl EventBus {
         sender(&self.channels, opening_id).subscribe()
     }
 
-    pub fn receivers(&self) -> usize {
-        self.channels.iter().map(|c| c.receiver_count()).sum()
-    }
-
     /// Stores an event and then broadcasts it.
     pub async fn append(
         &self,

@@ -27,7 +27,7 @@ impl ResponseError for ApiError {
         match &self.0 {
             HallError::NotFound(_) | HallError::ChallengeUnknown => StatusCode::NOT_FOUND,
             HallError::Unauthorized | HallError::BadLogin => StatusCode::UNAUTHORIZED,
-            HallError::Forbidden(_) | HallError::NotReleased => StatusCode::FORBIDDEN,
+            HallError::NotReleased => StatusCode::FORBIDDEN,
             HallError::Invalid(_) | HallError::BidRejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             HallError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HallError::ChallengeExpired => StatusCode::GONE,

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kaibiao::crypto::{self, PublicIdentity};
 use kaibiao::domain::{BidSummary, Uscc};
 use kaibiao::engine::{self, SealParams, SealedBid};
-use kaibiao::format::{self, DEFAULT_CHUNK_SIZE, Header, PREAMBLE_LEN};
+use kaibiao::format::{self, DEFAULT_CHUNK_SIZE, Header};
 
 #[derive(clap::Args, Debug)]
 pub struct SealArgs {
@@ -204,23 +204,10 @@ fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Reads the header alone, so that a bid whose signature fails can still be shown.
-fn read_header(path: &Path) -> anyhow::Result<Header> {
-    use std::io::Read;
-    let mut file = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut preamble = Vec::with_capacity(PREAMBLE_LEN);
-    Read::by_ref(&mut file)
-        .take(PREAMBLE_LEN as u64)
-        .read_to_end(&mut preamble)?;
-    let len = Header::parse_preamble(&preamble)? as usize;
-    let mut header = vec![0u8; len];
-    file.read_exact(&mut header)
-        .context("the file ends inside its header")?;
-    Ok(Header::decode(&header)?)
-}
-
 pub fn inspect(path: &Path) -> anyhow::Result<ExitCode> {
-    let header = read_header(path)?;
+    // The header alone, so that a bid whose signature fails can still be shown.
+    let file = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let header = Header::read_from(std::io::BufReader::new(file))?;
     let signer = header.signer.identity();
     println!("file           {}", path.display());
     println!(

@@ -153,6 +153,36 @@ impl Header {
         Ok(len)
     }
 
+    /// Reads preamble and header from the start of a sealed bid, without reading the body or
+    /// checking the signature (for showing a bid, or a recipient list, cheaply).
+    pub fn read_from(mut reader: impl std::io::Read) -> Result<Self, BidError> {
+        let truncated = |expected: usize| BidError::Truncated {
+            expected: expected as u64,
+            actual: 0,
+            missing_chunks: None,
+        };
+        let mut preamble = [0u8; PREAMBLE_LEN];
+        reader
+            .read_exact(&mut preamble)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => truncated(PREAMBLE_LEN),
+                _ => BidError::Io {
+                    context: "reading the bid header".into(),
+                    source: e,
+                },
+            })?;
+        let len = Self::parse_preamble(&preamble)? as usize;
+        let mut header = vec![0u8; len];
+        reader.read_exact(&mut header).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => truncated(PREAMBLE_LEN + len),
+            _ => BidError::Io {
+                context: "reading the bid header".into(),
+                source: e,
+            },
+        })?;
+        Self::decode(&header)
+    }
+
     /// Parses the header that follows a checked preamble (`bytes` holds the header only).
     pub fn decode(bytes: &[u8]) -> Result<Self, BidError> {
         let mut r = Reader { bytes, pos: 0 };

@@ -435,6 +435,19 @@ impl TestApp {
             .clone()
     }
 
+    /// All events of an opening as the public sees them.
+    pub async fn public_events(&self, opening: &str) -> Vec<Value> {
+        let r = self
+            .call(
+                "GET",
+                &format!("/api/openings/{opening}/events"),
+                None,
+                None,
+            )
+            .await;
+        r.body.as_array().expect("a list of events").clone()
+    }
+
     /// The opening's SM3 hash chain verifies end to end.
     pub async fn assert_chain_valid(&self, opening: &str) {
         let r = self

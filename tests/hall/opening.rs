@@ -64,19 +64,9 @@ async fn twenty_bidders_from_upload_to_evaluator_download(backend: Backend) {
         })
         .await;
     viewer.close().await;
-    let public = app
-        .call(
-            "GET",
-            &format!("/api/openings/{opening}/events"),
-            None,
-            None,
-        )
-        .await
-        .body;
+    let public = app.public_events(&opening).await;
     let last = seen.last().unwrap()["seq"].as_i64().unwrap();
     let expected: Vec<i64> = public
-        .as_array()
-        .unwrap()
         .iter()
         .map(|e| e["seq"].as_i64().unwrap())
         .filter(|&s| s <= last)

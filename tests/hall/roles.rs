@@ -72,22 +72,8 @@ async fn roles_are_enforced(backend: Backend) {
     );
 
     // Agent-only events stay out of public feeds.
-    let public = app
-        .call(
-            "GET",
-            &format!("/api/openings/{opening}/events"),
-            None,
-            None,
-        )
-        .await
-        .body;
-    assert!(
-        public
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|e| e["audience"] == "public")
-    );
+    let public = app.public_events(&opening).await;
+    assert!(public.iter().all(|e| e["audience"] == "public"));
     let agent = app.events(&opening).await;
     assert!(agent.iter().any(|e| e["kind"] == "evaluator.token_issued"));
 

@@ -41,16 +41,8 @@ async fn a_viewer_resumes_without_gaps_or_repeats(backend: Backend) {
     }
     app.wait_until_settled(&opening).await;
     let public: Vec<i64> = app
-        .call(
-            "GET",
-            &format!("/api/openings/{opening}/events"),
-            None,
-            None,
-        )
+        .public_events(&opening)
         .await
-        .body
-        .as_array()
-        .unwrap()
         .iter()
         .map(|e| e["seq"].as_i64().unwrap())
         .collect();

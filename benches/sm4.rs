@@ -1,14 +1,18 @@
-//! SM4-CTR and SM4-GCM throughput on every kaibiao SM4 path and on the RustCrypto `sm4` crate,
-//! on 1 KiB, 64 KiB and 1 MiB inputs. (OpenSSL's SM4 is measured with `openssl speed -evp
-//! sm4-ctr`; see README.)
+//! SM4-CTR and SM4-GCM throughput on 1 KiB, 64 KiB and 1 MiB inputs, in one run:
+//! - kaibiao's SM4 on every path this CPU has (`gfni512`, `gfni256`, `portable`), CTR and GCM
+//!   (`gcm/kaibiao-<path>`: kaibiao's GCM with the VPCLMULQDQ GHASH; `gcm/kaibiao-<path>+ghash-crate`:
+//!   the same with the `ghash` crate);
+//! - the RustCrypto `sm4` crate in the `ctr` and `aes-gcm` crates;
+//! - OpenSSL's SM4-CTR through the `openssl` crate (OpenSSL 3.0 has no SM4-GCM; 3.2 added it);
+//! - GHASH alone, kaibiao's VPCLMULQDQ code against the `ghash` crate.
 
 use std::hint::black_box;
 
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::aead::consts::U12;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ctr::cipher::{InnerIvInit, KeyIvInit, StreamCipher};
-use kaibiao::crypto::{Sm4Fast, Sm4Path};
+use ctr::cipher::{KeyIvInit, StreamCipher};
+use kaibiao::crypto::{Ghash, Sm4Gcm, Sm4Path};
 use sm4::cipher::KeyInit;
 
 const KEY: [u8; 16] = [7; 16];
@@ -22,6 +26,17 @@ fn bench(c: &mut Criterion) {
         let mut iv = [0u8; 16];
         iv[..12].copy_from_slice(&NONCE);
 
+        group.bench_function("ctr/openssl", |b| {
+            let mut out = vec![0u8; size + 16];
+            let mut crypter = openssl::symm::Crypter::new(
+                openssl::symm::Cipher::sm4_ctr(),
+                openssl::symm::Mode::Encrypt,
+                &KEY,
+                Some(&iv),
+            )
+            .unwrap();
+            b.iter(|| black_box(crypter.update(black_box(&buf), &mut out).unwrap()))
+        });
         group.bench_function("ctr/rustcrypto-sm4", |b| {
             let mut c = ctr::Ctr32BE::<sm4::Sm4>::new(&KEY.into(), &iv.into());
             b.iter(|| c.apply_keystream(black_box(&mut buf)))
@@ -36,22 +51,33 @@ fn bench(c: &mut Criterion) {
             })
         });
         for path in Sm4Path::available() {
-            let cipher = Sm4Fast::with_path(&KEY, path).unwrap();
+            let cipher = kaibiao::crypto::Sm4Fast::with_path(&KEY, path).unwrap();
             group.bench_function(format!("ctr/kaibiao-{}", path.name()), |b| {
-                let core = ctr::CtrCore::<Sm4Fast, ctr::flavors::Ctr32BE>::inner_iv_init(
-                    cipher.clone(),
-                    &iv.into(),
-                );
-                let mut c = ctr::Ctr32BE::<Sm4Fast>::from_core(core);
-                b.iter(|| c.apply_keystream(black_box(&mut buf)))
+                b.iter(|| cipher.apply_ctr32(&iv, black_box(&mut buf)))
             });
-            group.bench_function(format!("gcm/kaibiao-{}", path.name()), |b| {
-                let gcm = aes_gcm::AesGcm::<Sm4Fast, U12>::from(cipher.clone());
+            for (suffix, simd) in [("", true), ("+ghash-crate", false)] {
+                let gcm = Sm4Gcm::with_paths(&KEY, path, simd).unwrap();
+                if simd && !Ghash::with_simd(&KEY, true).is_simd() {
+                    continue;
+                }
+                group.bench_function(format!("gcm/kaibiao-{}{suffix}", path.name()), |b| {
+                    b.iter(|| black_box(gcm.encrypt_in_place(&NONCE, b"", black_box(&mut buf))))
+                });
+            }
+        }
+        for (name, simd) in [
+            ("ghash/kaibiao-vpclmulqdq", true),
+            ("ghash/ghash-crate", false),
+        ] {
+            let hash = Ghash::with_simd(&KEY, simd);
+            if hash.is_simd() != simd {
+                continue;
+            }
+            group.bench_function(name, |b| {
                 b.iter(|| {
-                    black_box(
-                        gcm.encrypt_inout_detached(&NONCE.into(), b"", buf.as_mut_slice().into())
-                            .unwrap(),
-                    )
+                    let mut h = hash.clone();
+                    h.update_padded(black_box(&buf));
+                    black_box(h.finalize())
                 })
             });
         }

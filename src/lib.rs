@@ -6,7 +6,7 @@
 //! - [`crypto`]: SM2 keys, key wrapping, signatures, SM4-GCM and the key schedule.
 //! - [`engine`]: parallel sealing and unsealing over chunks, with bounded memory and progress.
 //! - [`domain`]: validated value types (unified social credit code, bid summary).
-// `unsafe` is denied everywhere but `crypto::sm4_fast`, the SIMD SM4 backend.
+// `unsafe` is denied everywhere but `crypto::simd`, the SIMD SM4 and GHASH.
 #![deny(unsafe_code)]
 
 pub mod config;

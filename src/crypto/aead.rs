@@ -1,18 +1,11 @@
 //! SM4-GCM and the key schedule of a sealed bid.
 
-use aes_gcm::aead::AeadInOut;
-use aes_gcm::aead::consts::U12;
-use aes_gcm::{AesGcm, KeyInit};
 use hkdf::Hkdf;
 use sm3::{Digest, Sm3};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-/// SM4 in Galois/Counter Mode with a 96-bit nonce and a 128-bit tag (RFC 8998).
-pub type Sm4Gcm = AesGcm<super::Sm4Fast, U12>;
-
-/// Length of an SM4-GCM authentication tag.
-pub const TAG_LEN: usize = 16;
+pub use super::gcm::{Sm4Gcm, TAG_LEN, TagMismatch};
 
 const INFO_BODY: &[u8] = b"kaibiao v1 body key";
 const INFO_SUMMARY: &[u8] = b"kaibiao v1 summary key";
@@ -31,22 +24,19 @@ pub fn seal_in_place(
     buf: &mut [u8],
 ) -> [u8; TAG_LEN] {
     // GCM refuses only messages longer than 2^36 bytes; chunks are at most 16 MiB.
-    cipher
-        .encrypt_inout_detached(nonce.into(), aad, buf.into())
-        .expect("SM4-GCM accepts messages of this size")
-        .into()
+    cipher.encrypt_in_place(nonce, aad, buf)
 }
 
-/// Checks the tag and decrypts `buf` in place; on failure `buf` must be discarded.
+/// Checks the tag and decrypts `buf` in place; on failure `buf` is zeroed.
 pub fn open_in_place(
     cipher: &Sm4Gcm,
     nonce: &[u8; 12],
     aad: &[u8],
     buf: &mut [u8],
     tag: &[u8],
-) -> Result<(), aes_gcm::Error> {
-    let tag: &[u8; TAG_LEN] = tag.try_into().map_err(|_| aes_gcm::Error)?;
-    cipher.decrypt_inout_detached(nonce.into(), aad, buf.into(), tag.into())
+) -> Result<(), TagMismatch> {
+    let tag: &[u8; TAG_LEN] = tag.try_into().map_err(|_| TagMismatch)?;
+    cipher.decrypt_in_place(nonce, aad, buf, tag)
 }
 
 /// A bid's 128-bit file key together with the keys derived from it.
@@ -79,8 +69,8 @@ impl FileKey {
         Self {
             raw,
             commitment,
-            body: Sm4Gcm::new(&(*body).into()),
-            summary: Sm4Gcm::new(&(*summary).into()),
+            body: Sm4Gcm::new(&body),
+            summary: Sm4Gcm::new(&summary),
         }
     }
 
@@ -116,7 +106,7 @@ impl std::fmt::Debug for FileKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sm4::cipher::BlockCipherEncrypt;
+    use sm4::cipher::{BlockCipherEncrypt, KeyInit};
 
     fn unhex(s: &str) -> Vec<u8> {
         hex::decode(s).unwrap()
@@ -150,7 +140,7 @@ mod tests {
         let plaintext = unhex(
             "AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBBCCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDDEEEEEEEEEEEEEEEEFFFFFFFFFFFFFFFFEEEEEEEEEEEEEEEEAAAAAAAAAAAAAAAA",
         );
-        let cipher = Sm4Gcm::new_from_slice(&key).unwrap();
+        let cipher = Sm4Gcm::new(&key.try_into().unwrap());
         let mut buffer = plaintext.clone();
         let nonce: [u8; 12] = nonce.try_into().unwrap();
         let tag = seal_in_place(&cipher, &nonce, &aad, &mut buffer);

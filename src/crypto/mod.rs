@@ -6,13 +6,16 @@
 //! - SM4-GCM (RFC 8998) and the HKDF-SM3 key schedule of the sealed-bid container.
 
 mod aead;
+mod gcm;
 mod keys;
-mod sm4_fast;
+mod simd;
 
-pub use aead::{FileKey, Sm4Gcm, TAG_LEN, open_in_place, seal_in_place, sm3};
+pub use aead::{FileKey, open_in_place, seal_in_place, sm3};
+pub use gcm::{Sm4Gcm, TAG_LEN, TagMismatch};
 pub use keys::{
     DIST_ID, KeyError, PublicIdentity, generate_secret_key, key_id, load_private_pem,
     load_public_pem, parse_public_der, private_key_pem, public_key_pem, random_bytes, sign,
     unwrap_key, verify, wrap_key,
 };
-pub use sm4_fast::{Sm4Fast, Sm4Path};
+pub use simd::ghash::Ghash;
+pub use simd::{Sm4Fast, Sm4Path};

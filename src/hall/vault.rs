@@ -7,7 +7,6 @@
 use std::io::Write;
 use std::path::Path;
 
-use aes_gcm::KeyInit;
 use zeroize::Zeroizing;
 
 use super::HallError;
@@ -48,7 +47,7 @@ impl Vault {
             key
         };
         Ok(Self {
-            cipher: Sm4Gcm::new(&(*key).into()),
+            cipher: Sm4Gcm::new(&key),
         })
     }
 

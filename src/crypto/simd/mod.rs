@@ -1,6 +1,7 @@
-//! SM4 with a run-time chosen backend: GFNI + AVX-512 (64 blocks at a time) where the CPU has it,
-//! the RustCrypto `sm4` crate everywhere else. It implements the RustCrypto `cipher` traits, so
-//! `aes-gcm`'s GCM and the `ctr` crate use it unchanged.
+//! The SIMD code of the crate: SM4 with a run-time chosen backend (GFNI + AVX-512, 64 blocks at a
+//! time; GFNI + AVX2, 16; the RustCrypto `sm4` crate everywhere else), and GHASH on VPCLMULQDQ
+//! ([`ghash`]). `Sm4Fast` implements the RustCrypto `cipher` traits, so the `ctr`, `ccm` and
+//! `aes-gcm` crates use it unchanged; kaibiao's own GCM (`crypto::gcm`) uses [`Sm4Fast::apply_ctr32`].
 //!
 //! Why by hand: no maintained crate offers a SIMD SM4; the RustCrypto crate is table-based and
 //! runs at about 0.1 GB/s per core (see `../shared/CRYPTO-NOTES.md`).
@@ -12,9 +13,11 @@
 //! The matrices were derived from the S-box table and are checked against it for all 256 inputs
 //! in the tests below. No lookup is indexed by secret data on this path.
 //!
-//! This is the one module of the crate allowed `unsafe`: the intrinsics are `unsafe` because
-//! they need CPU features; each block says why it is sound.
+//! This is the one module of the crate allowed `unsafe` (with its submodule [`ghash`]): the
+//! intrinsics are `unsafe` because they need CPU features; each block says why it is sound.
 #![allow(unsafe_code)]
+
+pub mod ghash;
 
 use std::sync::OnceLock;
 
@@ -136,6 +139,46 @@ impl Sm4Fast {
     pub fn path(&self) -> Sm4Path {
         self.path
     }
+
+    /// Blocks the path encrypts per step.
+    fn batch(&self) -> usize {
+        match self.path {
+            Sm4Path::Gfni512 => 64,
+            Sm4Path::Gfni256 => 16,
+            Sm4Path::Portable => 1,
+        }
+    }
+
+    /// XORs `data` with the SM4-CTR keystream whose first counter block is `initial`, the last
+    /// four bytes counting up as a big-endian integer modulo 2³² (GCM's `inc32`).
+    ///
+    /// Keystream blocks are made a whole SIMD step at a time, also for a short tail, so no block
+    /// of a SIMD path ever goes through the table-based portable code.
+    pub fn apply_ctr32(&self, initial: &[u8; 16], data: &mut [u8]) {
+        const MAX_BATCH: usize = 64;
+        let mut counter = u32::from_be_bytes(initial[12..].try_into().expect("4 bytes"));
+        let mut stream = [Block::<Self>::default(); MAX_BATCH];
+        for chunk in data.chunks_mut(MAX_BATCH * 16) {
+            let blocks = chunk.len().div_ceil(16);
+            let used = blocks.next_multiple_of(self.batch());
+            for block in &mut stream[..used] {
+                block[..12].copy_from_slice(&initial[..12]);
+                block[12..].copy_from_slice(&counter.to_be_bytes());
+                counter = counter.wrapping_add(1);
+            }
+            // Counters made for the padding of the last step are not used: rewind.
+            counter = counter.wrapping_sub((used - blocks) as u32);
+            self.encrypt_blocks(&mut stream[..used]);
+            for (bytes, key) in chunk.chunks_mut(16).zip(stream.iter()) {
+                for (b, k) in bytes.iter_mut().zip(key.iter()) {
+                    *b ^= k;
+                }
+            }
+        }
+        for block in &mut stream {
+            zeroize::Zeroize::zeroize(block.as_mut_slice());
+        }
+    }
 }
 
 impl KeySizeUser for Sm4Fast {
@@ -161,12 +204,10 @@ impl BlockCipherEncrypt for Sm4Fast {
             #[cfg(target_arch = "x86_64")]
             Sm4Path::Gfni512 => f.call(&gfni::Backend {
                 round_keys: &self.round_keys,
-                portable: &self.portable,
             }),
             #[cfg(target_arch = "x86_64")]
             Sm4Path::Gfni256 => f.call(&gfni::Backend256 {
                 round_keys: &self.round_keys,
-                portable: &self.portable,
             }),
             _ => self.portable.encrypt_with_backend(f),
         }
@@ -417,7 +458,6 @@ mod gfni {
     /// The `cipher` backend of the GFNI + AVX2 path: 16 blocks per call.
     pub(super) struct Backend256<'a> {
         pub(super) round_keys: &'a [u32; 32],
-        pub(super) portable: &'a sm4::Sm4,
     }
 
     impl BlockSizeUser for Backend256<'_> {
@@ -430,7 +470,11 @@ mod gfni {
 
     impl BlockCipherEncBackend for Backend256<'_> {
         fn encrypt_block(&self, block: InOut<'_, '_, Block<Self>>) {
-            encrypt_one(self.portable, block);
+            encrypt_one::<BLOCKS_256>(block, |buf| {
+                let p = buf.as_mut_ptr().cast::<u8>();
+                // SAFETY: as in `encrypt_par_blocks`; `buf` is BLOCKS_256 blocks of 16 bytes.
+                unsafe { encrypt_blocks_256(self.round_keys, p, p) }
+            });
         }
 
         fn encrypt_par_blocks(&self, blocks: InOut<'_, '_, ParBlocks<Self>>) {
@@ -442,25 +486,24 @@ mod gfni {
         }
     }
 
-    /// One block on the portable code.
-    fn encrypt_one(portable: &sm4::Sm4, block: InOut<'_, '_, Block<sm4::Sm4>>) {
-        struct One<'b>(InOut<'b, 'b, Block<sm4::Sm4>>);
-        impl BlockSizeUser for One<'_> {
-            type BlockSize = U16;
-        }
-        impl BlockCipherEncClosure for One<'_> {
-            fn call<B: BlockCipherEncBackend<BlockSize = U16>>(self, backend: &B) {
-                backend.encrypt_block(self.0);
-            }
-        }
-        portable.encrypt_with_backend(One(block));
+    /// One block as the first block of a whole SIMD step of `N` blocks, so that no secret-indexed
+    /// table lookup happens on a SIMD path. `step` must encrypt `N` blocks like
+    /// `encrypt_blocks`/`encrypt_blocks_256` do.
+    fn encrypt_one<const N: usize>(
+        mut block: InOut<'_, '_, Block<Sm4Fast>>,
+        step: impl FnOnce(&mut [[u8; 16]; N]),
+    ) {
+        let mut buf = [[0u8; 16]; N];
+        buf[0].copy_from_slice(block.get_in());
+        step(&mut buf);
+        block.get_out().copy_from_slice(&buf[0]);
+        zeroize::Zeroize::zeroize(buf.as_flattened_mut());
     }
 
-    /// The `cipher` backend of the GFNI path: 64 blocks per call, single blocks on the portable
-    /// code (a GCM message uses those only for its tag and a partial last block).
+    /// The `cipher` backend of the GFNI path: 64 blocks per call; a single block is run as a
+    /// whole step too (a GCM message needs one for its tag and its hash key).
     pub(super) struct Backend<'a> {
         pub(super) round_keys: &'a [u32; 32],
-        pub(super) portable: &'a sm4::Sm4,
     }
 
     impl BlockSizeUser for Backend<'_> {
@@ -473,7 +516,11 @@ mod gfni {
 
     impl BlockCipherEncBackend for Backend<'_> {
         fn encrypt_block(&self, block: InOut<'_, '_, Block<Self>>) {
-            encrypt_one(self.portable, block);
+            encrypt_one::<BLOCKS>(block, |buf| {
+                let p = buf.as_mut_ptr().cast::<u8>();
+                // SAFETY: as in `encrypt_par_blocks`; `buf` is BLOCKS blocks of 16 bytes.
+                unsafe { encrypt_blocks(self.round_keys, p, p) }
+            });
         }
 
         fn encrypt_par_blocks(&self, blocks: InOut<'_, '_, ParBlocks<Self>>) {

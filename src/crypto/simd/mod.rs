@@ -140,6 +140,34 @@ impl Sm4Fast {
         self.path
     }
 
+    /// [`Self::apply_ctr32`] on the AVX-512 path, with the counters made in registers.
+    #[cfg(target_arch = "x86_64")]
+    fn apply_ctr32_512(&self, initial: &[u8; 16], data: &mut [u8]) {
+        const STEP: usize = 64 * 16;
+        let word = |i: usize| u32::from_be_bytes(initial[4 * i..4 * i + 4].try_into().expect("4"));
+        let nonce = [word(0), word(1), word(2)];
+        let mut counter = word(3);
+        let mut steps = data.chunks_exact_mut(STEP);
+        for step in &mut steps {
+            let p = step.as_mut_ptr();
+            // SAFETY: `self.path` is Gfni512 only if `Sm4Path::available` found AVX-512F/BW and
+            // GFNI; `step` is STEP = 16 × 64 bytes, read and written in place.
+            unsafe { gfni::ctr_blocks(&self.round_keys, &nonce, counter, p, p) };
+            counter = counter.wrapping_add(64);
+        }
+        let rest = steps.into_remainder();
+        if !rest.is_empty() {
+            let mut stream = [0u8; STEP];
+            let p = stream.as_mut_ptr();
+            // SAFETY: as above; `stream` is STEP bytes.
+            unsafe { gfni::ctr_blocks(&self.round_keys, &nonce, counter, p, p) };
+            for (b, k) in rest.iter_mut().zip(stream.iter()) {
+                *b ^= k;
+            }
+            zeroize::Zeroize::zeroize(&mut stream);
+        }
+    }
+
     /// Blocks the path encrypts per step.
     fn batch(&self) -> usize {
         match self.path {
@@ -155,6 +183,10 @@ impl Sm4Fast {
     /// Keystream blocks are made a whole SIMD step at a time, also for a short tail, so no block
     /// of a SIMD path ever goes through the table-based portable code.
     pub fn apply_ctr32(&self, initial: &[u8; 16], data: &mut [u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.path == Sm4Path::Gfni512 {
+            return self.apply_ctr32_512(initial, data);
+        }
         const MAX_BATCH: usize = 64;
         let mut counter = u32::from_be_bytes(initial[12..].try_into().expect("4 bytes"));
         let mut stream = [Block::<Self>::default(); MAX_BATCH];
@@ -302,6 +334,29 @@ mod gfni {
         [x[1], x[2], x[3], _mm512_xor_si512(x[0], l)]
     }
 
+    /// The 32 rounds on [`BLOCKS`] blocks held as four transposed groups of 16.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    fn rounds(round_keys: &[u32; 32], groups: &mut [[__m512i; 4]; BLOCKS / 16]) {
+        let pre = _mm512_set1_epi64(PRE);
+        let post = _mm512_set1_epi64(POST);
+        for &rk in round_keys {
+            let rk = _mm512_set1_epi32(rk as i32);
+            for group in groups.iter_mut() {
+                *group = round(*group, rk, pre, post);
+            }
+        }
+    }
+
+    /// Byte order: SM4 words are big-endian; this shuffle swaps the bytes of every 32-bit word.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn bswap32() -> __m512i {
+        _mm512_broadcast_i32x4(_mm_set_epi8(
+            12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3,
+        ))
+    }
+
     /// Encrypts [`BLOCKS`] blocks read from `input` into `output` (which may be the same memory).
     ///
     /// # Safety
@@ -309,12 +364,7 @@ mod gfni {
     /// writable for `16 × BLOCKS` bytes (no alignment needed: unaligned loads and stores are used).
     #[target_feature(enable = "avx512f,avx512bw,gfni")]
     unsafe fn encrypt_blocks(round_keys: &[u32; 32], input: *const u8, output: *mut u8) {
-        // Byte order: SM4 words are big-endian; swap the bytes of every 32-bit word.
-        let bswap = _mm512_broadcast_i32x4(_mm_set_epi8(
-            12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3,
-        ));
-        let pre = _mm512_set1_epi64(PRE);
-        let post = _mm512_set1_epi64(POST);
+        let bswap = bswap32();
         let mut groups = [[_mm512_setzero_si512(); 4]; BLOCKS / 16];
         for (g, group) in groups.iter_mut().enumerate() {
             let mut v = [_mm512_setzero_si512(); 4];
@@ -328,12 +378,7 @@ mod gfni {
             }
             *group = transpose(v[0], v[1], v[2], v[3]);
         }
-        for &rk in round_keys {
-            let rk = _mm512_set1_epi32(rk as i32);
-            for group in groups.iter_mut() {
-                *group = round(*group, rk, pre, post);
-            }
-        }
+        rounds(round_keys, &mut groups);
         for (g, x) in groups.iter().enumerate() {
             // The output is (X35, X34, X33, X32): the transpose is its own inverse.
             let y = transpose(x[3], x[2], x[1], x[0]);
@@ -346,6 +391,52 @@ mod gfni {
                         _mm512_shuffle_epi8(*reg, bswap),
                     )
                 };
+            }
+        }
+    }
+
+    /// CTR mode on [`BLOCKS`] blocks: `output = input ⊕ E(nonce ‖ counter + i)` for block i, the
+    /// counter a 32-bit big-endian word counting modulo 2³². The counter blocks are made in the
+    /// registers, already transposed (register 3 of a group holds the 16 counters), so no
+    /// counter block is written to memory and the XOR happens before the store.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX-512BW and GFNI; `input` must be readable and `output`
+    /// writable for `16 × BLOCKS` bytes (they may be the same memory; unaligned access is used).
+    #[target_feature(enable = "avx512f,avx512bw,gfni")]
+    pub(super) unsafe fn ctr_blocks(
+        round_keys: &[u32; 32],
+        nonce: &[u32; 3],
+        counter: u32,
+        input: *const u8,
+        output: *mut u8,
+    ) {
+        let bswap = bswap32();
+        // After the transpose, dword j of lane L of a group's registers belongs to block 4j + L.
+        let offsets = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        let mut groups = [[_mm512_setzero_si512(); 4]; BLOCKS / 16];
+        for (g, group) in groups.iter_mut().enumerate() {
+            let base = _mm512_set1_epi32(counter.wrapping_add(16 * g as u32) as i32);
+            *group = [
+                _mm512_set1_epi32(nonce[0] as i32),
+                _mm512_set1_epi32(nonce[1] as i32),
+                _mm512_set1_epi32(nonce[2] as i32),
+                _mm512_add_epi32(base, offsets),
+            ];
+        }
+        rounds(round_keys, &mut groups);
+        for (g, x) in groups.iter().enumerate() {
+            let y = transpose(x[3], x[2], x[1], x[0]);
+            for (i, reg) in y.iter().enumerate() {
+                let at = (g * 4 + i) * 64;
+                // SAFETY: the caller guarantees 16 × BLOCKS readable bytes at `input` and
+                // writable bytes at `output`; at + 64 ≤ 16 × BLOCKS. Each 64 bytes are loaded
+                // before they are stored, so input and output may be the same memory.
+                unsafe {
+                    let data = _mm512_loadu_si512(input.add(at).cast());
+                    let stream = _mm512_shuffle_epi8(*reg, bswap);
+                    _mm512_storeu_si512(output.add(at).cast(), _mm512_xor_si512(data, stream));
+                }
             }
         }
     }
@@ -588,6 +679,33 @@ mod tests {
                     .unwrap()
                     .encrypt_blocks(&mut d);
                 assert_eq!(d, reference, "{path:?}, {n} blocks");
+            }
+        }
+    }
+
+    #[test]
+    fn ctr_on_every_path_matches_the_ctr_crate_also_across_the_counter_wrap() {
+        use ctr::cipher::{KeyIvInit, StreamCipher};
+        let mut seed = 0xdead_beef;
+        for (round, len) in [0, 1, 15, 16, 17, 1000, 1023, 1024, 1025, 2048, 5000, 70_001]
+            .into_iter()
+            .enumerate()
+        {
+            let key: [u8; 16] = std::array::from_fn(|_| xorshift(&mut seed));
+            let mut iv: [u8; 16] = std::array::from_fn(|_| xorshift(&mut seed));
+            if round % 2 == 0 {
+                // 20 blocks before the 32-bit counter wraps to 0.
+                iv[12..].copy_from_slice(&(u32::MAX - 19).to_be_bytes());
+            }
+            let data: Vec<u8> = (0..len).map(|_| xorshift(&mut seed)).collect();
+            let mut expected = data.clone();
+            ctr::Ctr32BE::<sm4::Sm4>::new(&key.into(), &iv.into()).apply_keystream(&mut expected);
+            for path in Sm4Path::available() {
+                let mut got = data.clone();
+                Sm4Fast::with_path(&key, path)
+                    .unwrap()
+                    .apply_ctr32(&iv, &mut got);
+                assert_eq!(got, expected, "{path:?}, {len} bytes");
             }
         }
     }

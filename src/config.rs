@@ -28,6 +28,11 @@ pub struct Settings {
     pub max_upload_bytes: u64,
     /// How long a decryption QR code stays valid.
     pub challenge_ttl_secs: u64,
+    /// How often the server pings each websocket client.
+    pub ws_heartbeat_secs: u64,
+    /// A websocket client that has not answered (pong or any message) for this long is dropped,
+    /// so a viewer that stops reading holds no buffers.
+    pub ws_client_timeout_secs: u64,
     /// If set and no agent exists, an agent `admin` with this password is created at start.
     pub admin_password: Option<String>,
     /// Mark session cookies `Secure` (set when served over HTTPS).
@@ -45,6 +50,8 @@ impl Default for Settings {
             public_url: String::new(),
             max_upload_bytes: 8 * 1024 * 1024 * 1024,
             challenge_ttl_secs: 120,
+            ws_heartbeat_secs: 5,
+            ws_client_timeout_secs: 20,
             admin_password: None,
             secure_cookies: false,
             log: "info".into(),
@@ -61,6 +68,8 @@ impl std::fmt::Debug for Settings {
             .field("public_url", &self.public_url)
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("challenge_ttl_secs", &self.challenge_ttl_secs)
+            .field("ws_heartbeat_secs", &self.ws_heartbeat_secs)
+            .field("ws_client_timeout_secs", &self.ws_client_timeout_secs)
             .field(
                 "admin_password",
                 &self.admin_password.as_ref().map(|_| "<set>"),

@@ -12,7 +12,7 @@ mod seal;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use open::{DecryptOptions, SealedBid};
+pub use open::{DecryptOptions, SealedBid, accept_file_key, open_summary};
 pub use pack::{pack_dir, unpack_archive};
 pub use seal::{SealParams, SealReport, seal_dir, seal_file};
 

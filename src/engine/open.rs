@@ -12,6 +12,34 @@ use crate::crypto::{self, FileKey, KeyError, PublicIdentity, TAG_LEN};
 use crate::domain::BidSummary;
 use crate::format::{self, BidError, Header, PREAMBLE_LEN, Recipient, TRAILER_MAGIC};
 
+/// Accepts a file key obtained elsewhere (e.g. re-wrapped by the bidder's phone) after checking
+/// it against the header's commitment in constant time. Needs only the header: a caller that
+/// has already checked the bid's signature (the hall, at upload) reads it with
+/// [`Header::read_from`].
+pub fn accept_file_key(header: &Header, raw: [u8; 16]) -> Result<FileKey, BidError> {
+    let key = FileKey::derive(raw, &header.salt);
+    if !key.matches_commitment(&header.commitment) {
+        return Err(BidError::WrongKey);
+    }
+    Ok(key)
+}
+
+/// Opens the bid summary; touches no body chunk.
+pub fn open_summary(header: &Header, key: &FileKey) -> Result<BidSummary, BidError> {
+    let sealed = &header.sealed_summary;
+    let (body, tag) = sealed.split_at(sealed.len() - TAG_LEN);
+    let mut plain = body.to_vec();
+    crypto::open_in_place(
+        key.summary_cipher(),
+        &[0u8; 12],
+        format::SUMMARY_AAD,
+        &mut plain,
+        tag,
+    )
+    .map_err(|_| BidError::Summary("its authentication tag does not match".into()))?;
+    Ok(BidSummary::from_canonical(&plain)?)
+}
+
 /// How far to look for a displaced trailer when classifying a wrong file length.
 const MAX_PROBE_CHUNKS: u64 = 64;
 
@@ -225,27 +253,12 @@ impl SealedBid {
     /// Accepts a file key obtained elsewhere (e.g. re-wrapped by the bidder's phone) after checking
     /// it against the header's commitment in constant time.
     pub fn accept_file_key(&self, raw: [u8; 16]) -> Result<FileKey, BidError> {
-        let key = FileKey::derive(raw, &self.header.salt);
-        if !key.matches_commitment(&self.header.commitment) {
-            return Err(BidError::WrongKey);
-        }
-        Ok(key)
+        accept_file_key(&self.header, raw)
     }
 
     /// Opens the bid summary; touches no body chunk.
     pub fn open_summary(&self, key: &FileKey) -> Result<BidSummary, BidError> {
-        let sealed = &self.header.sealed_summary;
-        let (body, tag) = sealed.split_at(sealed.len() - TAG_LEN);
-        let mut plain = body.to_vec();
-        crypto::open_in_place(
-            key.summary_cipher(),
-            &[0u8; 12],
-            format::SUMMARY_AAD,
-            &mut plain,
-            tag,
-        )
-        .map_err(|_| BidError::Summary("its authentication tag does not match".into()))?;
-        Ok(BidSummary::from_canonical(&plain)?)
+        open_summary(&self.header, key)
     }
 
     /// Reads chunk `index` (ciphertext and tag) into `buf`.

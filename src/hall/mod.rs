@@ -27,7 +27,7 @@ use crate::config::Settings;
 use crate::crypto::{self, FileKey};
 use crate::db::{BidRow, BidWrite, BidderKeyRow, BidderRow, ChallengeRow, Db, OpeningRow};
 use crate::domain::{BidSummary, Uscc};
-use crate::engine::{DecryptOptions, SealedBid};
+use crate::engine::{self, DecryptOptions, SealedBid};
 use crate::format::BidError;
 use crate::metrics::Metrics;
 use crate::phone::{Answer, ChallengeView, RecipientView, answer_message};
@@ -42,6 +42,14 @@ pub fn system_clock() -> Clock {
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0)
     })
+}
+
+/// The header of a stored bid, without the trailer or a signature check: the upload checked the
+/// whole file against the bidder's signature, and stored bids are never modified.
+fn stored_header(path: &Path) -> Result<crate::format::Header, BidError> {
+    std::fs::File::open(path)
+        .map_err(BidError::io("opening a stored bid"))
+        .and_then(|f| crate::format::Header::read_from(std::io::BufReader::new(f)))
 }
 
 /// Runs CPU-bound work on the Rayon pool and waits for it without blocking the executor.
@@ -806,14 +814,8 @@ impl Hall {
             .await?
             .ok_or(HallError::NotFound("bidder"))?;
         let path = PathBuf::from(&bid.path);
-        // The recipient list is in the header: no need to read the trailer or check the
-        // signature again (the upload did).
-        let header = on_rayon(move || {
-            std::fs::File::open(&path)
-                .map_err(BidError::io("opening a stored bid"))
-                .and_then(|f| crate::format::Header::read_from(std::io::BufReader::new(f)))
-        })
-        .await??;
+        // The recipient list is in the header.
+        let header = on_rayon(move || stored_header(&path)).await??;
         Ok(ChallengeView {
             nonce: challenge.nonce.clone(),
             opening_id: opening.id.clone(),
@@ -896,11 +898,10 @@ impl Hall {
             }
             let raw =
                 crypto::unwrap_key(&hall_key, &wrapped).map_err(|_| HallError::WrongCertificate)?;
-            let sealed = SealedBid::open(&path)?;
-            let key = sealed
-                .accept_file_key(*raw)
-                .map_err(|_| HallError::WrongCertificate)?;
-            let summary = sealed.open_summary(&key)?;
+            let header = stored_header(&path)?;
+            let key =
+                engine::accept_file_key(&header, *raw).map_err(|_| HallError::WrongCertificate)?;
+            let summary = engine::open_summary(&header, &key)?;
             Ok((key, summary))
         })
         .await??;

@@ -4,8 +4,9 @@
 //! The server first subscribes to the opening's broadcast, then replays stored events after
 //! `since` from the database, then forwards live ones, skipping any it already sent: no event is
 //! missed or repeated. A client that falls more than [`SNAPSHOT_GAP`] events behind gets a
-//! snapshot instead of the backlog. A client that does not take a frame within [`WRITE_TIMEOUT`]
-//! is dropped, so a slow client never stalls the others (the broadcast never waits for anyone).
+//! snapshot instead of the backlog. A client that does not take a frame within [`WRITE_TIMEOUT`],
+//! or answers no ping for `ws_client_timeout_secs`, is dropped, so a slow client never stalls the
+//! others and holds no buffers for long (the broadcast never waits for anyone).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +21,6 @@ use super::ApiError;
 use super::auth::role_for;
 use crate::hall::{BusMsg, Hall, Role};
 
-const HEARTBEAT: Duration = Duration::from_secs(5);
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const SNAPSHOT_GAP: i64 = 2000;
 const PAGE: i64 = 500;
@@ -138,7 +137,10 @@ async fn run(
     {
         return;
     }
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let settings = hall.settings();
+    let client_timeout = Duration::from_secs(settings.ws_client_timeout_secs.max(1));
+    let mut heartbeat =
+        tokio::time::interval(Duration::from_secs(settings.ws_heartbeat_secs.max(1)));
     let mut last_heard = Instant::now();
     let reason = loop {
         tokio::select! {
@@ -180,7 +182,7 @@ async fn run(
                 Some(Ok(_)) => last_heard = Instant::now(),
             },
             _ = heartbeat.tick() => {
-                if last_heard.elapsed() > CLIENT_TIMEOUT {
+                if last_heard.elapsed() > client_timeout {
                     break Some(CloseReason { code: CloseCode::Policy, description: Some("no heartbeat".into()) });
                 }
                 if tokio::time::timeout(WRITE_TIMEOUT, session.ping(b"")).await.map(|r| r.is_err()).unwrap_or(true) {

@@ -88,8 +88,13 @@ async fn fresh_database(backend: &Backend, dir: &std::path::Path) -> String {
 }
 
 pub async fn spawn_app(backend: &Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// A server with some settings changed from the tests' defaults.
+pub async fn spawn_app_with(backend: &Backend, change: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let settings = Settings {
+    let mut settings = Settings {
         bind: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().join("data"),
         database_url: fresh_database(backend, dir.path()).await,
@@ -97,6 +102,7 @@ pub async fn spawn_app(backend: &Backend) -> TestApp {
         challenge_ttl_secs: 60,
         ..Settings::default()
     };
+    change(&mut settings);
     start(settings, dir, Arc::new(AtomicI64::new(0))).await
 }
 
@@ -543,5 +549,20 @@ impl Viewer {
 
     pub async fn close(mut self) {
         let _ = self.framed.send(awc::ws::Message::Close(None)).await;
+    }
+
+    /// Reads until the server closes the connection; false if it is still open after `wait`.
+    pub async fn closed_within(&mut self, wait: Duration) -> bool {
+        let until = std::time::Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match actix_web::rt::time::timeout(left, self.framed.next()).await {
+                Err(_) => return false,
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(awc::ws::Frame::Close(_)))) => {
+                    return true;
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
     }
 }

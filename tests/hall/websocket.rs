@@ -2,12 +2,66 @@
 
 use std::time::Duration;
 
-use crate::helpers::{Backend, TestBidder, Viewer, spawn_app};
+use crate::helpers::{Backend, TestApp, TestBidder, Viewer, spawn_app, spawn_app_with};
 
 crate::on_both_databases!(
     a_viewer_resumes_without_gaps_or_repeats,
-    progress_and_heartbeats_flow
+    progress_and_heartbeats_flow,
+    a_viewer_that_stops_reading_is_dropped_and_the_others_go_on
 );
+
+/// The server's count of open websockets, from `/metrics`.
+async fn open_websockets(app: &TestApp) -> i64 {
+    let mut res = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap();
+    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    text.lines()
+        .find(|l| l.starts_with("kaibiao_websocket_connections "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a websocket_connections gauge")
+}
+
+async fn a_viewer_that_stops_reading_is_dropped_and_the_others_go_on(backend: Backend) {
+    let app = spawn_app_with(&backend, |s| {
+        s.ws_heartbeat_secs = 1;
+        s.ws_client_timeout_secs = 2;
+    })
+    .await;
+    let opening = app.create_opening(600, 1800).await;
+    let mut reader = Viewer::connect(&app, &opening, 0, None).await;
+    let mut stalled = Viewer::connect(&app, &opening, 0, None).await;
+    assert_eq!(open_websockets(&app).await, 2);
+
+    // The reader answers pings; the stalled viewer reads nothing and is dropped by the server.
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    while open_websockets(&app).await != 1 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the stalled viewer was not dropped"
+        );
+        let _ = reader.next(Duration::from_millis(200)).await;
+    }
+    assert!(
+        stalled.closed_within(Duration::from_secs(5)).await,
+        "the server closed the stalled viewer's connection"
+    );
+
+    // The reader still gets what happens next.
+    let bidder = TestBidder::new(app.dir.path(), 0, 1000);
+    app.register(&opening, &bidder).await;
+    let seen = reader
+        .events_until(|e| e["kind"] == "bidder.registered")
+        .await;
+    assert_eq!(seen.last().unwrap()["kind"], "bidder.registered");
+    assert_eq!(open_websockets(&app).await, 1);
+    reader.close().await;
+    app.cleanup().await;
+}
 
 async fn a_viewer_resumes_without_gaps_or_repeats(backend: Backend) {
     let app = spawn_app(&backend).await;

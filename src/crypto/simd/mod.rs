@@ -1,5 +1,5 @@
 //! The SIMD code of the crate: SM4 with a run-time chosen backend (GFNI + AVX-512, 64 blocks at a
-//! time; GFNI + AVX2, 16; the RustCrypto `sm4` crate everywhere else), and GHASH on VPCLMULQDQ
+//! time; GFNI + AVX2, 16; AES-NI + AVX2, 16; the RustCrypto `sm4` crate everywhere else), and GHASH on VPCLMULQDQ
 //! ([`ghash`]). `Sm4Fast` implements the RustCrypto `cipher` traits, so the `ctr`, `ccm` and
 //! `aes-gcm` crates use it unchanged; kaibiao's own GCM (`crypto::gcm`) uses [`Sm4Fast::apply_ctr32`].
 //!
@@ -34,6 +34,8 @@ pub enum Sm4Path {
     Gfni512,
     /// GFNI + AVX2, 16 blocks per step (CPUs with GFNI but no AVX-512).
     Gfni256,
+    /// AES-NI + AVX2, 16 blocks per step (CPUs without GFNI): the S-box through AESENCLAST.
+    AesNi256,
     /// The RustCrypto `sm4` crate.
     Portable,
 }
@@ -48,11 +50,14 @@ impl Sm4Path {
         if gfni256_supported() {
             paths.push(Sm4Path::Gfni256);
         }
+        if aesni256_supported() {
+            paths.push(Sm4Path::AesNi256);
+        }
         paths.push(Sm4Path::Portable);
         paths
     }
 
-    /// The path used by default: `KAIBIAO_SM4=portable|gfni256|gfni512` forces one (an unavailable
+    /// The path used by default: `KAIBIAO_SM4=portable|aesni256|gfni256|gfni512` forces one (an unavailable
     /// choice falls back to the portable path), otherwise the fastest available.
     pub fn default_path() -> Sm4Path {
         static CHOSEN: OnceLock<Sm4Path> = OnceLock::new();
@@ -62,6 +67,7 @@ impl Sm4Path {
                 Ok("portable") => Sm4Path::Portable,
                 Ok("gfni512") if available.contains(&Sm4Path::Gfni512) => Sm4Path::Gfni512,
                 Ok("gfni256") if available.contains(&Sm4Path::Gfni256) => Sm4Path::Gfni256,
+                Ok("aesni256") if available.contains(&Sm4Path::AesNi256) => Sm4Path::AesNi256,
                 _ => available[0],
             }
         })
@@ -71,8 +77,20 @@ impl Sm4Path {
         match self {
             Sm4Path::Gfni512 => "gfni512",
             Sm4Path::Gfni256 => "gfni256",
+            Sm4Path::AesNi256 => "aesni256",
             Sm4Path::Portable => "portable",
         }
+    }
+}
+
+fn aesni256_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("aes")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -116,6 +134,23 @@ const CK: [u32; 32] = [
     0xa0a7aeb5, 0xbcc3cad1, 0xd8dfe6ed, 0xf4fb0209, 0x10171e25, 0x2c333a41, 0x484f565d, 0x646b7279,
 ];
 
+/// The SM4 key schedule with a given S-box on the four bytes of a word.
+fn key_schedule_with(key: &[u8; 16], sbox: impl Fn(u32) -> u32) -> [u32; 32] {
+    let mut k = [0u32; 4];
+    for (i, word) in k.iter_mut().enumerate() {
+        *word = u32::from_be_bytes(key[4 * i..4 * i + 4].try_into().expect("4 bytes")) ^ FK[i];
+    }
+    let mut rk = [0u32; 32];
+    for (i, out) in rk.iter_mut().enumerate() {
+        let b = sbox(k[1] ^ k[2] ^ k[3] ^ CK[i]);
+        let t = k[0] ^ b ^ b.rotate_left(13) ^ b.rotate_left(23);
+        *out = t;
+        k = [k[1], k[2], k[3], t];
+    }
+    zeroize::Zeroize::zeroize(&mut k);
+    rk
+}
+
 impl Sm4Fast {
     /// A cipher on a given path; `None` if this CPU cannot run it.
     pub fn with_path(key: &[u8; 16], path: Sm4Path) -> Option<Self> {
@@ -125,7 +160,10 @@ impl Sm4Fast {
         let round_keys = match path {
             // SAFETY: the path is available, so the CPU has GFNI.
             #[cfg(target_arch = "x86_64")]
-            Sm4Path::Gfni512 | Sm4Path::Gfni256 => unsafe { gfni::key_schedule(key) },
+            Sm4Path::Gfni512 | Sm4Path::Gfni256 => unsafe { x86::key_schedule(key) },
+            // SAFETY: the path is available, so the CPU has AVX2 and AES-NI.
+            #[cfg(target_arch = "x86_64")]
+            Sm4Path::AesNi256 => unsafe { x86::key_schedule_aesni(key) },
             // Round keys are only used by the SIMD path.
             _ => [0; 32],
         };
@@ -152,7 +190,7 @@ impl Sm4Fast {
             let p = step.as_mut_ptr();
             // SAFETY: `self.path` is Gfni512 only if `Sm4Path::available` found AVX-512F/BW and
             // GFNI; `step` is STEP = 16 × 64 bytes, read and written in place.
-            unsafe { gfni::ctr_blocks(&self.round_keys, &nonce, counter, p, p) };
+            unsafe { x86::ctr_blocks(&self.round_keys, &nonce, counter, p, p) };
             counter = counter.wrapping_add(64);
         }
         let rest = steps.into_remainder();
@@ -160,7 +198,7 @@ impl Sm4Fast {
             let mut stream = [0u8; STEP];
             let p = stream.as_mut_ptr();
             // SAFETY: as above; `stream` is STEP bytes.
-            unsafe { gfni::ctr_blocks(&self.round_keys, &nonce, counter, p, p) };
+            unsafe { x86::ctr_blocks(&self.round_keys, &nonce, counter, p, p) };
             for (b, k) in rest.iter_mut().zip(stream.iter()) {
                 *b ^= k;
             }
@@ -172,7 +210,7 @@ impl Sm4Fast {
     fn batch(&self) -> usize {
         match self.path {
             Sm4Path::Gfni512 => 64,
-            Sm4Path::Gfni256 => 16,
+            Sm4Path::Gfni256 | Sm4Path::AesNi256 => 16,
             Sm4Path::Portable => 1,
         }
     }
@@ -234,11 +272,15 @@ impl BlockCipherEncrypt for Sm4Fast {
     fn encrypt_with_backend(&self, f: impl BlockCipherEncClosure<BlockSize = Self::BlockSize>) {
         match self.path {
             #[cfg(target_arch = "x86_64")]
-            Sm4Path::Gfni512 => f.call(&gfni::Backend {
+            Sm4Path::Gfni512 => f.call(&x86::Backend {
                 round_keys: &self.round_keys,
             }),
             #[cfg(target_arch = "x86_64")]
-            Sm4Path::Gfni256 => f.call(&gfni::Backend256 {
+            Sm4Path::Gfni256 => f.call(&x86::Backend256 {
+                round_keys: &self.round_keys,
+            }),
+            #[cfg(target_arch = "x86_64")]
+            Sm4Path::AesNi256 => f.call(&x86::BackendAesNi {
                 round_keys: &self.round_keys,
             }),
             _ => self.portable.encrypt_with_backend(f),
@@ -265,7 +307,7 @@ impl Drop for Sm4Fast {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod gfni {
+mod x86 {
     use std::arch::x86_64::*;
 
     use super::*;
@@ -296,19 +338,83 @@ mod gfni {
     /// The CPU must support GFNI.
     #[target_feature(enable = "gfni,sse2")]
     pub(super) unsafe fn key_schedule(key: &[u8; 16]) -> [u32; 32] {
-        let mut k = [0u32; 4];
-        for (i, word) in k.iter_mut().enumerate() {
-            *word = u32::from_be_bytes(key[4 * i..4 * i + 4].try_into().expect("4 bytes")) ^ FK[i];
+        // SAFETY: the caller guarantees GFNI.
+        super::key_schedule_with(key, |x| unsafe { sbox32(x) })
+    }
+
+    /// `PRE·x ⊕ 0x3e` as two nibble tables (for `vpshufb`), and POST′ (see `sbox256_aesni`).
+    const AESNI_PRE_LO: [u8; 16] = nibble_table(Affine::Pre, false);
+    const AESNI_PRE_HI: [u8; 16] = nibble_table(Affine::Pre, true);
+    const AESNI_POST_LO: [u8; 16] = nibble_table(Affine::Post, false);
+    const AESNI_POST_HI: [u8; 16] = nibble_table(Affine::Post, true);
+    /// `vpshufb` indices of AES's InvShiftRows: output byte r + 4c takes input byte
+    /// r + 4((c − r) mod 4).
+    const INV_SHIFT_ROWS: [u8; 16] = {
+        let mut t = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            let (r, c) = (i % 4, i / 4);
+            t[i] = (r + 4 * ((c + 4 - r) % 4)) as u8;
+            i += 1;
         }
-        let mut rk = [0u32; 32];
-        for (i, out) in rk.iter_mut().enumerate() {
-            // SAFETY: the caller guarantees GFNI.
-            let b = unsafe { sbox32(k[1] ^ k[2] ^ k[3] ^ CK[i]) };
-            let t = k[0] ^ b ^ b.rotate_left(13) ^ b.rotate_left(23);
-            *out = t;
-            k = [k[1], k[2], k[3], t];
+        t
+    };
+
+    /// What `vgf2p8affineqb` computes on one byte: bit i of the result is the parity of
+    /// `x & byte (7 − i) of the matrix`, XOR bit i of `c`.
+    const fn gf2p8affine(matrix: i64, c: u8, x: u8) -> u8 {
+        let m = matrix as u64;
+        let mut out = 0u8;
+        let mut i = 0;
+        while i < 8 {
+            let row = (m >> (8 * (7 - i))) as u8;
+            out |= (((row & x).count_ones() & 1) as u8) << i;
+            i += 1;
         }
-        rk
+        out ^ c
+    }
+
+    /// The two affine maps around AESENCLAST.
+    #[derive(Clone, Copy)]
+    enum Affine {
+        Pre,
+        Post,
+    }
+
+    impl Affine {
+        const fn apply(self, x: u8) -> u8 {
+            match self {
+                Affine::Pre => pre_map(x),
+                Affine::Post => post_map(x),
+            }
+        }
+    }
+
+    const fn pre_map(x: u8) -> u8 {
+        gf2p8affine(PRE, PRE_C as u8, x)
+    }
+
+    /// POST′(z) = POST·A⁻¹(z ⊕ 0x63) ⊕ 0xd3, where `A⁻¹(z ⊕ 0x63) = (z ⋘ 1) ⊕ (z ⋘ 3) ⊕ (z ⋘ 6) ⊕ 0x05`
+    /// is AES's inverse affine map (FIPS 197, InvSubBytes), recovering the AES-field inverse.
+    const fn post_map(z: u8) -> u8 {
+        let inverse = z.rotate_left(1) ^ z.rotate_left(3) ^ z.rotate_left(6) ^ 0x05;
+        gf2p8affine(POST, POST_C as u8, inverse)
+    }
+
+    /// An affine byte map f as nibble tables: `f(x) = lo[x & 15] ⊕ hi[x >> 4]`, with
+    /// `lo[n] = f(n)` and `hi[n] = f(n << 4) ⊕ f(0)` (f(a ⊕ b) = f(a) ⊕ f(b) ⊕ f(0) for affine f).
+    const fn nibble_table(map: Affine, high: bool) -> [u8; 16] {
+        let mut t = [0u8; 16];
+        let mut n = 0;
+        while n < 16 {
+            t[n] = if high {
+                map.apply((n as u8) << 4) ^ map.apply(0)
+            } else {
+                map.apply(n as u8)
+            };
+            n += 1;
+        }
+        t
     }
 
     /// Blocks per step: four independent groups of 16, interleaved so that one group's S-box and
@@ -472,7 +578,7 @@ mod gfni {
     const BLOCKS_256: usize = 16;
 
     #[inline]
-    #[target_feature(enable = "avx2,gfni")]
+    #[target_feature(enable = "avx2")]
     fn transpose256(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> [__m256i; 4] {
         let t0 = _mm256_unpacklo_epi32(a, b);
         let t1 = _mm256_unpackhi_epi32(a, b);
@@ -486,20 +592,65 @@ mod gfni {
         ]
     }
 
+    /// The 32 rounds on [`BLOCKS_256`] blocks read from `$input` into `$output`, with the S-box
+    /// layer `$sbox` (GFNI or AES-NI); the rest of the round is plain AVX2. A macro, not a generic
+    /// function, because each expansion must be compiled with its own CPU features.
+    macro_rules! encrypt_256 {
+        ($round_keys:expr, $input:expr, $output:expr, $sbox:expr) => {{
+            let (round_keys, input, output): (&[u32; 32], *const u8, *mut u8) =
+                ($round_keys, $input, $output);
+            let bswap = _mm256_broadcastsi128_si256(_mm_set_epi8(
+                12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3,
+            ));
+            let mut groups = [[_mm256_setzero_si256(); 4]; BLOCKS_256 / 8];
+            for (g, group) in groups.iter_mut().enumerate() {
+                let mut v = [_mm256_setzero_si256(); 4];
+                for (i, reg) in v.iter_mut().enumerate() {
+                    // SAFETY: the caller guarantees 16 × BLOCKS_256 readable bytes at `input`,
+                    // and (g × 4 + i) × 32 + 32 ≤ 16 × BLOCKS_256.
+                    let loaded = unsafe { _mm256_loadu_si256(input.add((g * 4 + i) * 32).cast()) };
+                    *reg = _mm256_shuffle_epi8(loaded, bswap);
+                }
+                *group = transpose256(v[0], v[1], v[2], v[3]);
+            }
+            for &rk in round_keys {
+                let rk = _mm256_set1_epi32(rk as i32);
+                for x in groups.iter_mut() {
+                    let t =
+                        _mm256_xor_si256(_mm256_xor_si256(x[1], x[2]), _mm256_xor_si256(x[3], rk));
+                    let t = $sbox(t);
+                    // L(B) = B ⊕ (B ⋘ 2) ⊕ (B ⋘ 10) ⊕ (B ⋘ 18) ⊕ (B ⋘ 24)
+                    let l = _mm256_xor_si256(
+                        _mm256_xor_si256(t, rol256!(t, 2)),
+                        _mm256_xor_si256(
+                            _mm256_xor_si256(rol256!(t, 10), rol256!(t, 18)),
+                            rol256!(t, 24),
+                        ),
+                    );
+                    *x = [x[1], x[2], x[3], _mm256_xor_si256(x[0], l)];
+                }
+            }
+            for (g, x) in groups.iter().enumerate() {
+                let y = transpose256(x[3], x[2], x[1], x[0]);
+                for (i, reg) in y.iter().enumerate() {
+                    // SAFETY: 16 × BLOCKS_256 writable bytes at `output`; all loads are done.
+                    unsafe {
+                        _mm256_storeu_si256(
+                            output.add((g * 4 + i) * 32).cast(),
+                            _mm256_shuffle_epi8(*reg, bswap),
+                        )
+                    };
+                }
+            }
+        }};
+    }
+
+    /// The S-box on 32 bytes with GFNI.
     #[inline]
     #[target_feature(enable = "avx2,gfni")]
-    fn round256(x: [__m256i; 4], rk: __m256i, pre: __m256i, post: __m256i) -> [__m256i; 4] {
-        let t = _mm256_xor_si256(_mm256_xor_si256(x[1], x[2]), _mm256_xor_si256(x[3], rk));
-        let t = _mm256_gf2p8affine_epi64_epi8::<PRE_C>(t, pre);
-        let t = _mm256_gf2p8affineinv_epi64_epi8::<POST_C>(t, post);
-        let l = _mm256_xor_si256(
-            _mm256_xor_si256(t, rol256!(t, 2)),
-            _mm256_xor_si256(
-                _mm256_xor_si256(rol256!(t, 10), rol256!(t, 18)),
-                rol256!(t, 24),
-            ),
-        );
-        [x[1], x[2], x[3], _mm256_xor_si256(x[0], l)]
+    fn sbox256_gfni(t: __m256i) -> __m256i {
+        let t = _mm256_gf2p8affine_epi64_epi8::<PRE_C>(t, _mm256_set1_epi64x(PRE));
+        _mm256_gf2p8affineinv_epi64_epi8::<POST_C>(t, _mm256_set1_epi64x(POST))
     }
 
     /// Encrypts [`BLOCKS_256`] blocks read from `input` into `output` (which may be the same
@@ -510,39 +661,95 @@ mod gfni {
     /// `16 × BLOCKS_256` bytes (unaligned loads and stores are used).
     #[target_feature(enable = "avx2,gfni")]
     unsafe fn encrypt_blocks_256(round_keys: &[u32; 32], input: *const u8, output: *mut u8) {
-        let bswap = _mm256_broadcastsi128_si256(_mm_set_epi8(
-            12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3,
-        ));
-        let pre = _mm256_set1_epi64x(PRE);
-        let post = _mm256_set1_epi64x(POST);
-        let mut groups = [[_mm256_setzero_si256(); 4]; BLOCKS_256 / 8];
-        for (g, group) in groups.iter_mut().enumerate() {
-            let mut v = [_mm256_setzero_si256(); 4];
-            for (i, reg) in v.iter_mut().enumerate() {
-                // SAFETY: the caller guarantees 16 × BLOCKS_256 readable bytes at `input`, and
-                // (g × 4 + i) × 32 + 32 ≤ 16 × BLOCKS_256.
-                let loaded = unsafe { _mm256_loadu_si256(input.add((g * 4 + i) * 32).cast()) };
-                *reg = _mm256_shuffle_epi8(loaded, bswap);
-            }
-            *group = transpose256(v[0], v[1], v[2], v[3]);
+        encrypt_256!(round_keys, input, output, sbox256_gfni)
+    }
+
+    /// The S-box on 32 bytes with AES-NI: `S(x) = POST′(AESENCLAST(InvShiftRows(PRE(x)), 0))`.
+    /// AESENCLAST computes `A·I(y) ⊕ 0x63` (AES's affine map A after inversion in the AES field)
+    /// on ShiftRows-permuted bytes; the InvShiftRows shuffle undoes the permutation and POST′
+    /// undoes A before SM4's output map. PRE and POST′ are affine maps applied as two 16-entry
+    /// nibble tables with `vpshufb` (a register shuffle: no memory is indexed by the data).
+    /// AVX2 without VAES has no 256-bit AESENCLAST: each 128-bit half goes through it.
+    #[inline]
+    #[target_feature(enable = "avx2,aes")]
+    fn sbox256_aesni(t: __m256i) -> __m256i {
+        let nibble = _mm256_set1_epi8(0x0f);
+        let table = |bytes: &[u8; 16]| {
+            // SAFETY: `bytes` is 16 readable bytes.
+            _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) })
+        };
+        let affine = |x: __m256i, lo: __m256i, hi: __m256i| {
+            let l = _mm256_and_si256(x, nibble);
+            let h = _mm256_and_si256(_mm256_srli_epi16::<4>(x), nibble);
+            _mm256_xor_si256(_mm256_shuffle_epi8(lo, l), _mm256_shuffle_epi8(hi, h))
+        };
+        let y = affine(t, table(&AESNI_PRE_LO), table(&AESNI_PRE_HI));
+        let y = _mm256_shuffle_epi8(y, table(&INV_SHIFT_ROWS));
+        let zero = _mm_setzero_si128();
+        let lo = _mm_aesenclast_si128(_mm256_castsi256_si128(y), zero);
+        let hi = _mm_aesenclast_si128(_mm256_extracti128_si256::<1>(y), zero);
+        let z = _mm256_set_m128i(hi, lo);
+        affine(z, table(&AESNI_POST_LO), table(&AESNI_POST_HI))
+    }
+
+    /// The S-box on the four bytes of a word with AES-NI (for the key schedule).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and AES-NI.
+    #[target_feature(enable = "avx2,aes")]
+    unsafe fn sbox32_aesni(x: u32) -> u32 {
+        let v = sbox256_aesni(_mm256_set1_epi32(x as i32));
+        _mm_cvtsi128_si32(_mm256_castsi256_si128(v)) as u32
+    }
+
+    /// The SM4 key schedule on the AES-NI S-box.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and AES-NI.
+    #[target_feature(enable = "avx2,aes")]
+    pub(super) unsafe fn key_schedule_aesni(key: &[u8; 16]) -> [u32; 32] {
+        // SAFETY: the caller guarantees AVX2 and AES-NI.
+        super::key_schedule_with(key, |x| unsafe { sbox32_aesni(x) })
+    }
+
+    /// Encrypts [`BLOCKS_256`] blocks with the AES-NI S-box.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and AES-NI; `input` must be readable and `output` writable for
+    /// `16 × BLOCKS_256` bytes (unaligned loads and stores are used).
+    #[target_feature(enable = "avx2,aes")]
+    unsafe fn encrypt_blocks_aesni(round_keys: &[u32; 32], input: *const u8, output: *mut u8) {
+        encrypt_256!(round_keys, input, output, sbox256_aesni)
+    }
+
+    /// The `cipher` backend of the AES-NI + AVX2 path: 16 blocks per call.
+    pub(super) struct BackendAesNi<'a> {
+        pub(super) round_keys: &'a [u32; 32],
+    }
+
+    impl BlockSizeUser for BackendAesNi<'_> {
+        type BlockSize = U16;
+    }
+
+    impl ParBlocksSizeUser for BackendAesNi<'_> {
+        type ParBlocksSize = U16;
+    }
+
+    impl BlockCipherEncBackend for BackendAesNi<'_> {
+        fn encrypt_block(&self, block: InOut<'_, '_, Block<Self>>) {
+            encrypt_one::<BLOCKS_256>(block, |buf| {
+                let p = buf.as_mut_ptr().cast::<u8>();
+                // SAFETY: as in `encrypt_par_blocks`; `buf` is BLOCKS_256 blocks of 16 bytes.
+                unsafe { encrypt_blocks_aesni(self.round_keys, p, p) }
+            });
         }
-        for &rk in round_keys {
-            let rk = _mm256_set1_epi32(rk as i32);
-            for group in groups.iter_mut() {
-                *group = round256(*group, rk, pre, post);
-            }
-        }
-        for (g, x) in groups.iter().enumerate() {
-            let y = transpose256(x[3], x[2], x[1], x[0]);
-            for (i, reg) in y.iter().enumerate() {
-                // SAFETY: 16 × BLOCKS_256 writable bytes at `output`; all loads are done.
-                unsafe {
-                    _mm256_storeu_si256(
-                        output.add((g * 4 + i) * 32).cast(),
-                        _mm256_shuffle_epi8(*reg, bswap),
-                    )
-                };
-            }
+
+        fn encrypt_par_blocks(&self, blocks: InOut<'_, '_, ParBlocks<Self>>) {
+            let (input, output) = blocks.into_raw();
+            // SAFETY: a BackendAesNi exists only on the AesNi256 path, which
+            // `Sm4Path::available` confirmed the CPU runs (AVX2 and AES-NI); `ParBlocks` is 16
+            // contiguous blocks of 16 bytes, readable at `input` and writable at `output`.
+            unsafe { encrypt_blocks_aesni(self.round_keys, input.cast(), output.cast()) }
         }
     }
 

@@ -1,16 +1,9 @@
-//! Group commit for the hot writes of a live opening.
-//!
-//! When a QR storm hits (every bidder answering at once), each accepted answer and each finished
-//! decryption is a small update. Committed one by one, they queue on the database's single
-//! writer and each pays a disk flush. Here one task takes every write waiting, applies them in one
-//! transaction and flushes once. Each write keeps its own result; if the batch fails as a whole,
-//! every write is retried alone so one bad write cannot fail the others.
+//! The conditional writes of a live opening's hot path (an accepted answer, a finished
+//! decryption). They are committed by the event log's single writer (`hall::events`) in the same
+//! transaction as the events they cause: one disk flush for everything waiting, and no state
+//! change without its event (or the reverse) after a crash.
 
-use sqlx::{Any, AnyPool, Transaction};
-use tokio::sync::{mpsc, oneshot};
-
-/// Most writes committed together.
-const GROUP: usize = 256;
+use sqlx::{Any, Transaction};
 
 /// A write of the live opening's hot path.
 #[derive(Debug, Clone)]
@@ -30,12 +23,10 @@ pub enum BidWrite {
     PlainSm3 { bid_id: String, sm3: String },
 }
 
-pub(super) struct Job {
-    pub(super) write: BidWrite,
-    pub(super) done: oneshot::Sender<Result<bool, String>>,
-}
-
-async fn apply(tx: &mut Transaction<'static, Any>, write: &BidWrite) -> Result<bool, sqlx::Error> {
+pub(super) async fn apply(
+    tx: &mut Transaction<'static, Any>,
+    write: &BidWrite,
+) -> Result<bool, sqlx::Error> {
     match write {
         BidWrite::Accept {
             nonce,
@@ -77,38 +68,6 @@ async fn apply(tx: &mut Transaction<'static, Any>, write: &BidWrite) -> Result<b
                 .execute(&mut **tx)
                 .await?;
             Ok(true)
-        }
-    }
-}
-
-async fn apply_all(pool: &AnyPool, writes: &[&BidWrite]) -> Result<Vec<bool>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let mut results = Vec::with_capacity(writes.len());
-    for write in writes {
-        results.push(apply(&mut tx, write).await?);
-    }
-    tx.commit().await?;
-    Ok(results)
-}
-
-pub(super) async fn writer(pool: AnyPool, mut queue: mpsc::Receiver<Job>) {
-    let mut batch = Vec::with_capacity(GROUP);
-    while queue.recv_many(&mut batch, GROUP).await > 0 {
-        let writes: Vec<&BidWrite> = batch.iter().map(|j| &j.write).collect();
-        match apply_all(&pool, &writes).await {
-            Ok(results) => {
-                for (job, result) in batch.drain(..).zip(results) {
-                    let _ = job.done.send(Ok(result));
-                }
-            }
-            Err(_) => {
-                for job in batch.drain(..) {
-                    let result = apply_all(&pool, &[&job.write]).await;
-                    let _ = job
-                        .done
-                        .send(result.map(|r| r[0]).map_err(|e| e.to_string()));
-                }
-            }
         }
     }
 }

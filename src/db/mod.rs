@@ -9,7 +9,6 @@ use std::str::FromStr;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
-use tokio::sync::{mpsc, oneshot};
 
 pub use batch::BidWrite;
 
@@ -37,7 +36,50 @@ enum Backend {
 #[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
-    writes: mpsc::Sender<batch::Job>,
+}
+
+/// One transaction of the event log's writer: conditional bid writes and event rows together.
+pub struct WriteTx(sqlx::Transaction<'static, sqlx::Any>);
+
+impl WriteTx {
+    /// Applies a conditional write; false (and nothing changed) if its condition did not hold.
+    pub async fn apply(&mut self, write: &BidWrite) -> Result<bool, DbError> {
+        Ok(batch::apply(&mut self.0, write).await?)
+    }
+
+    /// The newest event of an opening (sequence number and hash), as this transaction sees it.
+    pub async fn last_event(&mut self, opening_id: &str) -> Result<Option<(i64, String)>, DbError> {
+        let row = sqlx::query(
+            "SELECT seq, hash FROM events WHERE opening_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(opening_id)
+        .fetch_optional(&mut *self.0)
+        .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get("seq")?, r.try_get("hash")?)),
+            None => None,
+        })
+    }
+
+    pub async fn insert_events(&mut self, events: &[EventRow]) -> Result<(), DbError> {
+        for e in events {
+            sqlx::query("INSERT INTO events (opening_id, seq, ts_ms, kind, audience, payload, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                .bind(&e.opening_id)
+                .bind(e.seq)
+                .bind(e.ts_ms)
+                .bind(&e.kind)
+                .bind(&e.audience)
+                .bind(&e.payload)
+                .bind(&e.hash)
+                .execute(&mut *self.0)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn commit(self) -> Result<(), DbError> {
+        Ok(self.0.commit().await?)
+    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -170,9 +212,7 @@ impl Db {
                     .map_err(DbError::Connect)?
             }
         };
-        let (writes, queue) = mpsc::channel(1024);
-        tokio::spawn(batch::writer(pool.clone(), queue));
-        Ok(Self { pool, writes })
+        Ok(Self { pool })
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
@@ -576,14 +616,9 @@ impl Db {
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
 
-    pub async fn write(&self, write: BidWrite) -> Result<bool, DbError> {
-        let (done, result) = oneshot::channel();
-        let stopped = || DbError::Write("the database writer has stopped".into());
-        self.writes
-            .send(batch::Job { write, done })
-            .await
-            .map_err(|_| stopped())?;
-        result.await.map_err(|_| stopped())?.map_err(DbError::Write)
+    /// Starts a transaction for the event log's writer.
+    pub async fn begin_write(&self) -> Result<WriteTx, DbError> {
+        Ok(WriteTx(self.pool.begin().await?))
     }
 
     pub async fn fail_bid(
@@ -674,24 +709,6 @@ impl Db {
     // --- events -------------------------------------------------------------------------------
 
     /// Inserts events in one transaction (one commit for a batch).
-    pub async fn insert_events(&self, events: &[EventRow]) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
-        for e in events {
-            sqlx::query("INSERT INTO events (opening_id, seq, ts_ms, kind, audience, payload, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-                .bind(&e.opening_id)
-                .bind(e.seq)
-                .bind(e.ts_ms)
-                .bind(&e.kind)
-                .bind(&e.audience)
-                .bind(&e.payload)
-                .bind(&e.hash)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
     pub async fn events_since(
         &self,
         opening_id: &str,

@@ -335,6 +335,9 @@ impl SealedBid {
             parent.display()
         )))?;
         self.decrypt_into(key, tmp.as_file(), options, progress)?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(BidError::io("flushing the decrypted bid to disk"))?;
         tmp.persist(out).map_err(|e| BidError::Io {
             context: format!("saving {}", out.display()),
             source: e.error,
@@ -343,7 +346,8 @@ impl SealedBid {
     }
 
     /// Decrypts the body into an open file (from offset 0). On error the file holds partial
-    /// plaintext: the caller must discard it, as [`Self::decrypt_to`] does.
+    /// plaintext: the caller must discard it, as [`Self::decrypt_to`] does. The file is not
+    /// flushed to disk: a caller that keeps it calls `sync_all` (off the CPU pool, if it has one).
     pub fn decrypt_into(
         &self,
         key: &FileKey,
@@ -381,10 +385,7 @@ impl SealedBid {
         match result {
             Err(BidError::ChunkDamaged { index }) => Err(self.classify_mismatch(index)?),
             other => other,
-        }?;
-        output
-            .sync_all()
-            .map_err(BidError::io("flushing the decrypted bid to disk"))
+        }
     }
 
     /// Decrypts the body and unpacks the bid folder into `dir`, which must not exist or be empty.

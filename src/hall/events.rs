@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::HallError;
 use crate::crypto;
-use crate::db::{Db, EventRow};
+use crate::db::{BidWrite, Db, DbError, EventRow};
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const CHANNEL_CAPACITY: usize = 1024;
@@ -64,12 +64,14 @@ pub fn render(e: &EventRow) -> String {
     )
 }
 
-/// One caller's events, waiting for the writer.
+/// One caller's events, and the conditional write they record, waiting for the writer.
 struct Append {
     opening_id: String,
+    /// Applied first; if its condition does not hold, the events are not stored.
+    write: Option<BidWrite>,
     events: Vec<(String, String, serde_json::Value)>,
     now: i64,
-    done: oneshot::Sender<Result<(), HallError>>,
+    done: oneshot::Sender<Result<bool, HallError>>,
 }
 
 type Channels = Arc<DashMap<String, broadcast::Sender<BusMsg>>>;
@@ -98,74 +100,113 @@ fn sender(channels: &Channels, opening_id: &str) -> broadcast::Sender<BusMsg> {
         .clone()
 }
 
-/// The single writer of the event log: it takes every append waiting, numbers and chains them,
-/// stores them in one transaction (group commit: one disk flush for many callers), then
-/// broadcasts them in order and answers each caller.
+/// Applies `appends` in one transaction: each one's write, then (if it held) its events, numbered
+/// and chained after the tails in `tails`. Returns each append's outcome and the stored rows;
+/// `tails` advances only if the transaction committed.
+async fn commit(
+    db: &Db,
+    tails: &mut HashMap<String, (i64, String)>,
+    appends: &[Append],
+) -> Result<(Vec<bool>, Vec<EventRow>), DbError> {
+    let mut next = tails.clone();
+    let mut tx = db.begin_write().await?;
+    let mut outcomes = Vec::with_capacity(appends.len());
+    let mut rows = Vec::new();
+    for append in appends {
+        let held = match &append.write {
+            Some(write) => tx.apply(write).await?,
+            None => true,
+        };
+        outcomes.push(held);
+        if !held || append.events.is_empty() {
+            continue;
+        }
+        if !next.contains_key(&append.opening_id) {
+            let tail = tx.last_event(&append.opening_id).await?;
+            next.insert(
+                append.opening_id.clone(),
+                tail.unwrap_or((0, GENESIS.to_owned())),
+            );
+        }
+        let (seq, hash) = next.get_mut(&append.opening_id).expect("loaded above");
+        for (kind, audience, payload) in &append.events {
+            *seq += 1;
+            let mut event = EventRow {
+                opening_id: append.opening_id.clone(),
+                seq: *seq,
+                ts_ms: append.now,
+                kind: kind.clone(),
+                audience: audience.clone(),
+                payload: payload.to_string(),
+                hash: String::new(),
+            };
+            event.hash = chain_hash(hash, &event);
+            *hash = event.hash.clone();
+            rows.push(event);
+        }
+    }
+    tx.insert_events(&rows).await?;
+    tx.commit().await?;
+    *tails = next;
+    Ok((outcomes, rows))
+}
+
+/// The single writer of the database's hot path: it takes every append waiting, applies their
+/// writes, numbers and chains their events and stores everything in one transaction (group
+/// commit: one disk flush for many callers), then broadcasts the events in order and answers each
+/// caller. If a group fails as a whole, each append is retried alone, so one bad write cannot
+/// fail the others. One writer also means SQLite's single write lock is never contended.
 async fn writer(db: Db, channels: Channels, mut queue: mpsc::Receiver<Append>) {
     let mut tails: HashMap<String, (i64, String)> = HashMap::new();
     let mut batch = Vec::with_capacity(GROUP_COMMIT);
     while queue.recv_many(&mut batch, GROUP_COMMIT).await > 0 {
-        let mut next = tails.clone();
-        let mut rows = Vec::new();
-        let mut failed = None;
-        for append in &batch {
-            if !next.contains_key(&append.opening_id) {
-                match db.last_event(&append.opening_id).await {
-                    Ok(tail) => {
-                        next.insert(
-                            append.opening_id.clone(),
-                            tail.unwrap_or((0, GENESIS.to_owned())),
-                        );
-                    }
-                    Err(e) => {
-                        failed = Some(e.to_string());
-                        break;
-                    }
-                }
+        let groups: Vec<Vec<Append>> = match commit(&db, &mut tails, &batch).await {
+            Ok(done) => {
+                finish(&channels, std::mem::take(&mut batch), Ok(done));
+                continue;
             }
-            let (seq, hash) = next.get_mut(&append.opening_id).expect("loaded above");
-            for (kind, audience, payload) in &append.events {
-                *seq += 1;
-                let mut event = EventRow {
-                    opening_id: append.opening_id.clone(),
-                    seq: *seq,
-                    ts_ms: append.now,
-                    kind: kind.clone(),
-                    audience: audience.clone(),
-                    payload: payload.to_string(),
-                    hash: String::new(),
-                };
-                event.hash = chain_hash(hash, &event);
-                *hash = event.hash.clone();
-                rows.push(event);
-            }
-        }
-        if failed.is_none()
-            && let Err(e) = db.insert_events(&rows).await
-        {
-            failed = Some(e.to_string());
-        }
-        match failed {
-            Some(error) => {
-                // Nothing was stored: forget the tails so they are read again from the database.
+            // Nothing was stored: forget the tails so they are read again from the database.
+            Err(_) if batch.len() > 1 => batch.drain(..).map(|a| vec![a]).collect(),
+            Err(error) => {
                 tails.clear();
-                for append in batch.drain(..) {
-                    let _ = append.done.send(Err(HallError::Internal(format!(
-                        "storing an event: {error}"
-                    ))));
-                }
+                finish(&channels, std::mem::take(&mut batch), Err(error));
+                continue;
             }
-            None => {
-                tails = next;
-                for row in rows {
-                    let frame = ByteString::from(render(&row));
-                    // Nobody listening is fine: the event is stored and will be replayed.
-                    let _ = sender(&channels, &row.opening_id)
-                        .send(BusMsg::Event(Arc::new(Published { row, frame })));
-                }
-                for append in batch.drain(..) {
-                    let _ = append.done.send(Ok(()));
-                }
+        };
+        tails.clear();
+        for group in groups {
+            let result = commit(&db, &mut tails, &group).await;
+            if result.is_err() {
+                tails.clear();
+            }
+            finish(&channels, group, result);
+        }
+    }
+}
+
+/// Broadcasts stored rows and answers the callers of `appends`.
+fn finish(
+    channels: &Channels,
+    appends: Vec<Append>,
+    result: Result<(Vec<bool>, Vec<EventRow>), DbError>,
+) {
+    match result {
+        Ok((outcomes, rows)) => {
+            for row in rows {
+                let frame = ByteString::from(render(&row));
+                // Nobody listening is fine: the event is stored and will be replayed.
+                let _ = sender(channels, &row.opening_id)
+                    .send(BusMsg::Event(Arc::new(Published { row, frame })));
+            }
+            for (append, held) in appends.into_iter().zip(outcomes) {
+                let _ = append.done.send(Ok(held));
+            }
+        }
+        Err(error) => {
+            for append in appends {
+                let _ = append.done.send(Err(HallError::Internal(format!(
+                    "storing an event: {error}"
+                ))));
             }
         }
     }
@@ -216,9 +257,32 @@ impl EventBus {
         if events.is_empty() {
             return Ok(());
         }
+        self.send(opening_id, None, events, now).await.map(|_| ())
+    }
+
+    /// Applies a conditional write and, if its condition held, stores its events in the same
+    /// transaction, then broadcasts them. Returns whether the condition held.
+    pub async fn commit(
+        &self,
+        opening_id: &str,
+        write: BidWrite,
+        events: Vec<(String, String, serde_json::Value)>,
+        now: i64,
+    ) -> Result<bool, HallError> {
+        self.send(opening_id, Some(write), events, now).await
+    }
+
+    async fn send(
+        &self,
+        opening_id: &str,
+        write: Option<BidWrite>,
+        events: Vec<(String, String, serde_json::Value)>,
+        now: i64,
+    ) -> Result<bool, HallError> {
         let (done, answer) = oneshot::channel();
         let append = Append {
             opening_id: opening_id.to_owned(),
+            write,
             events,
             now,
             done,

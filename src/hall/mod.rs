@@ -908,19 +908,6 @@ impl Hall {
         let (key, summary) = checked;
         let summary_json =
             serde_json::to_string(&summary).map_err(|e| HallError::Internal(e.to_string()))?;
-        if !self
-            .inner
-            .db
-            .write(BidWrite::Accept {
-                nonce: challenge.nonce.clone(),
-                bid_id: bid.id.clone(),
-                answer: rewrapped,
-                summary: summary_json,
-            })
-            .await?
-        {
-            return Err(HallError::ChallengeUsed);
-        }
         let events = vec![
             (
                 "bid.key_accepted".to_owned(),
@@ -933,10 +920,20 @@ impl Hall {
                 json!({"bid_id": bid.id, "summary": summary, "price_yuan": summary.price_yuan()}),
             ),
         ];
-        self.inner
+        let accept = BidWrite::Accept {
+            nonce: challenge.nonce.clone(),
+            bid_id: bid.id.clone(),
+            answer: rewrapped,
+            summary: summary_json,
+        };
+        if !self
+            .inner
             .bus
-            .append_all(&opening.id, events, self.now())
-            .await?;
+            .commit(&opening.id, accept, events, self.now())
+            .await?
+        {
+            return Err(HallError::ChallengeUsed);
+        }
         self.spawn_decryption(bid, key);
         Ok(summary)
     }
@@ -961,25 +958,44 @@ impl Hall {
             let source = PathBuf::from(&bid.path);
             let target = out.clone();
             let progress = active.clone();
-            let result = on_rayon(move || -> Result<(), BidError> {
-                let sealed = SealedBid::open(&source)?;
-                // Digests were checked against the bidder's signature when the bid was uploaded;
-                // the GCM tags still authenticate every chunk.
-                sealed.decrypt_to(
-                    &key,
-                    &target,
-                    DecryptOptions {
+            let plain_dir = target.parent().unwrap_or(Path::new(".")).to_owned();
+            let result = async move {
+                let decrypted = on_rayon(move || -> Result<_, BidError> {
+                    let sealed = SealedBid::open(&source)?;
+                    let parent = plain_dir.as_path();
+                    let tmp = tempfile::NamedTempFile::new_in(parent)
+                        .map_err(BidError::io("creating the decrypted file"))?;
+                    // Digests were checked against the bidder's signature when the bid was
+                    // uploaded; the GCM tags still authenticate every chunk.
+                    let options = DecryptOptions {
                         verify_digests: false,
-                    },
-                    &*progress,
-                )?;
-                Ok(())
-            })
+                    };
+                    sealed.decrypt_into(&key, tmp.as_file(), options, &*progress)?;
+                    Ok(tmp)
+                })
+                .await??;
+                // The disk flush waits on the device, not the CPU: off the Rayon pool, so it
+                // never holds up other bids' decryption or the phones' answer checks.
+                tokio::task::spawn_blocking(move || -> Result<(), BidError> {
+                    decrypted
+                        .as_file()
+                        .sync_all()
+                        .map_err(BidError::io("flushing the decrypted bid to disk"))?;
+                    decrypted.persist(&target).map_err(|e| BidError::Io {
+                        context: format!("saving {}", target.display()),
+                        source: e.error,
+                    })?;
+                    Ok(())
+                })
+                .await
+                .map_err(|e| HallError::Internal(e.to_string()))?
+                .map_err(HallError::BidRejected)
+            }
             .await;
             hall.inner.active.remove(&bid.id);
             let secs = active.started.elapsed().as_secs_f64();
             let outcome = match result {
-                Ok(Ok(())) => {
+                Ok(()) => {
                     hall.inner.metrics.bytes_decrypted.inc_by(active.total);
                     if secs > 0.0 {
                         hall.inner
@@ -988,10 +1004,6 @@ impl Hall {
                             .observe(active.total as f64 / secs);
                     }
                     hall.finish_decryption(&bid, &out, secs).await
-                }
-                Ok(Err(error)) => {
-                    hall.fail_decryption(&bid, HallError::BidRejected(error))
-                        .await
                 }
                 Err(error) => hall.fail_decryption(&bid, error).await,
             };
@@ -1007,36 +1019,40 @@ impl Hall {
         out: &Path,
         secs: f64,
     ) -> Result<(), HallError> {
-        self.inner
-            .db
-            .write(BidWrite::Finish {
-                bid_id: bid.id.clone(),
-                plain_path: out.to_string_lossy().into_owned(),
-            })
-            .await?;
-        self.event(
-            &bid.opening_id,
-            "bid.decrypted",
-            "public",
+        let finish = BidWrite::Finish {
+            bid_id: bid.id.clone(),
+            plain_path: out.to_string_lossy().into_owned(),
+        };
+        let decrypted = (
+            "bid.decrypted".to_owned(),
+            "public".to_owned(),
             json!({"bid_id": bid.id, "bytes": bid.plaintext_len, "seconds": secs}),
-        )
-        .await?;
+        );
+        if !self
+            .inner
+            .bus
+            .commit(&bid.opening_id, finish, vec![decrypted], self.now())
+            .await?
+        {
+            // The bid left `decrypting` meanwhile (e.g. the window was closed): nothing to record.
+            return Ok(());
+        }
         let path = out.to_owned();
         let digest = on_rayon(move || file_sm3(&path)).await??;
-        self.inner
-            .db
-            .write(BidWrite::PlainSm3 {
-                bid_id: bid.id.clone(),
-                sm3: digest.clone(),
-            })
-            .await?;
-        self.event(
-            &bid.opening_id,
-            "bid.digest",
-            "evaluator",
+        let record = BidWrite::PlainSm3 {
+            bid_id: bid.id.clone(),
+            sm3: digest.clone(),
+        };
+        let event = (
+            "bid.digest".to_owned(),
+            "evaluator".to_owned(),
             json!({"bid_id": bid.id, "plain_sm3": digest}),
-        )
-        .await
+        );
+        self.inner
+            .bus
+            .commit(&bid.opening_id, record, vec![event], self.now())
+            .await
+            .map(|_| ())
     }
 
     async fn fail_decryption(&self, bid: &BidRow, error: HallError) -> Result<(), HallError> {
@@ -1338,14 +1354,16 @@ impl Hall {
                         && let Some(path) = bid.plain_path.clone()
                     {
                         let hall = self.clone();
-                        let id = bid.id.clone();
+                        let (id, opening_id) = (bid.id.clone(), opening.id.clone());
                         tokio::spawn(async move {
                             let p = PathBuf::from(path);
                             if let Ok(Ok(d)) = on_rayon(move || file_sm3(&p)).await {
+                                let record = BidWrite::PlainSm3 { bid_id: id, sm3: d };
+                                let now = hall.now();
                                 let _ = hall
                                     .inner
-                                    .db
-                                    .write(BidWrite::PlainSm3 { bid_id: id, sm3: d })
+                                    .bus
+                                    .commit(&opening_id, record, vec![], now)
                                     .await;
                             }
                         });

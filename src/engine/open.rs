@@ -355,15 +355,39 @@ impl SealedBid {
         options: DecryptOptions,
         progress: &dyn Progress,
     ) -> Result<(), BidError> {
+        self.prepare_output(key, output)?;
+        self.decrypt_range(key, output, 0..self.header.chunk_count(), options, progress)
+    }
+
+    /// Checks the key against the header's commitment and sizes `output` for the plaintext: the
+    /// first step of decrypting a bid slice by slice with [`Self::decrypt_range`].
+    pub fn prepare_output(&self, key: &FileKey, output: &File) -> Result<(), BidError> {
         if !key.matches_commitment(&self.header.commitment) {
             return Err(BidError::WrongKey);
         }
         output
             .set_len(self.header.plaintext_len)
-            .map_err(BidError::io("sizing the output file"))?;
+            .map_err(BidError::io("sizing the output file"))
+    }
+
+    /// Decrypts chunks `range` into their place in `output`, in parallel on the current Rayon
+    /// pool. A server decrypting several bids at once submits each bid as a series of short
+    /// ranges, so the bids take turns on the pool instead of the first one holding every thread.
+    pub fn decrypt_range(
+        &self,
+        key: &FileKey,
+        output: &File,
+        range: std::ops::Range<u64>,
+        options: DecryptOptions,
+        progress: &dyn Progress,
+    ) -> Result<(), BidError> {
+        if !key.matches_commitment(&self.header.commitment) {
+            return Err(BidError::WrongKey);
+        }
         let count = self.header.chunk_count();
         let chunk_size = u64::from(self.header.chunk_size);
-        let result = (0..count).into_par_iter().try_for_each_init(
+        let range = range.start.min(count)..range.end.min(count);
+        let result = range.into_par_iter().try_for_each_init(
             || self.chunk_buffer(),
             |buf, index| -> Result<(), BidError> {
                 self.read_chunk(index, buf)?;

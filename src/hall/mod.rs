@@ -960,20 +960,44 @@ impl Hall {
             let progress = active.clone();
             let plain_dir = target.parent().unwrap_or(Path::new(".")).to_owned();
             let result = async move {
-                let decrypted = on_rayon(move || -> Result<_, BidError> {
-                    let sealed = SealedBid::open(&source)?;
-                    let parent = plain_dir.as_path();
-                    let tmp = tempfile::NamedTempFile::new_in(parent)
-                        .map_err(BidError::io("creating the decrypted file"))?;
-                    // Digests were checked against the bidder's signature when the bid was
-                    // uploaded; the GCM tags still authenticate every chunk.
-                    let options = DecryptOptions {
-                        verify_digests: false,
-                    };
-                    sealed.decrypt_into(&key, tmp.as_file(), options, &*progress)?;
-                    Ok(tmp)
+                let key = Arc::new(key);
+                let (sealed, decrypted) = on_rayon({
+                    let key = key.clone();
+                    move || -> Result<_, BidError> {
+                        let sealed = SealedBid::open(&source)?;
+                        let tmp = tempfile::NamedTempFile::new_in(&plain_dir)
+                            .map_err(BidError::io("creating the decrypted file"))?;
+                        sealed.prepare_output(&key, tmp.as_file())?;
+                        Ok((Arc::new(sealed), Arc::new(tmp)))
+                    }
                 })
                 .await??;
+                // Digests were checked against the bidder's signature when the bid was
+                // uploaded; the GCM tags still authenticate every chunk.
+                let options = DecryptOptions {
+                    verify_digests: false,
+                };
+                // Slice by slice, each submitted afresh to the pool's queue: bids decrypting at
+                // once take turns, and a phone's answer check waits for one slice at most.
+                let slice = 4 * rayon::current_num_threads() as u64;
+                let count = sealed.header().chunk_count();
+                for start in (0..count).step_by(slice as usize) {
+                    let (sealed, file, key) = (sealed.clone(), decrypted.clone(), key.clone());
+                    let progress = progress.clone();
+                    on_rayon(move || {
+                        sealed.decrypt_range(
+                            &key,
+                            file.as_file(),
+                            start..start + slice,
+                            options,
+                            &*progress,
+                        )
+                    })
+                    .await??;
+                }
+                let decrypted = Arc::into_inner(decrypted).ok_or_else(|| {
+                    HallError::Internal("the decrypted file is still in use".into())
+                })?;
                 // The disk flush waits on the device, not the CPU: off the Rayon pool, so it
                 // never holds up other bids' decryption or the phones' answer checks.
                 tokio::task::spawn_blocking(move || -> Result<(), BidError> {

@@ -7,8 +7,50 @@ use crate::helpers::{Backend, TestBidder, Viewer, spawn_app};
 
 crate::on_both_databases!(
     twenty_bidders_from_upload_to_evaluator_download,
-    a_restarted_server_resumes_the_opening
+    a_restarted_server_resumes_the_opening,
+    a_small_bid_is_not_held_up_by_a_large_one
 );
+
+/// Bids decrypting at once take turns on the CPU pool: a one-chunk bid answered just after a
+/// 16 MiB one (1,024 chunks) finishes first, instead of waiting for the large one to end.
+async fn a_small_bid_is_not_held_up_by_a_large_one(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let large = TestBidder::new(app.dir.path(), 0, 16 << 20);
+    let small = TestBidder::new(app.dir.path(), 1, 1000);
+    let opening = app.opening_with_bids(&[&large, &small], 60, 1800).await;
+    app.start_after(&opening, 61).await;
+    // Both phones prepare their answers first, so the two arrive back to back.
+    let mut prepared = Vec::new();
+    for bidder in [&large, &small] {
+        let url = app.qr_url(&opening, bidder).await.expect("a QR code");
+        let view: kaibiao::phone::ChallengeView =
+            serde_json::from_value(app.challenge(&url).await.body).unwrap();
+        let answer = kaibiao::phone::answer_challenge(&view, &bidder.enc, &bidder.sign).unwrap();
+        prepared.push((view, answer));
+    }
+    for (view, answer) in &prepared {
+        assert_eq!(app.post_answer(view, answer).await.status, 200);
+    }
+    app.wait_until_settled(&opening).await;
+    let finished: Vec<String> = app
+        .public_events(&opening)
+        .await
+        .iter()
+        .filter(|e| e["kind"] == "bid.decrypted")
+        .map(|e| {
+            let payload: serde_json::Value =
+                serde_json::from_str(e["payload"].as_str().unwrap()).unwrap();
+            payload["bid_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let (large_id, small_id) = (&prepared[0].0.bid_id, &prepared[1].0.bid_id);
+    assert_eq!(
+        finished,
+        vec![small_id.clone(), large_id.clone()],
+        "the small bid finishes first"
+    );
+    app.cleanup().await;
+}
 
 async fn twenty_bidders_from_upload_to_evaluator_download(backend: Backend) {
     let app = spawn_app(&backend).await;

@@ -722,68 +722,6 @@ mod x86 {
         encrypt_256!(round_keys, input, output, sbox256_aesni)
     }
 
-    /// The `cipher` backend of the AES-NI + AVX2 path: 16 blocks per call.
-    pub(super) struct BackendAesNi<'a> {
-        pub(super) round_keys: &'a [u32; 32],
-    }
-
-    impl BlockSizeUser for BackendAesNi<'_> {
-        type BlockSize = U16;
-    }
-
-    impl ParBlocksSizeUser for BackendAesNi<'_> {
-        type ParBlocksSize = U16;
-    }
-
-    impl BlockCipherEncBackend for BackendAesNi<'_> {
-        fn encrypt_block(&self, block: InOut<'_, '_, Block<Self>>) {
-            encrypt_one::<BLOCKS_256>(block, |buf| {
-                let p = buf.as_mut_ptr().cast::<u8>();
-                // SAFETY: as in `encrypt_par_blocks`; `buf` is BLOCKS_256 blocks of 16 bytes.
-                unsafe { encrypt_blocks_aesni(self.round_keys, p, p) }
-            });
-        }
-
-        fn encrypt_par_blocks(&self, blocks: InOut<'_, '_, ParBlocks<Self>>) {
-            let (input, output) = blocks.into_raw();
-            // SAFETY: a BackendAesNi exists only on the AesNi256 path, which
-            // `Sm4Path::available` confirmed the CPU runs (AVX2 and AES-NI); `ParBlocks` is 16
-            // contiguous blocks of 16 bytes, readable at `input` and writable at `output`.
-            unsafe { encrypt_blocks_aesni(self.round_keys, input.cast(), output.cast()) }
-        }
-    }
-
-    /// The `cipher` backend of the GFNI + AVX2 path: 16 blocks per call.
-    pub(super) struct Backend256<'a> {
-        pub(super) round_keys: &'a [u32; 32],
-    }
-
-    impl BlockSizeUser for Backend256<'_> {
-        type BlockSize = U16;
-    }
-
-    impl ParBlocksSizeUser for Backend256<'_> {
-        type ParBlocksSize = U16;
-    }
-
-    impl BlockCipherEncBackend for Backend256<'_> {
-        fn encrypt_block(&self, block: InOut<'_, '_, Block<Self>>) {
-            encrypt_one::<BLOCKS_256>(block, |buf| {
-                let p = buf.as_mut_ptr().cast::<u8>();
-                // SAFETY: as in `encrypt_par_blocks`; `buf` is BLOCKS_256 blocks of 16 bytes.
-                unsafe { encrypt_blocks_256(self.round_keys, p, p) }
-            });
-        }
-
-        fn encrypt_par_blocks(&self, blocks: InOut<'_, '_, ParBlocks<Self>>) {
-            let (input, output) = blocks.into_raw();
-            // SAFETY: a Backend256 exists only on the Gfni256 path, which `Sm4Path::available`
-            // confirmed the CPU runs; `ParBlocks` is 16 contiguous blocks of 16 bytes, readable
-            // at `input` and writable at `output` for the call.
-            unsafe { encrypt_blocks_256(self.round_keys, input.cast(), output.cast()) }
-        }
-    }
-
     /// One block as the first block of a whole SIMD step of `N` blocks, so that no secret-indexed
     /// table lookup happens on a SIMD path. `step` must encrypt `N` blocks like
     /// `encrypt_blocks`/`encrypt_blocks_256` do.
@@ -798,37 +736,57 @@ mod x86 {
         zeroize::Zeroize::zeroize(buf.as_flattened_mut());
     }
 
-    /// The `cipher` backend of the GFNI path: 64 blocks per call; a single block is run as a
-    /// whole step too (a GCM message needs one for its tag and its hash key).
-    pub(super) struct Backend<'a> {
-        pub(super) round_keys: &'a [u32; 32],
+    /// A `cipher` backend running `$step` (`$blocks` blocks per call, `$par` as a type); a single
+    /// block is run as a whole step too (a GCM message needs one for its tag and its hash key).
+    /// Each backend exists only on its path, which `Sm4Path::available` confirmed the CPU runs.
+    macro_rules! backend {
+        ($(#[$doc:meta])* $name:ident, $par:ty, $blocks:expr, $step:ident) => {
+            $(#[$doc])*
+            pub(super) struct $name<'a> {
+                pub(super) round_keys: &'a [u32; 32],
+            }
+
+            impl BlockSizeUser for $name<'_> {
+                type BlockSize = U16;
+            }
+
+            impl ParBlocksSizeUser for $name<'_> {
+                type ParBlocksSize = $par;
+            }
+
+            impl BlockCipherEncBackend for $name<'_> {
+                fn encrypt_block(&self, block: InOut<'_, '_, Block<Self>>) {
+                    encrypt_one::<{ $blocks }>(block, |buf| {
+                        let p = buf.as_mut_ptr().cast::<u8>();
+                        // SAFETY: the CPU runs this path (see above); `buf` is `$blocks`
+                        // blocks of 16 bytes, read and written in place.
+                        unsafe { $step(self.round_keys, p, p) }
+                    });
+                }
+
+                fn encrypt_par_blocks(&self, blocks: InOut<'_, '_, ParBlocks<Self>>) {
+                    let (input, output) = blocks.into_raw();
+                    // SAFETY: the CPU runs this path (see above); `ParBlocks` is `$blocks`
+                    // contiguous blocks of 16 bytes, readable at `input` and writable at
+                    // `output` for the call.
+                    unsafe { $step(self.round_keys, input.cast(), output.cast()) }
+                }
+            }
+        };
     }
 
-    impl BlockSizeUser for Backend<'_> {
-        type BlockSize = U16;
-    }
-
-    impl ParBlocksSizeUser for Backend<'_> {
-        type ParBlocksSize = U64;
-    }
-
-    impl BlockCipherEncBackend for Backend<'_> {
-        fn encrypt_block(&self, block: InOut<'_, '_, Block<Self>>) {
-            encrypt_one::<BLOCKS>(block, |buf| {
-                let p = buf.as_mut_ptr().cast::<u8>();
-                // SAFETY: as in `encrypt_par_blocks`; `buf` is BLOCKS blocks of 16 bytes.
-                unsafe { encrypt_blocks(self.round_keys, p, p) }
-            });
-        }
-
-        fn encrypt_par_blocks(&self, blocks: InOut<'_, '_, ParBlocks<Self>>) {
-            let (input, output) = blocks.into_raw();
-            // SAFETY: a Backend exists only on the Gfni512 path, which `Sm4Path::available`
-            // confirmed the CPU runs; `ParBlocks` is BLOCKS (64) blocks of 16 bytes, contiguous
-            // bytes, readable at `input` and writable at `output` for the call.
-            unsafe { encrypt_blocks(self.round_keys, input.cast(), output.cast()) }
-        }
-    }
+    backend!(
+        /// GFNI + AVX-512: 64 blocks per call.
+        Backend, U64, BLOCKS, encrypt_blocks
+    );
+    backend!(
+        /// GFNI + AVX2: 16 blocks per call.
+        Backend256, U16, BLOCKS_256, encrypt_blocks_256
+    );
+    backend!(
+        /// AES-NI + AVX2: 16 blocks per call.
+        BackendAesNi, U16, BLOCKS_256, encrypt_blocks_aesni
+    );
 }
 
 #[cfg(test)]
@@ -966,31 +924,6 @@ mod tests {
             aad,
             plain,
         )
-    }
-
-    #[test]
-    fn every_path_passes_rfc8998_sm4_gcm() {
-        use aes_gcm::aead::AeadInOut;
-        use aes_gcm::aead::consts::U12;
-        let (key, nonce, aad, plain) = rfc8998_inputs();
-        for path in Sm4Path::available() {
-            let gcm =
-                aes_gcm::AesGcm::<Sm4Fast, U12>::from(Sm4Fast::with_path(&key, path).unwrap());
-            let mut buf = plain.clone();
-            let tag = gcm
-                .encrypt_inout_detached(&nonce.into(), &aad, buf.as_mut_slice().into())
-                .unwrap();
-            assert_eq!(
-                hex::encode_upper(&buf),
-                "17F399F08C67D5EE19D0DC9969C4BB7D5FD46FD3756489069157B282BB200735D82710CA5C22F0CCFA7CBF93D496AC15A56834CBCF98C397B4024A2691233B8D",
-                "{path:?}"
-            );
-            assert_eq!(
-                hex::encode_upper(tag),
-                "83DE3541E4C2B58177E065A9BF7B62EC",
-                "{path:?}"
-            );
-        }
     }
 
     #[test]

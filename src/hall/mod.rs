@@ -1058,7 +1058,9 @@ impl Hall {
             .commit(&bid.opening_id, finish, vec![decrypted], self.now())
             .await?
         {
-            // The bid left `decrypting` meanwhile (e.g. the window was closed): nothing to record.
+            // The bid left `decrypting` meanwhile (the window closed, or it was failed): its
+            // plaintext must not stay behind.
+            let _ = tokio::fs::remove_file(out).await;
             return Ok(());
         }
         let path = out.to_owned();

@@ -178,27 +178,36 @@ impl Sm4Fast {
         self.path
     }
 
-    /// [`Self::apply_ctr32`] on the AVX-512 path, with the counters made in registers.
+    /// [`Self::apply_ctr32`] on a SIMD path, with the counters made in registers: `step` is that
+    /// path's CTR function on `blocks` blocks.
     #[cfg(target_arch = "x86_64")]
-    fn apply_ctr32_512(&self, initial: &[u8; 16], data: &mut [u8]) {
-        const STEP: usize = 64 * 16;
+    fn apply_ctr32_simd(
+        &self,
+        initial: &[u8; 16],
+        data: &mut [u8],
+        blocks: usize,
+        step: unsafe fn(&[u32; 32], &[u32; 3], u32, *const u8, *mut u8),
+    ) {
+        const MAX_STEP: usize = 64 * 16;
+        let bytes = blocks * 16;
         let word = |i: usize| u32::from_be_bytes(initial[4 * i..4 * i + 4].try_into().expect("4"));
         let nonce = [word(0), word(1), word(2)];
         let mut counter = word(3);
-        let mut steps = data.chunks_exact_mut(STEP);
-        for step in &mut steps {
-            let p = step.as_mut_ptr();
-            // SAFETY: `self.path` is Gfni512 only if `Sm4Path::available` found AVX-512F/BW and
-            // GFNI; `step` is STEP = 16 × 64 bytes, read and written in place.
-            unsafe { x86::ctr_blocks(&self.round_keys, &nonce, counter, p, p) };
-            counter = counter.wrapping_add(64);
+        let mut steps = data.chunks_exact_mut(bytes);
+        for chunk in &mut steps {
+            let p = chunk.as_mut_ptr();
+            // SAFETY: the caller passes the step function of `self.path`, which
+            // `Sm4Path::available` confirmed the CPU runs; `chunk` is `blocks` blocks, read and
+            // written in place.
+            unsafe { step(&self.round_keys, &nonce, counter, p, p) };
+            counter = counter.wrapping_add(blocks as u32);
         }
         let rest = steps.into_remainder();
         if !rest.is_empty() {
-            let mut stream = [0u8; STEP];
+            let mut stream = [0u8; MAX_STEP];
             let p = stream.as_mut_ptr();
-            // SAFETY: as above; `stream` is STEP bytes.
-            unsafe { x86::ctr_blocks(&self.round_keys, &nonce, counter, p, p) };
+            // SAFETY: as above; `stream` holds at least `blocks` blocks (at most 64).
+            unsafe { step(&self.round_keys, &nonce, counter, p, p) };
             for (b, k) in rest.iter_mut().zip(stream.iter()) {
                 *b ^= k;
             }
@@ -222,8 +231,15 @@ impl Sm4Fast {
     /// of a SIMD path ever goes through the table-based portable code.
     pub fn apply_ctr32(&self, initial: &[u8; 16], data: &mut [u8]) {
         #[cfg(target_arch = "x86_64")]
-        if self.path == Sm4Path::Gfni512 {
-            return self.apply_ctr32_512(initial, data);
+        match self.path {
+            Sm4Path::Gfni512 => return self.apply_ctr32_simd(initial, data, 64, x86::ctr_blocks),
+            Sm4Path::Gfni256 => {
+                return self.apply_ctr32_simd(initial, data, 16, x86::ctr_blocks_256);
+            }
+            Sm4Path::AesNi256 => {
+                return self.apply_ctr32_simd(initial, data, 16, x86::ctr_blocks_aesni);
+            }
+            Sm4Path::Portable => {}
         }
         const MAX_BATCH: usize = 64;
         let mut counter = u32::from_be_bytes(initial[12..].try_into().expect("4 bytes"));
@@ -592,18 +608,36 @@ mod x86 {
         ]
     }
 
-    /// The 32 rounds on [`BLOCKS_256`] blocks read from `$input` into `$output`, with the S-box
-    /// layer `$sbox` (GFNI or AES-NI); the rest of the round is plain AVX2. A macro, not a generic
-    /// function, because each expansion must be compiled with its own CPU features.
-    macro_rules! encrypt_256 {
-        ($round_keys:expr, $input:expr, $output:expr, $sbox:expr) => {{
-            let (round_keys, input, output): (&[u32; 32], *const u8, *mut u8) =
-                ($round_keys, $input, $output);
+    /// SM4 on [`BLOCKS_256`] blocks with the S-box layer `$sbox` (GFNI or AES-NI); the rest of
+    /// the round is plain AVX2. `$ctr` is `None` to encrypt the blocks at `$input` into `$output`,
+    /// or `Some((nonce, counter))` for CTR mode: the counter blocks are made in registers
+    /// (already transposed) and `$output = $input ⊕ keystream`. A macro, not a generic function,
+    /// because each expansion must be compiled with its own CPU features.
+    macro_rules! sm4_256 {
+        ($round_keys:expr, $ctr:expr, $input:expr, $output:expr, $sbox:expr) => {{
+            let (round_keys, ctr, input, output): (
+                &[u32; 32],
+                Option<(&[u32; 3], u32)>,
+                *const u8,
+                *mut u8,
+            ) = ($round_keys, $ctr, $input, $output);
             let bswap = _mm256_broadcastsi128_si256(_mm_set_epi8(
                 12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3,
             ));
+            // After the transpose, dword j of lane L of a group's registers is block 2j + L.
+            let offsets = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
             let mut groups = [[_mm256_setzero_si256(); 4]; BLOCKS_256 / 8];
             for (g, group) in groups.iter_mut().enumerate() {
+                if let Some((nonce, counter)) = ctr {
+                    let base = _mm256_set1_epi32(counter.wrapping_add(8 * g as u32) as i32);
+                    *group = [
+                        _mm256_set1_epi32(nonce[0] as i32),
+                        _mm256_set1_epi32(nonce[1] as i32),
+                        _mm256_set1_epi32(nonce[2] as i32),
+                        _mm256_add_epi32(base, offsets),
+                    ];
+                    continue;
+                }
                 let mut v = [_mm256_setzero_si256(); 4];
                 for (i, reg) in v.iter_mut().enumerate() {
                     // SAFETY: the caller guarantees 16 × BLOCKS_256 readable bytes at `input`,
@@ -633,13 +667,18 @@ mod x86 {
             for (g, x) in groups.iter().enumerate() {
                 let y = transpose256(x[3], x[2], x[1], x[0]);
                 for (i, reg) in y.iter().enumerate() {
-                    // SAFETY: 16 × BLOCKS_256 writable bytes at `output`; all loads are done.
-                    unsafe {
-                        _mm256_storeu_si256(
-                            output.add((g * 4 + i) * 32).cast(),
-                            _mm256_shuffle_epi8(*reg, bswap),
-                        )
-                    };
+                    let at = (g * 4 + i) * 32;
+                    let mut out = _mm256_shuffle_epi8(*reg, bswap);
+                    if ctr.is_some() {
+                        // SAFETY: 16 × BLOCKS_256 readable bytes at `input`; these 32 are read
+                        // before they are written.
+                        out = _mm256_xor_si256(out, unsafe {
+                            _mm256_loadu_si256(input.add(at).cast())
+                        });
+                    }
+                    // SAFETY: 16 × BLOCKS_256 writable bytes at `output`; in ECB mode all loads
+                    // are done, in CTR mode these bytes were just read.
+                    unsafe { _mm256_storeu_si256(output.add(at).cast(), out) };
                 }
             }
         }};
@@ -661,7 +700,23 @@ mod x86 {
     /// `16 × BLOCKS_256` bytes (unaligned loads and stores are used).
     #[target_feature(enable = "avx2,gfni")]
     unsafe fn encrypt_blocks_256(round_keys: &[u32; 32], input: *const u8, output: *mut u8) {
-        encrypt_256!(round_keys, input, output, sbox256_gfni)
+        sm4_256!(round_keys, None, input, output, sbox256_gfni)
+    }
+
+    /// CTR mode on [`BLOCKS_256`] blocks with GFNI (see `ctr_blocks`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and GFNI; `input` must be readable and `output` writable for
+    /// `16 × BLOCKS_256` bytes (they may be the same memory).
+    #[target_feature(enable = "avx2,gfni")]
+    pub(super) unsafe fn ctr_blocks_256(
+        round_keys: &[u32; 32],
+        nonce: &[u32; 3],
+        counter: u32,
+        input: *const u8,
+        output: *mut u8,
+    ) {
+        sm4_256!(round_keys, Some((nonce, counter)), input, output, sbox256_gfni)
     }
 
     /// The S-box on 32 bytes with AES-NI: `S(x) = POST′(AESENCLAST(InvShiftRows(PRE(x)), 0))`.
@@ -719,7 +774,23 @@ mod x86 {
     /// `16 × BLOCKS_256` bytes (unaligned loads and stores are used).
     #[target_feature(enable = "avx2,aes")]
     unsafe fn encrypt_blocks_aesni(round_keys: &[u32; 32], input: *const u8, output: *mut u8) {
-        encrypt_256!(round_keys, input, output, sbox256_aesni)
+        sm4_256!(round_keys, None, input, output, sbox256_aesni)
+    }
+
+    /// CTR mode on [`BLOCKS_256`] blocks with AES-NI (see `ctr_blocks`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and AES-NI; `input` must be readable and `output` writable for
+    /// `16 × BLOCKS_256` bytes (they may be the same memory).
+    #[target_feature(enable = "avx2,aes")]
+    pub(super) unsafe fn ctr_blocks_aesni(
+        round_keys: &[u32; 32],
+        nonce: &[u32; 3],
+        counter: u32,
+        input: *const u8,
+        output: *mut u8,
+    ) {
+        sm4_256!(round_keys, Some((nonce, counter)), input, output, sbox256_aesni)
     }
 
     /// One block as the first block of a whole SIMD step of `N` blocks, so that no secret-indexed

@@ -64,6 +64,10 @@ struct Args {
     /// Phones answer at this steady rate per second instead of all at once (0: all at once).
     #[arg(long, default_value_t = 0.0)]
     phone_rate: f64,
+    /// The storm starts as soon as the large bid's summary is shown, while its body is still
+    /// being decrypted (by default it waits for the decryption to end).
+    #[arg(long)]
+    storm_while_decrypting: bool,
     /// Size of the one large bid whose summary latency is measured before the storm.
     #[arg(long, default_value_t = 256)]
     summary_bid_mib: usize,
@@ -595,6 +599,27 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
         .json()
         .await?;
     let answer = phone::answer_challenge(&view, &keys.enc, &keys.sign)?;
+    // Each phone fetches its challenge and prepares its answer; then all answer at once.
+    let prepare = || async {
+        let mut prepared: Vec<(String, Answer)> = Vec::new();
+        for url in &urls {
+            let view: ChallengeView = api
+                .client
+                .get(phone::challenge_url(url, None))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let answer = phone::answer_challenge(&view, &keys.enc, &keys.sign)?;
+            prepared.push((view.answer_url, answer));
+        }
+        anyhow::Ok(prepared)
+    };
+    let early = if args.storm_while_decrypting {
+        Some(prepare().await?)
+    } else {
+        None
+    };
     let sent = Instant::now();
     let post = tokio::spawn({
         let client = api.client.clone();
@@ -608,39 +633,45 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
                 .map(|r| r.status().is_success())
         }
     });
-    let mut summary_ms = f64::NAN;
-    let mut big_decrypt_secs = f64::NAN;
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(120), read.next()).await
-    {
-        let Message::Text(text) = msg else { continue };
-        let v: Value = serde_json::from_str(&text).unwrap_or_default();
-        if v["data"]["bid_id"] != big_id.as_str() {
-            continue;
+    // Reads the viewer's socket until the large bid's summary (its latency) and, in the
+    // background, until its `bid.decrypted` (the body's decryption time, stamped by the server).
+    let (summary_tx, summary_rx) = tokio::sync::oneshot::channel::<f64>();
+    let watcher = tokio::spawn({
+        let big_id = big_id.clone();
+        async move {
+            let mut summary_tx = Some(summary_tx);
+            while let Ok(Some(Ok(msg))) =
+                tokio::time::timeout(Duration::from_secs(120), read.next()).await
+            {
+                let Message::Text(text) = msg else { continue };
+                let v: Value = serde_json::from_str(&text).unwrap_or_default();
+                if v["data"]["bid_id"] != big_id.as_str() {
+                    continue;
+                }
+                if v["kind"] == "bid.summary"
+                    && let Some(tx) = summary_tx.take()
+                {
+                    let _ = tx.send(sent.elapsed().as_secs_f64() * 1000.0);
+                }
+                if v["kind"] == "bid.decrypted" {
+                    return v["data"]["seconds"].as_f64().unwrap_or(f64::NAN);
+                }
+            }
+            f64::NAN
         }
-        if v["kind"] == "bid.summary" && summary_ms.is_nan() {
-            summary_ms = sent.elapsed().as_secs_f64() * 1000.0;
-        }
-        if v["kind"] == "bid.decrypted" {
-            big_decrypt_secs = v["data"]["seconds"].as_f64().unwrap_or(f64::NAN);
-            break;
-        }
-    }
+    });
+    let summary_ms = summary_rx.await.unwrap_or(f64::NAN);
     if !post.await?? {
         bail!("the large bid's answer was refused");
     }
-    // Each phone fetches its challenge and prepares its answer; then all answer at once.
-    let mut prepared: Vec<(String, Answer)> = Vec::new();
-    for url in &urls {
-        let view: ChallengeView = api
-            .client
-            .get(phone::challenge_url(url, None))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let answer = phone::answer_challenge(&view, &keys.enc, &keys.sign)?;
-        prepared.push((view.answer_url, answer));
-    }
+    let mut watcher = Some(watcher);
+    let (prepared, big_decrypt_secs) = match early {
+        Some(prepared) => (prepared, None),
+        None => {
+            let secs = watcher.take().expect("not awaited yet").await?;
+            (prepare().await?, Some(secs))
+        }
+    };
     let start = Instant::now();
     let gap = if args.phone_rate > 0.0 {
         Duration::from_secs_f64(1.0 / args.phone_rate)
@@ -664,6 +695,11 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
     });
     let results = futures_util::future::join_all(tasks).await;
     let wall_secs = start.elapsed().as_secs_f64();
+    let big_decrypt_secs = match (big_decrypt_secs, watcher) {
+        (Some(secs), _) => secs,
+        (None, Some(watcher)) => watcher.await?,
+        (None, None) => f64::NAN,
+    };
     let mut lat: Vec<f64> = Vec::new();
     let mut accepted = 0;
     for r in results {
@@ -731,7 +767,7 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
     let report = json!({
         "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "open_file_limit": nofile},
         "database": if args.database_url.is_some() { "postgresql" } else { "sqlite" },
-        "args": {"openings": args.openings, "viewers": args.viewers, "rate": args.rate, "lockstep": args.lockstep, "seconds": args.seconds, "phones": args.phones, "phone_rate": args.phone_rate},
+        "args": {"openings": args.openings, "viewers": args.viewers, "rate": args.rate, "lockstep": args.lockstep, "storm_while_decrypting": args.storm_while_decrypting, "seconds": args.seconds, "phones": args.phones, "phone_rate": args.phone_rate},
         "broadcast": {
             "connected": b.connected, "connect_errors": b.connect_errors, "dropped_early": b.dropped_early,
             "events_generated": b.events_generated, "frames_delivered": b.frames,
@@ -779,10 +815,18 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         b.others_p99,
     );
     if let Some(s) = &s {
+        let mut arrival = if args.phone_rate > 0.0 {
+            format!("steady, {}/s", args.phone_rate)
+        } else {
+            "all at once".to_owned()
+        };
+        if args.storm_while_decrypting {
+            arrival.push_str(", while the large bid decrypts");
+        }
         md.push_str(&format!(
             "\n| phone storm | value |\n|---|---|\n| summary of a {} MiB bid on the websocket after its answer | {:.1} ms (body decrypted in {:.2} s) |\n| arrival | {} |\n| answers accepted / refused | {} / {} |\n| answers/s | {:.0} |\n| answer latency p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |\n",
             s.summary_bid_mib, s.summary_ms, s.big_decrypt_secs,
-            if args.phone_rate > 0.0 { format!("steady, {}/s", args.phone_rate) } else { "all at once".to_owned() },
+            arrival,
             s.accepted, s.refused, s.accepted as f64 / s.wall_secs, s.p50_ms, s.p99_ms, s.max_ms
         ));
     }

@@ -36,6 +36,7 @@ enum Backend {
 #[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
+    backend: Backend,
 }
 
 /// One transaction of the event log's writer: conditional bid writes and event rows together.
@@ -212,7 +213,7 @@ impl Db {
                     .map_err(DbError::Connect)?
             }
         };
-        Ok(Self { pool })
+        Ok(Self { pool, backend })
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
@@ -616,9 +617,15 @@ impl Db {
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
 
-    /// Starts a transaction for the event log's writer.
+    /// Starts a transaction for the event log's writer. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that first reads and then writes fails with
+    /// SQLITE_BUSY_SNAPSHOT, without waiting, if another connection wrote in between.
     pub async fn begin_write(&self) -> Result<WriteTx, DbError> {
-        Ok(WriteTx(self.pool.begin().await?))
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(WriteTx(tx))
     }
 
     pub async fn fail_bid(

@@ -155,7 +155,8 @@ async fn commit(
 /// writes, numbers and chains their events and stores everything in one transaction (group
 /// commit: one disk flush for many callers), then broadcasts the events in order and answers each
 /// caller. If a group fails as a whole, each append is retried alone, so one bad write cannot
-/// fail the others. One writer also means SQLite's single write lock is never contended.
+/// fail the others. With one writer the hot path's writes never contend with each other for
+/// SQLite's single write lock (the rarer writes — challenges, state changes — still may).
 async fn writer(db: Db, channels: Channels, mut queue: mpsc::Receiver<Append>) {
     let mut tails: HashMap<String, (i64, String)> = HashMap::new();
     let mut batch = Vec::with_capacity(GROUP_COMMIT);

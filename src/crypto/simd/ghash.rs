@@ -256,8 +256,8 @@ mod clmul {
                 let blocks = rest.len().div_ceil(16);
                 let mut padded = [0u8; STEP * 16];
                 padded[..rest.len()].copy_from_slice(rest);
-                // SAFETY: `padded` is 256 bytes; the window of 16 powers starting at
-                // 16 − blocks ≥ 1 ends at or before the 32nd entry.
+                // SAFETY: `padded` is 256 bytes; 1 ≤ blocks ≤ 16, so the window of 16 powers
+                // starting at entry 16 − blocks ∈ [0, 15] ends at or before the 32nd entry.
                 acc = unsafe { step(acc, padded.as_ptr(), powers.add((STEP - blocks) * 16)) };
             }
             // SAFETY: `acc` is 16 writable bytes.

@@ -134,6 +134,10 @@ const CK: [u32; 32] = [
     0xa0a7aeb5, 0xbcc3cad1, 0xd8dfe6ed, 0xf4fb0209, 0x10171e25, 0x2c333a41, 0x484f565d, 0x646b7279,
 ];
 
+/// A SIMD path's CTR function: round keys, nonce words, first counter, input, output.
+#[cfg(target_arch = "x86_64")]
+type CtrStep = unsafe fn(&[u32; 32], &[u32; 3], u32, *const u8, *mut u8);
+
 /// The SM4 key schedule with a given S-box on the four bytes of a word.
 fn key_schedule_with(key: &[u8; 16], sbox: impl Fn(u32) -> u32) -> [u32; 32] {
     let mut k = [0u32; 4];
@@ -178,15 +182,18 @@ impl Sm4Fast {
         self.path
     }
 
-    /// [`Self::apply_ctr32`] on a SIMD path, with the counters made in registers: `step` is that
-    /// path's CTR function on `blocks` blocks.
+    /// [`Self::apply_ctr32`] on a SIMD path, with the counters made in registers.
+    ///
+    /// # Safety
+    /// `step` must be the CTR function of a path the CPU runs, working on `blocks` blocks, and
+    /// `blocks` at most 64.
     #[cfg(target_arch = "x86_64")]
-    fn apply_ctr32_simd(
+    unsafe fn apply_ctr32_simd(
         &self,
         initial: &[u8; 16],
         data: &mut [u8],
         blocks: usize,
-        step: unsafe fn(&[u32; 32], &[u32; 3], u32, *const u8, *mut u8),
+        step: CtrStep,
     ) {
         const MAX_STEP: usize = 64 * 16;
         let bytes = blocks * 16;
@@ -196,9 +203,8 @@ impl Sm4Fast {
         let mut steps = data.chunks_exact_mut(bytes);
         for chunk in &mut steps {
             let p = chunk.as_mut_ptr();
-            // SAFETY: the caller passes the step function of `self.path`, which
-            // `Sm4Path::available` confirmed the CPU runs; `chunk` is `blocks` blocks, read and
-            // written in place.
+            // SAFETY: the caller guarantees `step` runs on this CPU and works on `blocks` blocks;
+            // `chunk` is `blocks` blocks, read and written in place.
             unsafe { step(&self.round_keys, &nonce, counter, p, p) };
             counter = counter.wrapping_add(blocks as u32);
         }
@@ -215,15 +221,6 @@ impl Sm4Fast {
         }
     }
 
-    /// Blocks the path encrypts per step.
-    fn batch(&self) -> usize {
-        match self.path {
-            Sm4Path::Gfni512 => 64,
-            Sm4Path::Gfni256 | Sm4Path::AesNi256 => 64,
-            Sm4Path::Portable => 1,
-        }
-    }
-
     /// XORs `data` with the SM4-CTR keystream whose first counter block is `initial`, the last
     /// four bytes counting up as a big-endian integer modulo 2³² (GCM's `inc32`).
     ///
@@ -231,30 +228,31 @@ impl Sm4Fast {
     /// of a SIMD path ever goes through the table-based portable code.
     pub fn apply_ctr32(&self, initial: &[u8; 16], data: &mut [u8]) {
         #[cfg(target_arch = "x86_64")]
-        match self.path {
-            Sm4Path::Gfni512 => return self.apply_ctr32_simd(initial, data, 64, x86::ctr_blocks),
-            Sm4Path::Gfni256 => {
-                return self.apply_ctr32_simd(initial, data, 64, x86::ctr_blocks_256);
+        {
+            let step: Option<CtrStep> = match self.path {
+                Sm4Path::Gfni512 => Some(x86::ctr_blocks),
+                Sm4Path::Gfni256 => Some(x86::ctr_blocks_256),
+                Sm4Path::AesNi256 => Some(x86::ctr_blocks_aesni),
+                Sm4Path::Portable => None,
+            };
+            if let Some(step) = step {
+                // SAFETY: `self.path` is a SIMD path only if `Sm4Path::available` found its CPU
+                // features, and each of these functions works on 64 blocks.
+                return unsafe { self.apply_ctr32_simd(initial, data, 64, step) };
             }
-            Sm4Path::AesNi256 => {
-                return self.apply_ctr32_simd(initial, data, 64, x86::ctr_blocks_aesni);
-            }
-            Sm4Path::Portable => {}
         }
         const MAX_BATCH: usize = 64;
         let mut counter = u32::from_be_bytes(initial[12..].try_into().expect("4 bytes"));
         let mut stream = [Block::<Self>::default(); MAX_BATCH];
         for chunk in data.chunks_mut(MAX_BATCH * 16) {
+            // Only the portable path comes here: the SIMD paths returned above.
             let blocks = chunk.len().div_ceil(16);
-            let used = blocks.next_multiple_of(self.batch());
-            for block in &mut stream[..used] {
+            for block in &mut stream[..blocks] {
                 block[..12].copy_from_slice(&initial[..12]);
                 block[12..].copy_from_slice(&counter.to_be_bytes());
                 counter = counter.wrapping_add(1);
             }
-            // Counters made for the padding of the last step are not used: rewind.
-            counter = counter.wrapping_sub((used - blocks) as u32);
-            self.encrypt_blocks(&mut stream[..used]);
+            self.encrypt_blocks(&mut stream[..blocks]);
             for (bytes, key) in chunk.chunks_mut(16).zip(stream.iter()) {
                 for (b, k) in bytes.iter_mut().zip(key.iter()) {
                     *b ^= k;

@@ -691,38 +691,45 @@ mod x86 {
         _mm256_gf2p8affineinv_epi64_epi8::<POST_C>(t, _mm256_set1_epi64x(POST))
     }
 
-    /// Encrypts [`BLOCKS_256`] blocks read from `input` into `output` (which may be the same
-    /// memory).
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and GFNI; `input` must be readable and `output` writable for
-    /// `16 × BLOCKS_256` bytes (unaligned loads and stores are used).
-    #[target_feature(enable = "avx2,gfni")]
-    unsafe fn encrypt_blocks_256(round_keys: &[u32; 32], input: *const u8, output: *mut u8) {
-        sm4_256!(round_keys, None, input, output, sbox256_gfni)
+    /// The ECB and CTR functions of an AVX2 path with S-box `$sbox`, compiled with `$features`.
+    macro_rules! avx2_path {
+        ($features:literal, $what:literal, $sbox:ident, $encrypt:ident, $ctr:ident) => {
+            #[doc = concat!("Encrypts [`BLOCKS_256`] blocks with ", $what, " read from `input` into")]
+            /// `output` (which may be the same memory).
+            ///
+            /// # Safety
+            #[doc = concat!("The CPU must support ", $what, "; `input` must be readable and")]
+            /// `output` writable for `16 × BLOCKS_256` bytes (unaligned access is used).
+            #[target_feature(enable = $features)]
+            unsafe fn $encrypt(round_keys: &[u32; 32], input: *const u8, output: *mut u8) {
+                sm4_256!(round_keys, None, input, output, $sbox)
+            }
+
+            #[doc = concat!("CTR mode on [`BLOCKS_256`] blocks with ", $what, " (see `ctr_blocks`).")]
+            ///
+            /// # Safety
+            #[doc = concat!("The CPU must support ", $what, "; `input` must be readable and")]
+            /// `output` writable for `16 × BLOCKS_256` bytes (they may be the same memory).
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $ctr(
+                round_keys: &[u32; 32],
+                nonce: &[u32; 3],
+                counter: u32,
+                input: *const u8,
+                output: *mut u8,
+            ) {
+                sm4_256!(round_keys, Some((nonce, counter)), input, output, $sbox)
+            }
+        };
     }
 
-    /// CTR mode on [`BLOCKS_256`] blocks with GFNI (see `ctr_blocks`).
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and GFNI; `input` must be readable and `output` writable for
-    /// `16 × BLOCKS_256` bytes (they may be the same memory).
-    #[target_feature(enable = "avx2,gfni")]
-    pub(super) unsafe fn ctr_blocks_256(
-        round_keys: &[u32; 32],
-        nonce: &[u32; 3],
-        counter: u32,
-        input: *const u8,
-        output: *mut u8,
-    ) {
-        sm4_256!(
-            round_keys,
-            Some((nonce, counter)),
-            input,
-            output,
-            sbox256_gfni
-        )
-    }
+    avx2_path!(
+        "avx2,gfni",
+        "AVX2 and GFNI",
+        sbox256_gfni,
+        encrypt_blocks_256,
+        ctr_blocks_256
+    );
 
     /// The S-box on 32 bytes with AES-NI: `S(x) = POST′(AESENCLAST(InvShiftRows(PRE(x)), 0))`.
     /// AESENCLAST computes `A·I(y) ⊕ 0x63` (AES's affine map A after inversion in the AES field)
@@ -772,37 +779,13 @@ mod x86 {
         super::key_schedule_with(key, |x| unsafe { sbox32_aesni(x) })
     }
 
-    /// Encrypts [`BLOCKS_256`] blocks with the AES-NI S-box.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and AES-NI; `input` must be readable and `output` writable for
-    /// `16 × BLOCKS_256` bytes (unaligned loads and stores are used).
-    #[target_feature(enable = "avx2,aes")]
-    unsafe fn encrypt_blocks_aesni(round_keys: &[u32; 32], input: *const u8, output: *mut u8) {
-        sm4_256!(round_keys, None, input, output, sbox256_aesni)
-    }
-
-    /// CTR mode on [`BLOCKS_256`] blocks with AES-NI (see `ctr_blocks`).
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and AES-NI; `input` must be readable and `output` writable for
-    /// `16 × BLOCKS_256` bytes (they may be the same memory).
-    #[target_feature(enable = "avx2,aes")]
-    pub(super) unsafe fn ctr_blocks_aesni(
-        round_keys: &[u32; 32],
-        nonce: &[u32; 3],
-        counter: u32,
-        input: *const u8,
-        output: *mut u8,
-    ) {
-        sm4_256!(
-            round_keys,
-            Some((nonce, counter)),
-            input,
-            output,
-            sbox256_aesni
-        )
-    }
+    avx2_path!(
+        "avx2,aes",
+        "AVX2 and AES-NI",
+        sbox256_aesni,
+        encrypt_blocks_aesni,
+        ctr_blocks_aesni
+    );
 
     /// One block as the first block of a whole SIMD step of `N` blocks, so that no secret-indexed
     /// table lookup happens on a SIMD path. `step` must encrypt `N` blocks like

@@ -94,24 +94,29 @@ impl Sm4Gcm {
         tag
     }
 
+    /// Starts a message to be encrypted or decrypted piece by piece, for a caller that reads a
+    /// large message in pieces that stay in the cache instead of holding it whole.
+    pub fn stream(&self, nonce: &[u8; 12], aad: &[u8]) -> GcmStream<'_> {
+        let mut hash = self.hash.clone();
+        hash.update_padded(aad);
+        GcmStream {
+            gcm: self,
+            j0: Self::j0(nonce),
+            hash,
+            aad_len: aad.len(),
+            len: 0,
+            ended: false,
+        }
+    }
+
     /// Encrypts `buf` in place and returns the tag.
     ///
     /// # Panics
     /// If `buf` is longer than GCM allows (about 64 GiB); callers seal chunks of at most 16 MiB.
     pub fn encrypt_in_place(&self, nonce: &[u8; 12], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
-        assert!(
-            buf.len() as u64 <= MAX_MESSAGE,
-            "a GCM message is limited to 2^32 - 2 blocks"
-        );
-        let j0 = Self::j0(nonce);
-        let mut hash = self.hash.clone();
-        hash.update_padded(aad);
-        for (i, segment) in buf.chunks_mut(SEGMENT).enumerate() {
-            self.cipher
-                .apply_ctr32(&Self::counter_at(&j0, i * SEGMENT), segment);
-            hash.update_padded(segment);
-        }
-        self.tag(&j0, hash, aad.len(), buf.len())
+        let mut stream = self.stream(nonce, aad);
+        stream.encrypt(buf);
+        stream.tag()
     }
 
     /// Checks the tag and decrypts `buf` in place. On failure `buf` is zeroed, so no
@@ -126,19 +131,76 @@ impl Sm4Gcm {
         if buf.len() as u64 > MAX_MESSAGE {
             return Err(TagMismatch);
         }
-        let j0 = Self::j0(nonce);
-        let mut hash = self.hash.clone();
-        hash.update_padded(aad);
-        for (i, segment) in buf.chunks_mut(SEGMENT).enumerate() {
-            hash.update_padded(segment);
-            self.cipher
-                .apply_ctr32(&Self::counter_at(&j0, i * SEGMENT), segment);
+        let mut stream = self.stream(nonce, aad);
+        stream.decrypt(buf);
+        stream.verify(tag).inspect_err(|_| buf.zeroize())
+    }
+}
+
+/// One GCM message in progress (see [`Sm4Gcm::stream`]). Every piece but the last must be a
+/// whole number of 16-byte blocks.
+///
+/// Decrypting piece by piece hands out plaintext before the tag is checked: the caller must keep
+/// it from anyone until [`GcmStream::verify`] succeeds and destroy it otherwise (the engine
+/// writes it to a temporary file that only appears once every chunk has passed).
+pub struct GcmStream<'a> {
+    gcm: &'a Sm4Gcm,
+    j0: [u8; 16],
+    hash: Ghash,
+    aad_len: usize,
+    len: usize,
+    ended: bool,
+}
+
+impl GcmStream<'_> {
+    fn take(&mut self, piece: usize) {
+        assert!(
+            !self.ended,
+            "only the last piece of a GCM message may end inside a block"
+        );
+        assert!(
+            (self.len + piece) as u64 <= MAX_MESSAGE,
+            "a GCM message is limited to 2^32 - 2 blocks"
+        );
+        self.ended = !piece.is_multiple_of(16);
+    }
+
+    /// Encrypts the next piece of the message in place.
+    ///
+    /// # Panics
+    /// If a piece follows one that was not a whole number of blocks, or the message grows
+    /// beyond what GCM allows.
+    pub fn encrypt(&mut self, piece: &mut [u8]) {
+        self.take(piece.len());
+        for segment in piece.chunks_mut(SEGMENT) {
+            let counter = Sm4Gcm::counter_at(&self.j0, self.len);
+            self.gcm.cipher.apply_ctr32(&counter, segment);
+            self.hash.update_padded(segment);
+            self.len += segment.len();
         }
-        let expected = self.tag(&j0, hash, aad.len(), buf.len());
-        if bool::from(expected.ct_eq(tag)) {
+    }
+
+    /// Decrypts the next piece of the message in place (same rules as [`Self::encrypt`]).
+    pub fn decrypt(&mut self, piece: &mut [u8]) {
+        self.take(piece.len());
+        for segment in piece.chunks_mut(SEGMENT) {
+            self.hash.update_padded(segment);
+            let counter = Sm4Gcm::counter_at(&self.j0, self.len);
+            self.gcm.cipher.apply_ctr32(&counter, segment);
+            self.len += segment.len();
+        }
+    }
+
+    /// The tag of the message encrypted so far.
+    pub fn tag(self) -> [u8; TAG_LEN] {
+        self.gcm.tag(&self.j0, self.hash, self.aad_len, self.len)
+    }
+
+    /// Compares the message's tag with `tag` in constant time.
+    pub fn verify(self, tag: &[u8; TAG_LEN]) -> Result<(), TagMismatch> {
+        if bool::from(self.tag().ct_eq(tag)) {
             Ok(())
         } else {
-            buf.zeroize();
             Err(TagMismatch)
         }
     }
@@ -212,6 +274,58 @@ mod tests {
                 assert_eq!(got, data, "{gcm:?}, {len} bytes");
             }
         }
+    }
+
+    #[test]
+    fn a_message_in_pieces_is_the_message_whole() {
+        let mut seed = 0x9e37_79b9;
+        for len in [0usize, 5, 16, 1000, 16_384, 70_001, 300_000] {
+            let key: [u8; 16] = std::array::from_fn(|_| xorshift(&mut seed));
+            let nonce: [u8; 12] = std::array::from_fn(|_| xorshift(&mut seed));
+            let data: Vec<u8> = (0..len).map(|_| xorshift(&mut seed)).collect();
+            for gcm in all(&key) {
+                let mut whole = data.clone();
+                let tag = gcm.encrypt_in_place(&nonce, b"aad", &mut whole);
+                // Pieces of random whole-block lengths (zero included), then the rest.
+                let mut pieces = Vec::new();
+                let mut at = 0;
+                while at < len {
+                    let n = (usize::from(xorshift(&mut seed)) * 16 * 7).min((len - at) / 16 * 16);
+                    if n == 0 {
+                        break;
+                    }
+                    pieces.push(at..at + n);
+                    at += n;
+                }
+                pieces.push(at..len);
+                let mut sealed = data.clone();
+                let mut stream = gcm.stream(&nonce, b"aad");
+                for piece in &pieces {
+                    stream.encrypt(&mut sealed[piece.clone()]);
+                }
+                assert_eq!((&sealed, stream.tag()), (&whole, tag), "{gcm:?}, {len}");
+                let mut stream = gcm.stream(&nonce, b"aad");
+                for piece in &pieces {
+                    stream.decrypt(&mut sealed[piece.clone()]);
+                }
+                assert_eq!(sealed, data, "{gcm:?}, {len}");
+                stream.verify(&tag).unwrap();
+                let mut stream = gcm.stream(&nonce, b"aad");
+                stream.decrypt(&mut whole);
+                let mut wrong = tag;
+                wrong[0] ^= 1;
+                assert_eq!(stream.verify(&wrong), Err(TagMismatch));
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "only the last piece")]
+    fn a_piece_after_a_partial_block_is_refused() {
+        let gcm = Sm4Gcm::new(&[1; 16]);
+        let mut stream = gcm.stream(&[0; 12], b"");
+        stream.encrypt(&mut [0u8; 17]);
+        stream.encrypt(&mut [0u8; 16]);
     }
 
     #[test]

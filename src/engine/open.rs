@@ -40,6 +40,10 @@ pub fn open_summary(header: &Header, key: &FileKey) -> Result<BidSummary, BidErr
     Ok(BidSummary::from_canonical(&plain)?)
 }
 
+/// Bytes of a chunk read, decrypted and written at a time: a whole number of blocks, small
+/// enough to stay in the L2 cache between the three.
+const PIECE: usize = 64 * 1024;
+
 /// How far to look for a displaced trailer when classifying a wrong file length.
 const MAX_PROBE_CHUNKS: u64 = 64;
 
@@ -346,7 +350,8 @@ impl SealedBid {
     }
 
     /// Decrypts the body into an open file (from offset 0). On error the file holds partial
-    /// plaintext: the caller must discard it, as [`Self::decrypt_to`] does. The file is not
+    /// plaintext, possibly of a chunk whose tag failed: the caller must discard it unread, as
+    /// [`Self::decrypt_to`] does. The file is not
     /// flushed to disk: a caller that keeps it calls `sync_all` (off the CPU pool, if it has one).
     pub fn decrypt_into(
         &self,
@@ -385,30 +390,66 @@ impl SealedBid {
             return Err(BidError::WrongKey);
         }
         let count = self.header.chunk_count();
-        let chunk_size = u64::from(self.header.chunk_size);
         let range = range.start.min(count)..range.end.min(count);
         let result = range.into_par_iter().try_for_each_init(
-            || self.chunk_buffer(),
+            || vec![0u8; PIECE + TAG_LEN],
             |buf, index| -> Result<(), BidError> {
-                self.read_chunk(index, buf)?;
-                if options.verify_digests && crypto::sm3(buf) != self.digests[index as usize] {
-                    return Err(BidError::ChunkDamaged { index });
-                }
-                let split = buf.len() - TAG_LEN;
-                let (body, tag) = buf.split_at_mut(split);
-                let nonce = format::chunk_nonce(&self.header.nonce_prefix, index, count);
-                crypto::open_in_place(key.body_cipher(), &nonce, &self.header_hash, body, tag)
-                    .map_err(|_| BidError::ChunkTag { index })?;
-                output
-                    .write_all_at(body, index * chunk_size)
-                    .map_err(BidError::io(format!("writing plaintext chunk {index}")))?;
-                progress.advance(body.len() as u64);
+                self.decrypt_chunk(key, output, index, options, buf)?;
+                let plain = self.header.chunk_plain_len(index) as u64;
+                progress.advance(plain);
                 Ok(())
             },
         );
         match result {
             Err(BidError::ChunkDamaged { index }) => Err(self.classify_mismatch(index)?),
             other => other,
+        }
+    }
+
+    /// Decrypts chunk `index` into its place in `output`, a piece at a time through `buf`
+    /// (`PIECE + TAG_LEN` bytes), so the pieces read, decrypted and written stay in the CPU's
+    /// cache: the kernel's copies in and out of the page cache, not the cipher, bound unsealing.
+    /// The piece's plaintext is written before the chunk's tag is checked: see `decrypt_into`.
+    fn decrypt_chunk(
+        &self,
+        key: &FileKey,
+        output: &File,
+        index: u64,
+        options: DecryptOptions,
+        buf: &mut [u8],
+    ) -> Result<(), BidError> {
+        use sm3::Digest;
+        let plain_len = self.header.chunk_plain_len(index) as u64;
+        let source = self.body_offset + index * self.header.chunk_stride();
+        let target = index * u64::from(self.header.chunk_size);
+        let nonce =
+            format::chunk_nonce(&self.header.nonce_prefix, index, self.header.chunk_count());
+        let mut stream = key.body_cipher().stream(&nonce, &self.header_hash);
+        let mut digest = options.verify_digests.then(sm3::Sm3::new);
+        let mut done = 0;
+        loop {
+            let n = (plain_len - done).min(PIECE as u64) as usize;
+            let last = done + n as u64 == plain_len;
+            // The last piece brings the tag along.
+            let piece = &mut buf[..n + if last { TAG_LEN } else { 0 }];
+            read_at(&self.file, piece, source + done)?;
+            if let Some(digest) = &mut digest {
+                digest.update(&*piece);
+            }
+            stream.decrypt(&mut piece[..n]);
+            output
+                .write_all_at(&piece[..n], target + done)
+                .map_err(BidError::io(format!("writing plaintext chunk {index}")))?;
+            done += n as u64;
+            if last {
+                if let Some(digest) = digest
+                    && <[u8; 32]>::from(digest.finalize()) != self.digests[index as usize]
+                {
+                    return Err(BidError::ChunkDamaged { index });
+                }
+                let tag: &[u8; TAG_LEN] = piece[n..].try_into().expect("the tag's length");
+                return stream.verify(tag).map_err(|_| BidError::ChunkTag { index });
+            }
         }
     }
 

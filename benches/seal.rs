@@ -116,6 +116,22 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("sm3/1MiB", |b| b.iter(|| black_box(crypto::sm3(&chunk))));
     group.finish();
+
+    // Sixteen chunks at once, as sealing and checking hash them.
+    let mut group = c.benchmark_group("primitive");
+    let chunks: Vec<&[u8]> = vec![chunk.as_slice(); crypto::Sm3Lanes::LANES];
+    group.throughput(Throughput::Bytes((chunks.len() * chunk.len()) as u64));
+    for simd in [true, false] {
+        let name = if simd {
+            "sm3x16/16x1MiB"
+        } else {
+            "sm3x16-crate/16x1MiB"
+        };
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(crypto::Sm3Lanes::with_simd(chunks.len(), simd).finalize(&chunks)))
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(benches, bench);

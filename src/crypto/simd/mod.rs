@@ -18,6 +18,7 @@
 #![allow(unsafe_code)]
 
 pub mod ghash;
+pub mod sm3x16;
 
 use std::sync::OnceLock;
 

@@ -7,8 +7,8 @@ use std::path::Path;
 use rayon::prelude::*;
 use sm2::{PublicKey, SecretKey};
 
-use super::Progress;
-use crate::crypto::{self, FileKey, KeyError, PublicIdentity, TAG_LEN};
+use super::{PIECE, Progress};
+use crate::crypto::{self, FileKey, KeyError, PublicIdentity, Sm3Lanes, TAG_LEN};
 use crate::domain::BidSummary;
 use crate::format::{self, BidError, Header, PREAMBLE_LEN, Recipient, TRAILER_MAGIC};
 
@@ -39,10 +39,6 @@ pub fn open_summary(header: &Header, key: &FileKey) -> Result<BidSummary, BidErr
     .map_err(|_| BidError::Summary("its authentication tag does not match".into()))?;
     Ok(BidSummary::from_canonical(&plain)?)
 }
-
-/// Bytes of a chunk read, decrypted and written at a time: a whole number of blocks, small
-/// enough to stay in the L2 cache between the three.
-const PIECE: usize = 64 * 1024;
 
 /// How far to look for a displaced trailer when classifying a wrong file length.
 const MAX_PROBE_CHUNKS: u64 = 64;
@@ -281,14 +277,20 @@ impl SealedBid {
 
     /// Checks every chunk against its signed digest, in parallel. Needs no key.
     pub fn verify_chunks(&self, progress: &dyn Progress) -> Result<(), BidError> {
-        let failed = (0..self.header.chunk_count())
+        let groups = super::lane_groups(&self.header, 0..self.header.chunk_count());
+        let failed = groups
             .into_par_iter()
             .map_init(
-                || self.chunk_buffer(),
-                |buf, index| -> Result<Option<u64>, BidError> {
-                    self.read_chunk(index, buf)?;
-                    progress.advance((buf.len() - TAG_LEN) as u64);
-                    Ok((crypto::sm3(buf) != self.digests[index as usize]).then_some(index))
+                super::lane_buffer,
+                |buf, group| -> Result<Option<u64>, BidError> {
+                    let digests = self.hash_chunks(group.clone(), buf)?;
+                    for index in group.clone() {
+                        progress.advance(self.header.chunk_plain_len(index) as u64);
+                    }
+                    Ok(group
+                        .zip(digests)
+                        .find(|(index, digest)| *digest != self.digests[*index as usize])
+                        .map(|(index, _)| index))
                 },
             )
             .collect::<Result<Vec<_>, _>>()?;
@@ -296,6 +298,35 @@ impl SealedBid {
             Some(index) => Err(self.classify_mismatch(index)?),
             None => Ok(()),
         }
+    }
+
+    /// SM3 of the stored chunks `group` (at most 16, of one length), a piece of each at a time.
+    fn hash_chunks(
+        &self,
+        group: std::ops::Range<u64>,
+        buf: &mut [u8],
+    ) -> Result<Vec<[u8; 32]>, BidError> {
+        let lanes = (group.end - group.start) as usize;
+        let len = self.header.chunk_plain_len(group.start) + TAG_LEN;
+        let mut hasher = Sm3Lanes::new(lanes);
+        let mut done = 0;
+        loop {
+            let n = (len - done).min(PIECE);
+            for (lane, index) in group.clone().enumerate() {
+                let offset = self.chunk_offset(index) + done as u64;
+                read_at(&self.file, super::lane_piece(buf, lane, n), offset)?;
+            }
+            let pieces = super::lane_pieces(buf, lanes, n);
+            done += n;
+            if done == len {
+                return Ok(hasher.finalize(&pieces));
+            }
+            hasher.update(&pieces);
+        }
+    }
+
+    fn chunk_offset(&self, index: u64) -> u64 {
+        self.body_offset + index * self.header.chunk_stride()
     }
 
     /// Names what is wrong with chunk `index`, whose digest did not match.
@@ -391,12 +422,19 @@ impl SealedBid {
         }
         let count = self.header.chunk_count();
         let range = range.start.min(count)..range.end.min(count);
-        let result = range.into_par_iter().try_for_each_init(
-            || vec![0u8; PIECE + TAG_LEN],
-            |buf, index| -> Result<(), BidError> {
-                self.decrypt_chunk(key, output, index, options, buf)?;
-                let plain = self.header.chunk_plain_len(index) as u64;
-                progress.advance(plain);
+        // Without digests each chunk is a job of its own: the finest split of the range.
+        let groups = if options.verify_digests {
+            super::lane_groups(&self.header, range)
+        } else {
+            range.map(|index| index..index + 1).collect()
+        };
+        let result = groups.into_par_iter().try_for_each_init(
+            super::lane_buffer,
+            |buf, group| -> Result<(), BidError> {
+                self.decrypt_group(key, output, group.clone(), options, buf)?;
+                for index in group {
+                    progress.advance(self.header.chunk_plain_len(index) as u64);
+                }
                 Ok(())
             },
         );
@@ -406,50 +444,76 @@ impl SealedBid {
         }
     }
 
-    /// Decrypts chunk `index` into its place in `output`, a piece at a time through `buf`
-    /// (`PIECE + TAG_LEN` bytes), so the pieces read, decrypted and written stay in the CPU's
-    /// cache: the kernel's copies in and out of the page cache, not the cipher, bound unsealing.
-    /// The piece's plaintext is written before the chunk's tag is checked: see `decrypt_into`.
-    fn decrypt_chunk(
+    /// Decrypts the chunks `group` (at most 16, of one length) into their places in `output`, a
+    /// piece of each at a time through `buf` (a lane buffer), so that what is read, hashed,
+    /// decrypted and written stays in the CPU's cache. A piece's plaintext is written before its
+    /// chunk's tag is checked: see `decrypt_into`.
+    fn decrypt_group(
         &self,
         key: &FileKey,
         output: &File,
-        index: u64,
+        group: std::ops::Range<u64>,
         options: DecryptOptions,
         buf: &mut [u8],
     ) -> Result<(), BidError> {
-        use sm3::Digest;
-        let plain_len = self.header.chunk_plain_len(index) as u64;
-        let source = self.body_offset + index * self.header.chunk_stride();
-        let target = index * u64::from(self.header.chunk_size);
-        let nonce =
-            format::chunk_nonce(&self.header.nonce_prefix, index, self.header.chunk_count());
-        let mut stream = key.body_cipher().stream(&nonce, &self.header_hash);
-        let mut digest = options.verify_digests.then(sm3::Sm3::new);
+        let lanes = (group.end - group.start) as usize;
+        let len = self.header.chunk_plain_len(group.start);
+        let count = self.header.chunk_count();
+        let mut streams: Vec<_> = group
+            .clone()
+            .map(|index| {
+                let nonce = format::chunk_nonce(&self.header.nonce_prefix, index, count);
+                key.body_cipher().stream(&nonce, &self.header_hash)
+            })
+            .collect();
+        let mut hasher = options.verify_digests.then(|| Sm3Lanes::new(lanes));
         let mut done = 0;
         loop {
-            let n = (plain_len - done).min(PIECE as u64) as usize;
-            let last = done + n as u64 == plain_len;
+            let n = (len - done).min(PIECE);
+            let last = done + n == len;
             // The last piece brings the tag along.
-            let piece = &mut buf[..n + if last { TAG_LEN } else { 0 }];
-            read_at(&self.file, piece, source + done)?;
-            if let Some(digest) = &mut digest {
-                digest.update(&*piece);
+            let stored = n + if last { TAG_LEN } else { 0 };
+            for (lane, index) in group.clone().enumerate() {
+                let offset = self.chunk_offset(index) + done as u64;
+                read_at(&self.file, super::lane_piece(buf, lane, stored), offset)?;
             }
-            stream.decrypt(&mut piece[..n]);
-            output
-                .write_all_at(&piece[..n], target + done)
-                .map_err(BidError::io(format!("writing plaintext chunk {index}")))?;
-            done += n as u64;
-            if last {
-                if let Some(digest) = digest
-                    && <[u8; 32]>::from(digest.finalize()) != self.digests[index as usize]
+            let digests = match &mut hasher {
+                Some(hasher) if !last => {
+                    hasher.update(&super::lane_pieces(buf, lanes, stored));
+                    None
+                }
+                Some(_) => {
+                    let hasher = hasher.take().expect("present");
+                    Some(hasher.finalize(&super::lane_pieces(buf, lanes, stored)))
+                }
+                None => None,
+            };
+            for (lane, index) in group.clone().enumerate() {
+                let piece = super::lane_piece(buf, lane, n);
+                streams[lane].decrypt(piece);
+                let offset = index * u64::from(self.header.chunk_size) + done as u64;
+                output
+                    .write_all_at(piece, offset)
+                    .map_err(BidError::io(format!("writing plaintext chunk {index}")))?;
+            }
+            done += n;
+            if !last {
+                continue;
+            }
+            for (lane, (index, stream)) in group.clone().zip(streams).enumerate() {
+                if let Some(digests) = &digests
+                    && digests[lane] != self.digests[index as usize]
                 {
                     return Err(BidError::ChunkDamaged { index });
                 }
-                let tag: &[u8; TAG_LEN] = piece[n..].try_into().expect("the tag's length");
-                return stream.verify(tag).map_err(|_| BidError::ChunkTag { index });
+                let tag: &[u8; TAG_LEN] = super::lane_piece(buf, lane, stored)[n..]
+                    .try_into()
+                    .expect("the tag's length");
+                stream
+                    .verify(tag)
+                    .map_err(|_| BidError::ChunkTag { index })?;
             }
+            return Ok(());
         }
     }
 

@@ -2,14 +2,15 @@
 
 use std::fs::File;
 use std::io::Seek;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use rayon::prelude::*;
 use sm2::{PublicKey, SecretKey};
 
-use super::Progress;
-use crate::crypto::{self, FileKey, PublicIdentity, TAG_LEN};
+use super::{PIECE, Progress};
+use crate::crypto::{self, FileKey, PublicIdentity, Sm3Lanes, TAG_LEN};
 use crate::domain::{BidSummary, Uscc};
 use crate::format::{
     self, BidError, Header, MAX_CHUNK_SIZE, MAX_RECIPIENTS, MIN_CHUNK_SIZE, Recipient, Signer,
@@ -117,7 +118,6 @@ fn seal_open_file(
     let header_hash = crypto::sm3(&header_bytes);
     let body_offset = header_bytes.len() as u64;
     let count = header.chunk_count();
-    let stride = header.chunk_stride();
 
     let parent = parent_of(out);
     let tmp = tempfile::NamedTempFile::new_in(parent).map_err(BidError::io(format!(
@@ -129,28 +129,25 @@ fn seal_open_file(
         .write_all_at(&header_bytes, 0)
         .map_err(BidError::io("writing the header"))?;
 
-    let digests: Vec<[u8; 32]> = (0..count)
+    let chunks = Chunks {
+        input,
+        output,
+        header: &header,
+        header_hash: &header_hash,
+        key: &key,
+        body_offset,
+    };
+    let digests: Vec<[u8; 32]> = super::lane_groups(&header, 0..count)
         .into_par_iter()
-        .map_init(
-            || Vec::with_capacity(params.chunk_size as usize + TAG_LEN),
-            |buf, index| -> Result<[u8; 32], BidError> {
-                let len = header.chunk_plain_len(index);
-                buf.resize(len, 0);
-                input
-                    .read_exact_at(buf, index * u64::from(header.chunk_size))
-                    .map_err(BidError::io(format!("reading plaintext chunk {index}")))?;
-                let nonce = format::chunk_nonce(&header.nonce_prefix, index, count);
-                let tag = crypto::seal_in_place(key.body_cipher(), &nonce, &header_hash, buf);
-                buf.extend_from_slice(&tag);
-                output
-                    .write_all_at(buf, body_offset + index * stride)
-                    .map_err(BidError::io(format!("writing chunk {index}")))?;
-                progress.advance(len as u64);
-                Ok(crypto::sm3(buf))
-            },
-        )
-        .collect::<Result<_, _>>()?;
-
+        .map_init(super::lane_buffer, |buf, group| {
+            let digests = chunks.seal_group(group.clone(), buf)?;
+            for index in group {
+                progress.advance(header.chunk_plain_len(index) as u64);
+            }
+            Ok::<_, BidError>(digests)
+        })
+        .collect::<Result<Vec<_>, _>>()?
+        .concat();
     let message = format::signed_message(&header_hash, &digests);
     let signature = crypto::sign(params.sign_key, &message)?;
     let trailer = format::encode_trailer(&digests, &signature);
@@ -171,6 +168,68 @@ fn seal_open_file(
         chunk_count: count,
         header_hash,
     })
+}
+
+/// What sealing the body's chunks needs.
+struct Chunks<'a> {
+    input: &'a File,
+    output: &'a File,
+    header: &'a Header,
+    header_hash: &'a [u8; 32],
+    key: &'a FileKey,
+    body_offset: u64,
+}
+
+impl Chunks<'_> {
+    /// Seals the chunks `group` (at most 16, of one length) into their places in the output, a
+    /// piece of each at a time through `buf` (a lane buffer), and returns their digests.
+    fn seal_group(&self, group: Range<u64>, buf: &mut [u8]) -> Result<Vec<[u8; 32]>, BidError> {
+        let header = self.header;
+        let lanes = (group.end - group.start) as usize;
+        let len = header.chunk_plain_len(group.start);
+        let count = header.chunk_count();
+        let mut streams: Vec<_> = group
+            .clone()
+            .map(|index| {
+                let nonce = format::chunk_nonce(&header.nonce_prefix, index, count);
+                self.key.body_cipher().stream(&nonce, self.header_hash)
+            })
+            .collect();
+        let mut hasher = Sm3Lanes::new(lanes);
+        let mut done = 0;
+        loop {
+            let n = (len - done).min(PIECE);
+            let last = done + n == len;
+            for (lane, index) in group.clone().enumerate() {
+                let piece = super::lane_piece(buf, lane, n);
+                self.input
+                    .read_exact_at(piece, index * u64::from(header.chunk_size) + done as u64)
+                    .map_err(BidError::io(format!("reading plaintext chunk {index}")))?;
+                streams[lane].encrypt(piece);
+            }
+            // The last piece carries the tag, which the digest covers too.
+            let stored = if last {
+                for (lane, stream) in std::mem::take(&mut streams).into_iter().enumerate() {
+                    super::lane_piece(buf, lane, n + TAG_LEN)[n..].copy_from_slice(&stream.tag());
+                }
+                n + TAG_LEN
+            } else {
+                n
+            };
+            for (lane, index) in group.clone().enumerate() {
+                let offset = self.body_offset + index * header.chunk_stride() + done as u64;
+                self.output
+                    .write_all_at(super::lane_piece(buf, lane, stored), offset)
+                    .map_err(BidError::io(format!("writing chunk {index}")))?;
+            }
+            let pieces = super::lane_pieces(buf, lanes, stored);
+            if last {
+                return Ok(hasher.finalize(&pieces));
+            }
+            hasher.update(&pieces);
+            done += n;
+        }
+    }
 }
 
 fn check_params(params: &SealParams<'_>) -> Result<(), BidError> {

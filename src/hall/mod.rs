@@ -484,17 +484,19 @@ impl Hall {
         Ok(bidder)
     }
 
-    /// Takes an uploaded file (already on disk in the upload folder), checks it and files it.
-    /// On any refusal the upload is deleted and nothing else changes.
+    /// Takes an uploaded file (already on disk in the upload folder, `sm3` the hex SM3 of its
+    /// bytes, hashed as they arrived), checks it and files it. On any refusal the upload is
+    /// deleted and nothing else changes.
     pub async fn receive_bid(
         &self,
         opening_id: &str,
         uscc: &str,
         upload: PathBuf,
+        sm3: &str,
         received_ms: i64,
     ) -> Result<Receipt, HallError> {
         let result = self
-            .receive_bid_inner(opening_id, uscc, &upload, received_ms)
+            .receive_bid_inner(opening_id, uscc, &upload, sm3.to_owned(), received_ms)
             .await;
         if result.is_err() {
             let _ = std::fs::remove_file(&upload);
@@ -507,19 +509,16 @@ impl Hall {
         opening_id: &str,
         uscc: &str,
         upload: &Path,
+        sm3: String,
         received_ms: i64,
     ) -> Result<Receipt, HallError> {
         let (opening, bidder) = self.before_deadline(opening_id, uscc, received_ms).await?;
         let path = upload.to_owned();
-        let (header, signer_id, sm3, size) = on_rayon(move || -> Result<_, BidError> {
+        let (header, signer_id, size) = on_rayon(move || -> Result<_, BidError> {
             let bid = SealedBid::open(&path)?;
-            let (chunks, whole) = rayon::join(
-                || bid.verify_chunks(&crate::engine::NoProgress),
-                || file_sm3(&path),
-            );
-            chunks?;
+            bid.verify_chunks(&crate::engine::NoProgress)?;
             let signer_id = hex::encode(crypto::key_id(bid.signer().key()));
-            Ok((bid.header().clone(), signer_id, whole?, bid.file_len()))
+            Ok((bid.header().clone(), signer_id, bid.file_len()))
         })
         .await??;
         if header.tender_id != opening.tender_id {

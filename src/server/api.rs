@@ -264,6 +264,17 @@ async fn upload(
             crate::crypto::random_bytes::<16>().map_err(|e| HallError::Internal(e.to_string()))?
         )
     ));
+    // The receipt's SM3 of the whole file is one sequential hash: it runs on a blocking thread
+    // while the bytes arrive, instead of as a second pass over the file once they have.
+    let (to_hasher, mut pieces) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    let hasher = tokio::task::spawn_blocking(move || {
+        use sm3::Digest;
+        let mut hasher = sm3::Sm3::new();
+        while let Some(piece) = pieces.blocking_recv() {
+            hasher.update(&piece);
+        }
+        hex::encode(hasher.finalize())
+    });
     let written = async {
         let mut file = tokio::fs::File::create(&tmp)
             .await
@@ -279,19 +290,31 @@ async fn upload(
             file.write_all(&chunk)
                 .await
                 .map_err(HallError::io("storing the upload"))?;
+            to_hasher
+                .send(chunk)
+                .await
+                .map_err(|_| HallError::Internal("the upload's hasher stopped".into()))?;
         }
+        drop(to_hasher);
         file.sync_all()
             .await
             .map_err(HallError::io("storing the upload"))?;
-        Ok(())
+        hasher
+            .await
+            .map_err(|e| HallError::Internal(format!("hashing the upload: {e}")))
     }
     .await;
-    if let Err(e) = written {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(e.into());
-    }
+    let sm3 = match written {
+        Ok(sm3) => sm3,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e.into());
+        }
+    };
     let received = hall.now();
-    let receipt = hall.receive_bid(&opening_id, &uscc, tmp, received).await?;
+    let receipt = hall
+        .receive_bid(&opening_id, &uscc, tmp, &sm3, received)
+        .await?;
     Ok(HttpResponse::Created().json(receipt))
 }
 

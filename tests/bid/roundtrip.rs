@@ -14,6 +14,14 @@ fn round_trip(len: usize, chunk_size: u32, threads: usize) {
         bid.header().chunk_count(),
         (len as u64).div_ceil(u64::from(chunk_size)).max(1)
     );
+    // The signed digests are the SM3 of each stored chunk, whichever SM3 path sealing took.
+    let file = std::fs::read(&path).unwrap();
+    let stride = bid.header().chunk_stride() as usize;
+    let body = &file[bid.body_offset() as usize..][..bid.header().body_len() as usize];
+    for (index, digest) in bid.chunk_digests().iter().enumerate() {
+        let chunk = &body[index * stride..body.len().min((index + 1) * stride)];
+        assert_eq!(*digest, kaibiao::crypto::sm3(chunk), "chunk {index}");
+    }
     let key = bid.unwrap_file_key(&bidder.enc).unwrap();
     assert_eq!(bid.open_summary(&key).unwrap(), summary());
     let out = dir.path().join("plain.out");

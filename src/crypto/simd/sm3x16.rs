@@ -57,9 +57,10 @@ impl Sm3Lanes {
     /// Messages hashed at once.
     pub const LANES: usize = LANES;
 
-    /// `lanes` (1..=16) messages, on the fastest path this CPU has.
+    /// `lanes` (1..=16) messages, on the fastest path this CPU has. A step costs the same for
+    /// 1 or 16 lanes, so one or two messages go to the `sm3` crate, which is faster per message.
     pub fn new(lanes: usize) -> Self {
-        Self::with_simd(lanes, simd_supported())
+        Self::with_simd(lanes, lanes >= 3 && simd_supported())
     }
 
     /// As [`Self::new`], on the AVX-512 path (`simd`, honoured only where the CPU has it) or on

@@ -25,6 +25,15 @@ const IV: [u32; 8] = [
     0xb0fb_0e4e,
 ];
 
+/// Whether the AVX-512 path is used where the CPU has it: `KAIBIAO_SM3=portable` turns it off
+/// (to compare, or to rule it out).
+fn simd_wanted() -> bool {
+    static WANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WANTED.get_or_init(|| {
+        std::env::var("KAIBIAO_SM3").as_deref() != Ok("portable") && simd_supported()
+    })
+}
+
 /// Whether this CPU runs the AVX-512 path.
 pub fn simd_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -57,10 +66,11 @@ impl Sm3Lanes {
     /// Messages hashed at once.
     pub const LANES: usize = LANES;
 
-    /// `lanes` (1..=16) messages, on the fastest path this CPU has. A step costs the same for
+    /// `lanes` (1..=16) messages, on the fastest path this CPU has (`KAIBIAO_SM3=portable`
+    /// forces the crate). A step costs the same for
     /// 1 or 16 lanes, so one or two messages go to the `sm3` crate, which is faster per message.
     pub fn new(lanes: usize) -> Self {
-        Self::with_simd(lanes, lanes >= 3 && simd_supported())
+        Self::with_simd(lanes, lanes >= 3 && simd_wanted())
     }
 
     /// As [`Self::new`], on the AVX-512 path (`simd`, honoured only where the CPU has it) or on
@@ -429,7 +439,7 @@ mod tests {
 
     #[test]
     fn reports_its_path() {
-        assert_eq!(Sm3Lanes::new(3).is_simd(), simd_supported());
+        assert_eq!(Sm3Lanes::new(3).is_simd(), simd_wanted());
         assert!(!Sm3Lanes::with_simd(3, false).is_simd());
     }
 

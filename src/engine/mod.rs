@@ -16,7 +16,7 @@ mod seal;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::crypto::{Sm3Lanes, TAG_LEN};
+use crate::crypto::{FileKey, GcmStream, Sm3Lanes, TAG_LEN};
 use crate::format::Header;
 
 pub use open::{DecryptOptions, SealedBid, accept_file_key, open_summary};
@@ -30,9 +30,20 @@ const PIECE: usize = 64 * 1024;
 /// Room for one piece of each of 16 chunks, the last with its tag.
 const LANE: usize = PIECE + TAG_LEN;
 
-/// A worker's buffer: one piece per lane.
-fn lane_buffer() -> Vec<u8> {
-    vec![0u8; Sm3Lanes::LANES * LANE]
+/// A worker's buffer: one piece for each of up to `lanes` chunks.
+fn lane_buffer(lanes: usize) -> Vec<u8> {
+    vec![0u8; lanes * LANE]
+}
+
+/// The SM4-GCM stream of chunk `index` of a bid (its nonce and the header hash as AAD).
+fn chunk_stream<'k>(
+    key: &'k FileKey,
+    header: &Header,
+    header_hash: &[u8; 32],
+    index: u64,
+) -> GcmStream<'k> {
+    let nonce = crate::format::chunk_nonce(&header.nonce_prefix, index, header.chunk_count());
+    key.body_cipher().stream(&nonce, header_hash)
 }
 
 /// Splits the chunks `range` into groups that hash together: at most 16 chunks each, all of one

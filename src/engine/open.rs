@@ -264,11 +264,7 @@ impl SealedBid {
     /// Reads chunk `index` (ciphertext and tag) into `buf`.
     fn read_chunk(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), BidError> {
         buf.resize(self.header.chunk_plain_len(index) + TAG_LEN, 0);
-        read_at(
-            &self.file,
-            buf,
-            self.body_offset + index * self.header.chunk_stride(),
-        )
+        read_at(&self.file, buf, self.chunk_offset(index))
     }
 
     fn chunk_buffer(&self) -> Vec<u8> {
@@ -281,7 +277,7 @@ impl SealedBid {
         let failed = groups
             .into_par_iter()
             .map_init(
-                super::lane_buffer,
+                || super::lane_buffer(Sm3Lanes::LANES),
                 |buf, group| -> Result<Option<u64>, BidError> {
                     let digests = self.hash_chunks(group.clone(), buf)?;
                     for index in group.clone() {
@@ -423,13 +419,13 @@ impl SealedBid {
         let count = self.header.chunk_count();
         let range = range.start.min(count)..range.end.min(count);
         // Without digests each chunk is a job of its own: the finest split of the range.
-        let groups = if options.verify_digests {
-            super::lane_groups(&self.header, range)
+        let (groups, lanes) = if options.verify_digests {
+            (super::lane_groups(&self.header, range), Sm3Lanes::LANES)
         } else {
-            range.map(|index| index..index + 1).collect()
+            (range.map(|index| index..index + 1).collect(), 1)
         };
         let result = groups.into_par_iter().try_for_each_init(
-            super::lane_buffer,
+            || super::lane_buffer(lanes),
             |buf, group| -> Result<(), BidError> {
                 self.decrypt_group(key, output, group.clone(), options, buf)?;
                 for index in group {
@@ -458,13 +454,9 @@ impl SealedBid {
     ) -> Result<(), BidError> {
         let lanes = (group.end - group.start) as usize;
         let len = self.header.chunk_plain_len(group.start);
-        let count = self.header.chunk_count();
         let mut streams: Vec<_> = group
             .clone()
-            .map(|index| {
-                let nonce = format::chunk_nonce(&self.header.nonce_prefix, index, count);
-                key.body_cipher().stream(&nonce, &self.header_hash)
-            })
+            .map(|index| super::chunk_stream(key, &self.header, &self.header_hash, index))
             .collect();
         let mut hasher = options.verify_digests.then(|| Sm3Lanes::new(lanes));
         let mut done = 0;
@@ -477,16 +469,14 @@ impl SealedBid {
                 let offset = self.chunk_offset(index) + done as u64;
                 read_at(&self.file, super::lane_piece(buf, lane, stored), offset)?;
             }
-            let digests = match &mut hasher {
-                Some(hasher) if !last => {
-                    hasher.update(&super::lane_pieces(buf, lanes, stored));
-                    None
+            let pieces = super::lane_pieces(buf, lanes, stored);
+            let digests = if last {
+                hasher.take().map(|h| h.finalize(&pieces))
+            } else {
+                if let Some(h) = &mut hasher {
+                    h.update(&pieces);
                 }
-                Some(_) => {
-                    let hasher = hasher.take().expect("present");
-                    Some(hasher.finalize(&super::lane_pieces(buf, lanes, stored)))
-                }
-                None => None,
+                None
             };
             for (lane, index) in group.clone().enumerate() {
                 let piece = super::lane_piece(buf, lane, n);

@@ -139,13 +139,16 @@ fn seal_open_file(
     };
     let digests: Vec<[u8; 32]> = super::lane_groups(&header, 0..count)
         .into_par_iter()
-        .map_init(super::lane_buffer, |buf, group| {
-            let digests = chunks.seal_group(group.clone(), buf)?;
-            for index in group {
-                progress.advance(header.chunk_plain_len(index) as u64);
-            }
-            Ok::<_, BidError>(digests)
-        })
+        .map_init(
+            || super::lane_buffer(Sm3Lanes::LANES),
+            |buf, group| {
+                let digests = chunks.seal_group(group.clone(), buf)?;
+                for index in group {
+                    progress.advance(header.chunk_plain_len(index) as u64);
+                }
+                Ok::<_, BidError>(digests)
+            },
+        )
         .collect::<Result<Vec<_>, _>>()?
         .concat();
     let message = format::signed_message(&header_hash, &digests);
@@ -187,13 +190,9 @@ impl Chunks<'_> {
         let header = self.header;
         let lanes = (group.end - group.start) as usize;
         let len = header.chunk_plain_len(group.start);
-        let count = header.chunk_count();
         let mut streams: Vec<_> = group
             .clone()
-            .map(|index| {
-                let nonce = format::chunk_nonce(&header.nonce_prefix, index, count);
-                self.key.body_cipher().stream(&nonce, self.header_hash)
-            })
+            .map(|index| super::chunk_stream(self.key, header, self.header_hash, index))
             .collect();
         let mut hasher = Sm3Lanes::new(lanes);
         let mut done = 0;

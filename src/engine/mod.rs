@@ -3,13 +3,16 @@
 //! Work is split by chunk over the current Rayon pool (wrap a call in `pool.install` to choose the
 //! pool and its size). Where chunks are hashed (sealing, checking, unsealing with digests), up to
 //! 16 chunks of one length go through a worker together, so that SM3 runs on all of them at once
-//! ([`crate::crypto::Sm3Lanes`]). Chunks are read and written with positional I/O, 64 KiB of each at
-//! a time, into a buffer owned by the worker: memory stays at about `threads × 1 MiB` whatever the
-//! size of the bid or of its chunks.
+//! ([`crate::crypto::Sm3Lanes`]). Chunks are read with positional I/O, 64 KiB of each at a time,
+//! into a buffer owned by the worker: about `threads × 1 MiB` whatever the size of the bid.
+//! Decrypted chunks are written directly to the device where it allows (`O_DIRECT`, by writer
+//! threads, with two chunk-sized buffers per thread) and otherwise by the worker, 64 KiB at a
+//! time (see [`PlainOutput`]).
 //! Output is written to a temporary file beside the destination and published only when every
 //! chunk has passed: a failure never leaves partial plaintext behind.
 
 mod open;
+mod output;
 mod pack;
 mod seal;
 
@@ -20,6 +23,7 @@ use crate::crypto::{FileKey, GcmStream, Sm3Lanes, TAG_LEN};
 use crate::format::Header;
 
 pub use open::{DecryptOptions, SealedBid, accept_file_key, open_summary};
+pub use output::PlainOutput;
 pub use pack::{pack_dir, unpack_archive};
 pub use seal::{SealParams, SealReport, seal_dir, seal_file};
 

@@ -7,7 +7,8 @@ use std::path::Path;
 use rayon::prelude::*;
 use sm2::{PublicKey, SecretKey};
 
-use super::{PIECE, Progress};
+use super::output::DirectWriter;
+use super::{PIECE, PlainOutput, Progress};
 use crate::crypto::{self, FileKey, KeyError, PublicIdentity, Sm3Lanes, TAG_LEN};
 use crate::domain::BidSummary;
 use crate::format::{self, BidError, Header, PREAMBLE_LEN, Recipient, TRAILER_MAGIC};
@@ -273,7 +274,16 @@ impl SealedBid {
 
     /// Checks every chunk against its signed digest, in parallel. Needs no key.
     pub fn verify_chunks(&self, progress: &dyn Progress) -> Result<(), BidError> {
-        let groups = super::lane_groups(&self.header, 0..self.header.chunk_count());
+        self.verify_range(0..self.header.chunk_count(), progress)
+    }
+
+    /// Checks the chunks `range` against their signed digests, up to sixteen at a time per worker.
+    fn verify_range(
+        &self,
+        range: std::ops::Range<u64>,
+        progress: &dyn Progress,
+    ) -> Result<(), BidError> {
+        let groups = super::lane_groups(&self.header, range);
         let failed = groups
             .into_par_iter()
             .map_init(
@@ -349,7 +359,8 @@ impl SealedBid {
     }
 
     /// Decrypts the body into the file `out`, in parallel. The file appears only when every chunk
-    /// has passed; on failure nothing is left behind. Returns the plaintext length.
+    /// has passed and it is on disk; on failure nothing is left behind. Returns the plaintext
+    /// length.
     pub fn decrypt_to(
         &self,
         key: &FileKey,
@@ -365,7 +376,15 @@ impl SealedBid {
             "creating a file in {}",
             parent.display()
         )))?;
-        self.decrypt_into(key, tmp.as_file(), options, progress)?;
+        let output = self.output(tmp.as_file(), Some(tmp.path()))?;
+        self.decrypt_range(
+            key,
+            &output,
+            0..self.header.chunk_count(),
+            options,
+            progress,
+        )?;
+        output.finish()?;
         tmp.as_file()
             .sync_all()
             .map_err(BidError::io("flushing the decrypted bid to disk"))?;
@@ -376,39 +395,30 @@ impl SealedBid {
         Ok(self.header.plaintext_len)
     }
 
-    /// Decrypts the body into an open file (from offset 0). On error the file holds partial
-    /// plaintext, possibly of a chunk whose tag failed: the caller must discard it unread, as
-    /// [`Self::decrypt_to`] does. The file is not
-    /// flushed to disk: a caller that keeps it calls `sync_all` (off the CPU pool, if it has one).
-    pub fn decrypt_into(
-        &self,
-        key: &FileKey,
-        output: &File,
-        options: DecryptOptions,
-        progress: &dyn Progress,
-    ) -> Result<(), BidError> {
-        self.prepare_output(key, output)?;
-        self.decrypt_range(key, output, 0..self.header.chunk_count(), options, progress)
-    }
-
-    /// Checks the key against the header's commitment and sizes `output` for the plaintext: the
-    /// first step of decrypting a bid slice by slice with [`Self::decrypt_range`].
-    pub fn prepare_output(&self, key: &FileKey, output: &File) -> Result<(), BidError> {
-        if !key.matches_commitment(&self.header.commitment) {
-            return Err(BidError::WrongKey);
-        }
-        output
-            .set_len(self.header.plaintext_len)
-            .map_err(BidError::io("sizing the output file"))
+    /// Sizes `file` for the plaintext and starts its writer: the first step of decrypting a bid
+    /// slice by slice with [`Self::decrypt_range`]. `path`, the file's name if it has one, lets
+    /// the writer bypass the page cache (`O_DIRECT`); leave it out for a file that is read back
+    /// at once. Before the output is [`finish`](PlainOutput::finish)ed and flushed, the file may
+    /// hold partial plaintext: a caller whose decryption failed discards it unread.
+    pub fn output(&self, file: &File, path: Option<&Path>) -> Result<PlainOutput, BidError> {
+        file.set_len(self.header.plaintext_len)
+            .map_err(BidError::io("sizing the output file"))?;
+        // A writer per worker, so that copying into the page cache (where there is no O_DIRECT)
+        // is not one thread's work; two buffers per worker: one being filled, one being written.
+        let threads = rayon::current_num_threads();
+        PlainOutput::new(file, path, &self.header, threads, 2 * threads)
     }
 
     /// Decrypts chunks `range` into their place in `output`, in parallel on the current Rayon
     /// pool. A server decrypting several bids at once submits each bid as a series of short
     /// ranges, so the bids take turns on the pool instead of the first one holding every thread.
+    /// With `verify_digests`, the range's chunks are first checked against their signed digests,
+    /// sixteen at a time ([`Sm3Lanes`]); then each chunk is decrypted, its tag checked, and only
+    /// then handed to the writer: a chunk that fails is never written.
     pub fn decrypt_range(
         &self,
         key: &FileKey,
-        output: &File,
+        output: &PlainOutput,
         range: std::ops::Range<u64>,
         options: DecryptOptions,
         progress: &dyn Progress,
@@ -418,93 +428,80 @@ impl SealedBid {
         }
         let count = self.header.chunk_count();
         let range = range.start.min(count)..range.end.min(count);
-        // Without digests each chunk is a job of its own: the finest split of the range.
-        let (groups, lanes) = if options.verify_digests {
-            (super::lane_groups(&self.header, range), Sm3Lanes::LANES)
-        } else {
-            (range.map(|index| index..index + 1).collect(), 1)
-        };
-        let result = groups.into_par_iter().try_for_each_init(
-            || super::lane_buffer(lanes),
-            |buf, group| -> Result<(), BidError> {
-                self.decrypt_group(key, output, group.clone(), options, buf)?;
-                for index in group {
-                    progress.advance(self.header.chunk_plain_len(index) as u64);
-                }
+        if options.verify_digests {
+            self.verify_range(range.clone(), &super::NoProgress)?;
+        }
+        let advance = |index| progress.advance(self.header.chunk_plain_len(index) as u64);
+        match output.direct() {
+            Some(writer) => range.into_par_iter().try_for_each(|index| {
+                self.decrypt_chunk_direct(key, writer, index)?;
+                advance(index);
                 Ok(())
-            },
-        );
-        match result {
-            Err(BidError::ChunkDamaged { index }) => Err(self.classify_mismatch(index)?),
-            other => other,
+            }),
+            None => range.into_par_iter().try_for_each_init(
+                || vec![0u8; PIECE],
+                |piece, index| {
+                    self.decrypt_chunk_buffered(key, output.file(), index, piece)?;
+                    advance(index);
+                    Ok(())
+                },
+            ),
         }
     }
 
-    /// Decrypts the chunks `group` (at most 16, of one length) into their places in `output`, a
-    /// piece of each at a time through `buf` (a lane buffer), so that what is read, hashed,
-    /// decrypted and written stays in the CPU's cache. A piece's plaintext is written before its
-    /// chunk's tag is checked: see `decrypt_into`.
-    fn decrypt_group(
+    /// Decrypts chunk `index` into a buffer of the writer, 64 KiB at a time (read, then
+    /// decrypted while in the CPU's cache), checks its tag and only then queues it for writing.
+    fn decrypt_chunk_direct(
+        &self,
+        key: &FileKey,
+        writer: &DirectWriter,
+        index: u64,
+    ) -> Result<(), BidError> {
+        let len = self.header.chunk_plain_len(index);
+        let offset = self.chunk_offset(index);
+        let mut stream = super::chunk_stream(key, &self.header, &self.header_hash, index);
+        let mut buf = writer.buffer();
+        for (i, piece) in buf.as_mut()[..len].chunks_mut(PIECE).enumerate() {
+            read_at(&self.file, piece, offset + (i * PIECE) as u64)?;
+            stream.decrypt(piece);
+        }
+        self.check_tag(stream, index)?;
+        writer.write(buf, len, index * u64::from(self.header.chunk_size))
+    }
+
+    /// Decrypts chunk `index` into its place in `output` through `piece`, 64 KiB at a time, each
+    /// written while still in the CPU's cache; then checks the tag. A failed chunk's plaintext is
+    /// in the file by then: see [`Self::output`].
+    fn decrypt_chunk_buffered(
         &self,
         key: &FileKey,
         output: &File,
-        group: std::ops::Range<u64>,
-        options: DecryptOptions,
-        buf: &mut [u8],
+        index: u64,
+        piece: &mut [u8],
     ) -> Result<(), BidError> {
-        let lanes = (group.end - group.start) as usize;
-        let len = self.header.chunk_plain_len(group.start);
-        let mut streams: Vec<_> = group
-            .clone()
-            .map(|index| super::chunk_stream(key, &self.header, &self.header_hash, index))
-            .collect();
-        let mut hasher = options.verify_digests.then(|| Sm3Lanes::new(lanes));
-        let mut done = 0;
-        loop {
-            let n = (len - done).min(PIECE);
-            let last = done + n == len;
-            // The last piece brings the tag along.
-            let stored = n + if last { TAG_LEN } else { 0 };
-            for (lane, index) in group.clone().enumerate() {
-                let offset = self.chunk_offset(index) + done as u64;
-                read_at(&self.file, super::lane_piece(buf, lane, stored), offset)?;
-            }
-            let pieces = super::lane_pieces(buf, lanes, stored);
-            let digests = if last {
-                hasher.take().map(|h| h.finalize(&pieces))
-            } else {
-                if let Some(h) = &mut hasher {
-                    h.update(&pieces);
-                }
-                None
-            };
-            for (lane, index) in group.clone().enumerate() {
-                let piece = super::lane_piece(buf, lane, n);
-                streams[lane].decrypt(piece);
-                let offset = index * u64::from(self.header.chunk_size) + done as u64;
-                output
-                    .write_all_at(piece, offset)
-                    .map_err(BidError::io(format!("writing plaintext chunk {index}")))?;
-            }
-            done += n;
-            if !last {
-                continue;
-            }
-            for (lane, (index, stream)) in group.clone().zip(streams).enumerate() {
-                if let Some(digests) = &digests
-                    && digests[lane] != self.digests[index as usize]
-                {
-                    return Err(BidError::ChunkDamaged { index });
-                }
-                let tag: &[u8; TAG_LEN] = super::lane_piece(buf, lane, stored)[n..]
-                    .try_into()
-                    .expect("the tag's length");
-                stream
-                    .verify(tag)
-                    .map_err(|_| BidError::ChunkTag { index })?;
-            }
-            return Ok(());
+        let len = self.header.chunk_plain_len(index);
+        let offset = self.chunk_offset(index);
+        let plain_offset = index * u64::from(self.header.chunk_size);
+        let mut stream = super::chunk_stream(key, &self.header, &self.header_hash, index);
+        for done in (0..len).step_by(PIECE) {
+            let piece = &mut piece[..(len - done).min(PIECE)];
+            read_at(&self.file, piece, offset + done as u64)?;
+            stream.decrypt(piece);
+            output
+                .write_all_at(piece, plain_offset + done as u64)
+                .map_err(BidError::io(format!("writing plaintext chunk {index}")))?;
         }
+        self.check_tag(stream, index)
+    }
+
+    /// Reads chunk `index`'s tag and checks it against what `stream` computed.
+    fn check_tag(&self, stream: crate::crypto::GcmStream<'_>, index: u64) -> Result<(), BidError> {
+        let len = self.header.chunk_plain_len(index);
+        let mut tag = [0u8; TAG_LEN];
+        read_at(&self.file, &mut tag, self.chunk_offset(index) + len as u64)?;
+        stream
+            .verify(&tag)
+            .map_err(|_| BidError::ChunkTag { index })
     }
 
     /// Decrypts the body and unpacks the bid folder into `dir`, which must not exist or be empty.
@@ -540,7 +537,11 @@ impl SealedBid {
             .map_err(BidError::io(format!("creating {}", parent.display())))?;
         let archive =
             tempfile::tempfile_in(parent).map_err(BidError::io("creating a temporary archive"))?;
-        self.decrypt_into(key, &archive, DecryptOptions::default(), progress)?;
+        // Read back at once: through the page cache (no path, so no O_DIRECT).
+        let output = self.output(&archive, None)?;
+        let chunks = 0..self.header.chunk_count();
+        self.decrypt_range(key, &output, chunks, DecryptOptions::default(), progress)?;
+        output.finish()?;
         let staging = tempfile::Builder::new()
             .prefix(".kaibiao-unseal")
             .tempdir_in(parent)

@@ -960,14 +960,15 @@ impl Hall {
             let plain_dir = target.parent().unwrap_or(Path::new(".")).to_owned();
             let result = async move {
                 let key = Arc::new(key);
-                let (sealed, decrypted) = on_rayon({
-                    let key = key.clone();
+                let (sealed, tmp, output) = on_rayon({
                     move || -> Result<_, BidError> {
                         let sealed = SealedBid::open(&source)?;
                         let tmp = tempfile::NamedTempFile::new_in(&plain_dir)
                             .map_err(BidError::io("creating the decrypted file"))?;
-                        sealed.prepare_output(&key, tmp.as_file())?;
-                        Ok((Arc::new(sealed), Arc::new(tmp)))
+                        // Evaluators download the file long after: the writer bypasses the
+                        // page cache where the file system allows it.
+                        let output = sealed.output(tmp.as_file(), Some(tmp.path()))?;
+                        Ok((Arc::new(sealed), tmp, Arc::new(output)))
                     }
                 })
                 .await??;
@@ -980,31 +981,39 @@ impl Hall {
                 // once take turns, and a phone's answer check waits for one slice at most.
                 let slice = 4 * rayon::current_num_threads() as u64;
                 let count = sealed.header().chunk_count();
+                let mut decrypted = Ok(());
                 for start in (0..count).step_by(slice as usize) {
-                    let (sealed, file, key) = (sealed.clone(), decrypted.clone(), key.clone());
+                    let (sealed, output, key) = (sealed.clone(), output.clone(), key.clone());
                     let progress = progress.clone();
-                    on_rayon(move || {
+                    decrypted = on_rayon(move || {
                         sealed.decrypt_range(
                             &key,
-                            file.as_file(),
+                            &output,
                             start..start + slice,
                             options,
                             &*progress,
                         )
                     })
-                    .await??;
+                    .await
+                    .and_then(|r| r.map_err(HallError::BidRejected));
+                    if decrypted.is_err() {
+                        break;
+                    }
                 }
-                let decrypted = Arc::into_inner(decrypted).ok_or_else(|| {
+                let output = Arc::into_inner(output).ok_or_else(|| {
                     HallError::Internal("the decrypted file is still in use".into())
                 })?;
-                // The disk flush waits on the device, not the CPU: off the Rayon pool, so it
-                // never holds up other bids' decryption or the phones' answer checks.
-                tokio::task::spawn_blocking(move || -> Result<(), BidError> {
-                    decrypted
-                        .as_file()
+                // Waiting for the writer and the disk flush wait on the device, not the CPU: off
+                // the Rayon pool, so they never hold up other bids' decryption or the phones'
+                // answer checks (and off the async executor, also when the decryption failed).
+                tokio::task::spawn_blocking(move || -> Result<(), HallError> {
+                    let written = output.finish();
+                    decrypted?;
+                    written.map_err(HallError::BidRejected)?;
+                    tmp.as_file()
                         .sync_all()
                         .map_err(BidError::io("flushing the decrypted bid to disk"))?;
-                    decrypted.persist(&target).map_err(|e| BidError::Io {
+                    tmp.persist(&target).map_err(|e| BidError::Io {
                         context: format!("saving {}", target.display()),
                         source: e.error,
                     })?;
@@ -1012,7 +1021,6 @@ impl Hall {
                 })
                 .await
                 .map_err(|e| HallError::Internal(e.to_string()))?
-                .map_err(HallError::BidRejected)
             }
             .await;
             hall.inner.active.remove(&bid.id);

@@ -35,6 +35,24 @@ fn round_trip(len: usize, chunk_size: u32, threads: usize) {
             .unwrap()
     });
     assert!(std::fs::read(&out).unwrap() == data, "plaintext differs");
+    // The same through the page cache (a file without a name never gets O_DIRECT), without
+    // digests, slice by slice as the hall decrypts.
+    let file = tempfile::tempfile_in(dir.path()).unwrap();
+    pool.install(|| {
+        let output = bid.output(&file, None).unwrap();
+        assert!(!output.is_direct());
+        let options = DecryptOptions {
+            verify_digests: false,
+        };
+        for start in (0..bid.header().chunk_count()).step_by(3) {
+            bid.decrypt_range(&key, &output, start..start + 3, options, &NoProgress)
+                .unwrap();
+        }
+        output.finish().unwrap();
+    });
+    let mut again = Vec::new();
+    std::io::Read::read_to_end(&mut &file, &mut again).unwrap();
+    assert!(again == data, "plaintext through the page cache differs");
 }
 
 #[test]
@@ -60,6 +78,52 @@ fn many_chunks_on_one_and_two_threads() {
 #[test]
 fn default_chunk_size_round_trips() {
     round_trip(2 * 1024 * 1024 + 5, kaibiao::format::DEFAULT_CHUNK_SIZE, 2);
+}
+
+/// Whether `dir` is on a file system that takes `O_DIRECT` and is backed by a device.
+fn direct_io_works_in(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join("probe");
+    std::fs::write(&probe, b"").unwrap();
+    let opens = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .is_ok();
+    #[allow(clippy::unnecessary_cast)] // the type of f_type differs between architectures
+    let in_memory = rustix::fs::statfs(dir).unwrap().f_type as i64 == libc::TMPFS_MAGIC as i64;
+    opens && !in_memory
+}
+
+#[test]
+fn decrypted_files_bypass_the_page_cache_where_the_disk_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let bidder = Bidder::new();
+    let data = pattern(3 * 8192 + 100, 9);
+    let key_and_bid = |chunk: u32| {
+        let path = bidder.seal_bytes(dir.path(), &data, chunk);
+        let bid = SealedBid::open(&path).unwrap();
+        let key = bid.unwrap_file_key(&bidder.enc).unwrap();
+        (bid, key)
+    };
+    let named = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
+    let (aligned, _) = key_and_bid(8192);
+    let output = aligned.output(named.as_file(), Some(named.path())).unwrap();
+    assert_eq!(output.is_direct(), direct_io_works_in(dir.path()));
+    output.finish().unwrap();
+    // Chunks that do not start on 4 KiB boundaries cannot be written directly.
+    let (unaligned, _) = key_and_bid(1000);
+    let output = unaligned
+        .output(named.as_file(), Some(named.path()))
+        .unwrap();
+    assert!(!output.is_direct());
+    // In memory, O_DIRECT would only move the copy to another thread.
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        let named = tempfile::NamedTempFile::new_in(shm).unwrap();
+        let output = aligned.output(named.as_file(), Some(named.path())).unwrap();
+        assert!(!output.is_direct());
+    }
 }
 
 #[test]
@@ -141,7 +205,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
     #[test]
-    fn random_sizes_round_trip(len in 0usize..20_000, chunk in prop::sample::select(vec![64u32, 100, 1024, 4096])) {
+    fn random_sizes_round_trip(len in 0usize..20_000, chunk in prop::sample::select(vec![64u32, 100, 1024, 4096, 8192])) {
         round_trip(len, chunk, 2);
     }
 }

@@ -9,8 +9,6 @@ use proptest::prelude::*;
 use crate::helpers::{Bidder, listing, pattern};
 
 const CHUNK: u32 = 256;
-/// Eight full chunks and a partial one.
-const LEN: usize = 8 * CHUNK as usize + 100;
 
 struct Case {
     _dir: tempfile::TempDir,
@@ -24,9 +22,15 @@ struct Case {
 
 impl Case {
     fn new() -> Self {
+        Self::with_chunks(CHUNK)
+    }
+
+    /// Eight full chunks of `chunk` bytes and a partial one.
+    fn with_chunks(chunk: u32) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let bidder = Bidder::new();
-        let path = bidder.seal_bytes(dir.path(), &pattern(LEN, 11), CHUNK);
+        let len = 8 * chunk as usize + 100;
+        let path = bidder.seal_bytes(dir.path(), &pattern(len, 11), chunk);
         let bid = SealedBid::open(&path).unwrap();
         let body = bid.body_offset() as usize;
         let stride = bid.header().chunk_stride() as usize;
@@ -173,16 +177,20 @@ fn damaged_chunk() {
 
 #[test]
 fn chunk_tag_failure_without_digest_checks() {
-    let case = Case::new();
-    let mut b = case.bytes.clone();
-    b[case.chunk(2).start] ^= 1;
-    case.write(&b);
-    let err = case
-        .full_check(DecryptOptions {
-            verify_digests: false,
-        })
-        .unwrap_err();
-    assert!(matches!(err, BidError::ChunkTag { index: 2 }), "{err}");
+    // 256-byte chunks are written through the page cache; 4 KiB ones directly where the disk
+    // allows (the writer threads): both must fail the same way and leave nothing behind.
+    for chunk in [CHUNK, 4096] {
+        let case = Case::with_chunks(chunk);
+        let mut b = case.bytes.clone();
+        b[case.chunk(2).start] ^= 1;
+        case.write(&b);
+        let err = case
+            .full_check(DecryptOptions {
+                verify_digests: false,
+            })
+            .unwrap_err();
+        assert!(matches!(err, BidError::ChunkTag { index: 2 }), "{err}");
+    }
 }
 
 #[test]

@@ -49,6 +49,16 @@ async fn a_small_bid_is_not_held_up_by_a_large_one(backend: Backend) {
         vec![small_id.clone(), large_id.clone()],
         "the small bid finishes first"
     );
+    // The large bid's plaintext digest, hashed 8 MiB per pool job, is the SM3 of the whole file.
+    let view = app
+        .agent("GET", &format!("/api/openings/{opening}"), None)
+        .await;
+    let bids = view.body["bids"].as_array().unwrap();
+    let entry = bids
+        .iter()
+        .find(|b| b["bidder_code"] == large.uscc.as_str())
+        .unwrap();
+    assert_eq!(entry["plain_sm3"], hex::encode(crypto::sm3(&large.data)));
     app.cleanup().await;
 }
 

@@ -403,8 +403,9 @@ impl SealedBid {
     pub fn output(&self, file: &File, path: Option<&Path>) -> Result<PlainOutput, BidError> {
         file.set_len(self.header.plaintext_len)
             .map_err(BidError::io("sizing the output file"))?;
-        // A writer per worker, so that copying into the page cache (where there is no O_DIRECT)
-        // is not one thread's work; two buffers per worker: one being filled, one being written.
+        // With O_DIRECT, a writer thread per worker keeps as many writes in flight on the device
+        // as there are workers filling buffers; two buffers per worker: one being filled, one
+        // being written.
         let threads = rayon::current_num_threads();
         PlainOutput::new(file, path, &self.header, threads, 2 * threads)
     }

@@ -1,5 +1,6 @@
-// The hall display: renders the opening's snapshot and follows the websocket; the countdown is
-// computed from the server's clock, never the browser's.
+// The hall display: renders the opening's snapshot once, then keeps it current from the
+// websocket's events alone (a thousand viewers must not turn each event into a thousand snapshot
+// requests); the countdown is computed from the server's clock, never the browser's.
 (function () {
   const main = document.getElementById('hall');
   const opening = main.dataset.opening;
@@ -12,14 +13,59 @@
   function mib(n) { return (n / 1048576).toFixed(1) + ' MiB'; }
   function serverNow() { return Date.now() + clockOffset; }
 
+  // The snapshot over HTTP, then the websocket from its last event on: the server replays what
+  // happened in between, so nothing is missed or applied twice.
   async function load() {
-    const res = await fetch('/api/openings/' + opening, { credentials: 'same-origin' });
-    if (!res.ok) return;
-    snapshot = await res.json();
-    clockOffset = snapshot.server_ms - Date.now();
+    pending = null;
+    try {
+      const res = await fetch('/api/openings/' + opening, { credentials: 'same-origin' });
+      if (!res.ok) throw new Error(res.status);
+      adopt(await res.json());
+    } catch (e) { retry(); return; }
+    if (!ws) connect();
+  }
+  function retry() { if (!pending) pending = setTimeout(load, 1500); }
+  function adopt(s) {
+    snapshot = s; lastSeq = s.last_seq;
+    if (s.server_ms) clockOffset = s.server_ms - Date.now();
     render();
   }
-  function scheduleLoad() { if (!pending) pending = setTimeout(() => { pending = null; load(); }, 150); }
+
+  function bid(id) { return snapshot.bids.find(b => b.id === id); }
+  function setBid(id, change) { const b = bid(id); if (b) Object.assign(b, change); return !!b; }
+
+  // Applies one event to the snapshot as the server applied it to its tables. Returns false for an
+  // event this page does not know, after which it reloads the snapshot instead of guessing.
+  function apply(kind, d) {
+    const o = snapshot.opening;
+    switch (kind) {
+      case 'bid.received':
+        snapshot.bids = snapshot.bids.filter(b => b.bidder_code !== d.bidder_code);
+        snapshot.bids.push({ id: d.bid_id, bidder_code: d.bidder_code, bidder_name: d.bidder_name, state: 'received', size: d.size, sm3: d.sm3, received_ms: d.received_ms });
+        return true;
+      case 'bid.withdrawn': snapshot.bids = snapshot.bids.filter(b => b.id !== d.bid_id); return true;
+      case 'decryption.started':
+        Object.assign(o, { state: 'decrypting', decrypt_started_ms: d.started_ms, decrypt_deadline_ms: d.deadline_ms });
+        snapshot.bids.forEach(b => { if (b.state === 'received') b.state = 'awaiting_key'; });
+        return true;
+      case 'qr.issued': return setBid(d.bid_id, { qr: { nonce: d.nonce, url: d.url, expires_ms: d.expires_ms } });
+      case 'bid.refused': refusals[d.bid_id] = d.message; return true;
+      case 'bid.key_accepted': delete refusals[d.bid_id]; return setBid(d.bid_id, { state: 'decrypting', qr: null });
+      case 'bid.summary': return setBid(d.bid_id, { summary: d.summary });
+      case 'bid.decrypted': delete progress[d.bid_id]; return setBid(d.bid_id, { state: 'decrypted', plaintext_len: d.bytes, progress: null });
+      case 'bid.failed': delete progress[d.bid_id]; return setBid(d.bid_id, { state: 'failed', failure: d.message, fault: d.fault, progress: null });
+      case 'decryption.ended':
+        o.state = 'decryption_ended';
+        d.not_decrypted.forEach(id => setBid(id, { state: 'not_decrypted', failure: d.failure, fault: 'bidder', qr: null }));
+        snapshot.bids.forEach(b => { b.qr = null; });
+        return true;
+      case 'opening.failed': Object.assign(o, { state: 'failed', failure: d.reason }); return true;
+      case 'files.released': o.state = 'released'; return true;
+      case 'opening.closed': o.state = 'closed'; return true;
+      case 'opening.created': case 'bidder.registered': case 'bid.digest': return true;
+      default: return false;
+    }
+  }
 
   function render() {
     const o = snapshot.opening;
@@ -57,26 +103,28 @@
   function connect() {
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
     ws = new WebSocket(proto + '//' + location.host + '/ws/openings/' + opening + '?since=' + lastSeq);
-    ws.onopen = () => { document.getElementById('conn').className = 'on'; document.getElementById('conn-text').textContent = '实时'; load(); };
+    ws.onopen = () => { document.getElementById('conn').className = 'on'; document.getElementById('conn-text').textContent = '实时'; };
     ws.onmessage = ev => {
       const m = JSON.parse(ev.data);
       if (m.type === 'hello') { clockOffset = m.server_ms - Date.now(); }
       else if (m.type === 'event') {
+        if (m.seq <= lastSeq) return;
         lastSeq = m.seq; document.getElementById('seq').textContent = lastSeq;
-        if (m.kind === 'bid.refused') refusals[m.data.bid_id] = m.data.message;
-        if (m.kind === 'bid.decrypted' || m.kind === 'bid.failed') delete progress[m.data.bid_id];
-        scheduleLoad();
-      } else if (m.type === 'snapshot') { snapshot = m.snapshot; lastSeq = snapshot.last_seq; render(); }
+        if (apply(m.kind, m.data)) render(); else { ws.onclose = null; ws.close(); ws = null; load(); }
+      } else if (m.type === 'snapshot') { adopt(m.snapshot); }
       else if (m.type === 'progress') {
         progress[m.bid_id] = m;
         const row = rows.querySelector('tr[data-bid="' + m.bid_id + '"]');
         if (row) { const pct = Math.floor(100 * m.done / Math.max(1, m.total)); row.querySelector('.bar > div').style.width = pct + '%'; row.querySelector('td:nth-child(4) .rate').textContent = pct + '% ' + mib(m.rate) + '/s'; }
       }
     };
-    ws.onclose = () => { document.getElementById('conn').className = ''; document.getElementById('conn-text').textContent = '重新连接中…'; setTimeout(connect, 1500); };
+    ws.onclose = () => {
+      ws = null;
+      document.getElementById('conn').className = ''; document.getElementById('conn-text').textContent = '重新连接中…';
+      setTimeout(connect, 1500);
+    };
   }
 
   setInterval(tickClock, 250);
   load();
-  connect();
 })();

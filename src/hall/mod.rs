@@ -1119,20 +1119,19 @@ impl Hall {
     /// Ends the decryption window: bids still waiting for a key count as not decrypted through
     /// the bidder (art. 31: revoked, 撤销).
     pub async fn end_decryption(&self, opening_id: &str) -> Result<(), HallError> {
+        const FAILURE: &str =
+            "not decrypted by the bidder within the time limit: counts as revoked (撤销, art. 31)";
         let not_decrypted = self
             .inner
             .db
-            .end_decryption(
-                opening_id,
-                "not decrypted by the bidder within the time limit: counts as revoked (撤销, art. 31)",
-            )
+            .end_decryption(opening_id, FAILURE)
             .await?
             .ok_or_else(|| HallError::WrongState("decryption is not running".into()))?;
         self.event(
             opening_id,
             "decryption.ended",
             "public",
-            json!({"not_decrypted": not_decrypted}),
+            json!({"not_decrypted": not_decrypted, "failure": FAILURE}),
         )
         .await
     }

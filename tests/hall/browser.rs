@@ -1,14 +1,150 @@
 //! The hall display in a real browser: headless Chromium renders the page, runs its script against
 //! the live server and the resulting DOM is checked.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use crate::helpers::{Backend, TestBidder, spawn_app};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
 
-/// Runs Chromium headless on `url` and returns the DOM after its scripts ran; None (and a loud
-/// message) when Chromium is missing outside CI.
-fn rendered_dom(url: &str, screenshot: Option<&std::path::Path>) -> Option<String> {
-    let profile = tempfile::tempdir().unwrap();
+use crate::helpers::{Backend, TestApp, TestBidder, spawn_app};
+
+/// A headless Chromium that keeps a page open, driven over the DevTools protocol, so that a test
+/// can move the opening on and read the page as its script follows.
+struct Browser {
+    child: Child,
+    _profile: tempfile::TempDir,
+    page: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
+    next_id: u64,
+}
+
+impl Browser {
+    /// Opens `url`; None (and a loud message) when Chromium is missing outside CI.
+    async fn open(app: &TestApp, url: &str) -> Option<Browser> {
+        let profile = tempfile::tempdir().unwrap();
+        let child = match chromium(profile.path())
+            .arg("--remote-debugging-port=0")
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                missing(e);
+                return None;
+            }
+        };
+        // Chromium writes the port it chose into the profile folder.
+        let port_file = profile.path().join("DevToolsActivePort");
+        let until = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            if let Ok(text) = std::fs::read_to_string(&port_file)
+                && let Some(port) = text
+                    .lines()
+                    .next()
+                    .and_then(|l| l.trim().parse::<u16>().ok())
+            {
+                break port;
+            }
+            assert!(
+                Instant::now() < until,
+                "chromium did not open its DevTools port"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut list = app
+            .client
+            .get(format!("http://127.0.0.1:{port}/json/list"))
+            .send()
+            .await
+            .expect("DevTools answers");
+        let targets: Value = list.json().await.unwrap();
+        let page = targets
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "page")
+            .expect("chromium has a page");
+        let (_, framed) = app
+            .client
+            .ws(page["webSocketDebuggerUrl"].as_str().unwrap())
+            .max_frame_size(16 << 20)
+            .connect()
+            .await
+            .expect("the DevTools websocket connects");
+        Some(Browser {
+            child,
+            _profile: profile,
+            page: framed,
+            next_id: 0,
+        })
+    }
+
+    /// Evaluates `expression` in the page and returns its value.
+    async fn eval(&mut self, expression: &str) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let call = json!({"id": id, "method": "Runtime.evaluate",
+            "params": {"expression": expression, "returnByValue": true}});
+        self.page
+            .send(awc::ws::Message::Text(call.to_string().into()))
+            .await
+            .unwrap();
+        loop {
+            let frame = actix_web::rt::time::timeout(Duration::from_secs(30), self.page.next())
+                .await
+                .expect("DevTools answers within 30 s")
+                .expect("the DevTools websocket is open")
+                .unwrap();
+            if let awc::ws::Frame::Text(bytes) = frame {
+                let reply: Value = serde_json::from_slice(&bytes).unwrap();
+                if reply["id"] == id {
+                    return reply["result"]["result"]["value"].clone();
+                }
+            }
+        }
+    }
+
+    /// The text of the page's table of bids.
+    async fn rows(&mut self) -> String {
+        let text = self
+            .eval("(document.getElementById('rows') || {}).innerText || ''")
+            .await;
+        text.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Waits (bounded, not a speed check) until `check` holds for the page's table and status.
+    async fn wait_for(&mut self, what: &str, check: impl Fn(&str, &str) -> bool) {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let rows = self.rows().await;
+            let state = self
+                .eval("document.getElementById('state').innerText")
+                .await;
+            let state = state.as_str().unwrap_or_default().to_owned();
+            if check(&rows, &state) {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "the page never showed {what}; it shows {state:?} and {rows:?}"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Headless Chromium with a fresh profile in `profile`.
+fn chromium(profile: &Path) -> Command {
     let mut cmd = Command::new("chromium");
     cmd.args([
         "--headless",
@@ -20,9 +156,27 @@ fn rendered_dom(url: &str, screenshot: Option<&std::path::Path>) -> Option<Strin
         "--disable-component-update",
         "--disable-sync",
         "--window-size=1400,900",
-        "--virtual-time-budget=6000",
     ])
-    .arg(format!("--user-data-dir={}", profile.path().display()));
+    .arg(format!("--user-data-dir={}", profile.display()));
+    cmd
+}
+
+/// What to do when Chromium cannot be started: skip loudly on a developer's machine, fail in CI.
+fn missing(e: std::io::Error) {
+    if std::env::var_os("CI").is_some() {
+        panic!("chromium is needed in CI: {e}");
+    }
+    eprintln!(
+        "SKIPPED the browser test: chromium is not installed ({e}); `apt-get install chromium` to run it"
+    );
+}
+
+/// Runs Chromium headless on `url` and returns the DOM after its scripts ran; None (and a loud
+/// message) when Chromium is missing outside CI.
+fn rendered_dom(url: &str, screenshot: Option<&Path>) -> Option<String> {
+    let profile = tempfile::tempdir().unwrap();
+    let mut cmd = chromium(profile.path());
+    cmd.arg("--virtual-time-budget=6000");
     if let Some(path) = screenshot {
         cmd.arg(format!("--screenshot={}", path.display()));
     } else {
@@ -30,13 +184,10 @@ fn rendered_dom(url: &str, screenshot: Option<&std::path::Path>) -> Option<Strin
     }
     let output = match cmd.arg(url).output() {
         Ok(o) => o,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!(
-                "SKIPPED the browser test: chromium is not installed ({e}); `apt-get install chromium` to run it"
-            );
+        Err(e) => {
+            missing(e);
             return None;
         }
-        Err(e) => panic!("chromium is needed in CI: {e}"),
     };
     assert!(
         output.status.success(),
@@ -88,5 +239,91 @@ async fn the_hall_display_shows_qr_codes_states_and_summaries() {
         .await
         .unwrap();
     }
+    app.cleanup().await;
+}
+
+/// The display follows a whole opening live, from the websocket's events alone: it loads the
+/// snapshot once, and no event makes it ask again.
+#[actix_web::test]
+async fn the_hall_display_follows_the_opening_live_without_reloading() {
+    let app = spawn_app(&Backend::Sqlite).await;
+    let a = TestBidder::new(app.dir.path(), 1, 200_000);
+    let b = TestBidder::new(app.dir.path(), 2, 200_000);
+    let c = TestBidder::new(app.dir.path(), 3, 200_000);
+    let opening = app.opening_with_bids(&[&a, &b], 30, 1800).await;
+    let url = format!("{}/hall/{opening}", app.base);
+    let Some(mut page) = Browser::open(&app, &url).await else {
+        app.cleanup().await;
+        return;
+    };
+    page.wait_for("both bids as received, connected", |rows, state| {
+        rows.matches("已递交").count() == 2 && state == "等待开标"
+    })
+    .await;
+    let connected = page
+        .eval("document.getElementById('conn-text').innerText")
+        .await;
+    assert_eq!(connected, "实时", "the websocket is open");
+
+    // A late registration and upload arrive as events.
+    app.register(&opening, &c).await;
+    assert_eq!(app.upload(&opening, &c).await.status, 201);
+    page.wait_for("the third bid", |rows, _| {
+        rows.contains(&c.name) && rows.matches("已递交").count() == 3
+    })
+    .await;
+
+    app.start_after(&opening, 31).await;
+    page.wait_for("three QR codes", |rows, state| {
+        rows.matches("待解密").count() == 3 && state == "解密中"
+    })
+    .await;
+    let qrs = page
+        .eval("document.querySelectorAll('img[alt=\"解密二维码\"]').length")
+        .await;
+    assert_eq!(qrs, 3, "each waiting bid shows its QR code");
+
+    assert_eq!(app.scan(&opening, &a).await.status, 200);
+    let price = format!("¥{:.2}", a.summary.price_fen as f64 / 100.0);
+    page.wait_for("the first bid decrypted with its summary", |rows, _| {
+        rows.contains("解密成功") && rows.contains(&price)
+    })
+    .await;
+    let qrs = page
+        .eval("document.querySelectorAll('img[alt=\"解密二维码\"]').length")
+        .await;
+    assert_eq!(qrs, 2, "the decrypted bid's QR code is gone");
+
+    assert_eq!(app.act(&opening, "end-decryption").await.status, 200);
+    page.wait_for("the others as not decrypted", |rows, state| {
+        rows.matches("未解密（视为撤销）").count() == 2 && state == "解密结束"
+    })
+    .await;
+
+    // What the server would show a newcomer is what this page shows.
+    let fresh = app.snapshot(&opening).await;
+    for bid in fresh["bids"].as_array().unwrap() {
+        let state = page
+            .eval(&format!(
+                "document.querySelector('tr[data-bid=\"{}\"] .state').className",
+                bid["id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(
+            state.as_str().unwrap(),
+            format!("state {}", bid["state"].as_str().unwrap())
+        );
+    }
+    let loads = page
+        .eval(
+            "performance.getEntriesByType('resource')\
+             .filter(e => /\\/api\\/openings\\/[^/]+$/.test(new URL(e.name).pathname)).length",
+        )
+        .await;
+    assert_eq!(
+        loads, 1,
+        "the page loaded the snapshot once and followed events after"
+    );
+    drop(page);
     app.cleanup().await;
 }

@@ -11,6 +11,7 @@
 //! Output is written to a temporary file beside the destination and published only when every
 //! chunk has passed: a failure never leaves partial plaintext behind.
 
+mod durable;
 mod open;
 mod output;
 mod pack;
@@ -22,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::crypto::{FileKey, GcmStream, Sm3Lanes, TAG_LEN};
 use crate::format::Header;
 
+pub use durable::{parent_of, persist, sync_dir, sync_tree};
 pub use open::{DecryptOptions, SealedBid, accept_file_key, open_summary};
 pub use output::PlainOutput;
 pub use pack::{pack_dir, unpack_archive};

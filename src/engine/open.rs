@@ -368,10 +368,7 @@ impl SealedBid {
         options: DecryptOptions,
         progress: &dyn Progress,
     ) -> Result<u64, BidError> {
-        let parent = match out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
+        let parent = super::parent_of(out);
         let tmp = tempfile::NamedTempFile::new_in(parent).map_err(BidError::io(format!(
             "creating a file in {}",
             parent.display()
@@ -385,13 +382,7 @@ impl SealedBid {
             progress,
         )?;
         output.finish()?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(BidError::io("flushing the decrypted bid to disk"))?;
-        tmp.persist(out).map_err(|e| BidError::Io {
-            context: format!("saving {}", out.display()),
-            source: e.error,
-        })?;
+        super::persist(tmp, out, "the decrypted bid")?;
         Ok(self.header.plaintext_len)
     }
 
@@ -530,10 +521,7 @@ impl SealedBid {
             std::fs::remove_dir(dir)
                 .map_err(BidError::io(format!("replacing {}", dir.display())))?;
         }
-        let parent = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
+        let parent = super::parent_of(dir);
         std::fs::create_dir_all(parent)
             .map_err(BidError::io(format!("creating {}", parent.display())))?;
         let archive =
@@ -548,6 +536,8 @@ impl SealedBid {
             .tempdir_in(parent)
             .map_err(BidError::io("creating a temporary folder"))?;
         super::unpack_archive(&archive, staging.path())?;
+        super::sync_tree(staging.path())
+            .map_err(BidError::io("flushing the unsealed files to disk"))?;
         let staged = staging.keep();
         std::fs::rename(&staged, dir).map_err(|source| {
             let _ = std::fs::remove_dir_all(&staged);
@@ -555,7 +545,11 @@ impl SealedBid {
                 context: format!("moving the unsealed bid to {}", dir.display()),
                 source,
             }
-        })
+        })?;
+        super::sync_dir(parent).map_err(BidError::io(format!(
+            "flushing the folder of {} to disk",
+            dir.display()
+        )))
     }
 }
 

@@ -49,7 +49,7 @@ pub fn seal_dir(
     params: &SealParams<'_>,
     progress: &dyn Progress,
 ) -> Result<SealReport, BidError> {
-    let parent = parent_of(out);
+    let parent = super::parent_of(out);
     let archive =
         tempfile::tempfile_in(parent).map_err(BidError::io("creating a temporary archive"))?;
     super::pack_dir(dir, &archive)?;
@@ -119,7 +119,7 @@ fn seal_open_file(
     let body_offset = header_bytes.len() as u64;
     let count = header.chunk_count();
 
-    let parent = parent_of(out);
+    let parent = super::parent_of(out);
     let tmp = tempfile::NamedTempFile::new_in(parent).map_err(BidError::io(format!(
         "creating a file in {}",
         parent.display()
@@ -158,13 +158,7 @@ fn seal_open_file(
     output
         .write_all_at(&trailer, trailer_offset)
         .map_err(BidError::io("writing the signature"))?;
-    output
-        .sync_all()
-        .map_err(BidError::io("flushing the sealed bid to disk"))?;
-    tmp.persist(out).map_err(|e| BidError::Io {
-        context: format!("saving {}", out.display()),
-        source: e.error,
-    })?;
+    super::persist(tmp, out, "the sealed bid")?;
     Ok(SealReport {
         plaintext_len,
         file_len: trailer_offset + trailer.len() as u64,
@@ -253,11 +247,4 @@ fn check_params(params: &SealParams<'_>) -> Result<(), BidError> {
         );
     }
     Ok(())
-}
-
-fn parent_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
 }

@@ -167,9 +167,12 @@ impl Hall {
         metrics: Metrics,
     ) -> Result<Self, HallError> {
         for dir in ["bids", "plain", "uploads"] {
-            std::fs::create_dir_all(settings.data_dir.join(dir)).map_err(HallError::io(
-                format!("creating {}/{dir}", settings.data_dir.display()),
-            ))?;
+            std::fs::create_dir_all(settings.data_dir.join(dir))
+                .and_then(|_| engine::sync_dir(&settings.data_dir))
+                .map_err(HallError::io(format!(
+                    "creating {}/{dir}",
+                    settings.data_dir.display()
+                )))?;
         }
         let vault = Vault::open_or_create(&settings.data_dir)?;
         let hall = Self {
@@ -551,9 +554,18 @@ impl Hall {
         }
         let bid_id = random_hex::<8>()?;
         let dir = self.inner.settings.data_dir.join("bids").join(opening_id);
-        std::fs::create_dir_all(&dir).map_err(HallError::io("creating the bid folder"))?;
         let final_path = dir.join(format!("{bid_id}.kbid"));
-        std::fs::rename(upload, &final_path).map_err(HallError::io("filing the bid"))?;
+        // Filed durably (the new names flushed with their folders), off the async executor.
+        let (from, to) = (upload.to_owned(), final_path.clone());
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            engine::sync_dir(engine::parent_of(&dir))?;
+            std::fs::rename(from, to)?;
+            engine::sync_dir(&dir)
+        })
+        .await
+        .map_err(|e| HallError::Internal(e.to_string()))?
+        .map_err(HallError::io("filing the bid"))?;
         let row = BidRow {
             id: bid_id.clone(),
             opening_id: opening_id.to_owned(),
@@ -1010,13 +1022,7 @@ impl Hall {
                     let written = output.finish();
                     decrypted?;
                     written.map_err(HallError::BidRejected)?;
-                    tmp.as_file()
-                        .sync_all()
-                        .map_err(BidError::io("flushing the decrypted bid to disk"))?;
-                    tmp.persist(&target).map_err(|e| BidError::Io {
-                        context: format!("saving {}", target.display()),
-                        source: e.error,
-                    })?;
+                    engine::persist(tmp, &target, "the decrypted bid")?;
                     Ok(())
                 })
                 .await

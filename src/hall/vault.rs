@@ -43,6 +43,7 @@ impl Vault {
                 .map_err(HallError::io("creating master.key"))?;
             file.write_all(hex::encode(*key).as_bytes())
                 .and_then(|_| file.sync_all())
+                .and_then(|_| crate::engine::sync_dir(data_dir))
                 .map_err(HallError::io("writing master.key"))?;
             key
         };

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use kaibiao::crypto::{self, PublicIdentity};
 use kaibiao::domain::{BidSummary, Uscc};
-use kaibiao::engine::{self, SealParams, SealedBid};
+use kaibiao::engine::{self, DecryptOptions, SealParams, SealedBid};
 use kaibiao::format::{self, DEFAULT_CHUNK_SIZE, Header};
 
 #[derive(clap::Args, Debug)]
@@ -54,9 +54,14 @@ pub struct UnsealArgs {
     /// A recipient's SM2 encryption private key (PKCS#8 PEM).
     #[arg(long)]
     key: PathBuf,
-    /// Folder to unpack the bid into (must not exist, or be empty).
+    /// Folder to unpack the bid into (must not exist, or be empty); with `--archive`, the file
+    /// to write (must not exist).
     #[arg(long)]
     out: PathBuf,
+    /// Write the bid folder as the tar archive it was sealed from, as the hall hands it to the
+    /// evaluation system, instead of unpacking it.
+    #[arg(long)]
+    archive: bool,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -292,7 +297,19 @@ pub fn unseal(args: UnsealArgs) -> anyhow::Result<ExitCode> {
     let bar = bar(bid.header().plaintext_len, "decrypting");
     let started = Instant::now();
     let progress = |n: u64| bar.inc(n);
-    pool(args.threads)?.install(|| bid.unseal_to_dir(&file_key, &args.out, &progress))?;
+    if args.archive {
+        if args.out.exists() {
+            bail!(
+                "{} already exists: choose a new file name for the archive",
+                args.out.display()
+            );
+        }
+        pool(args.threads)?.install(|| {
+            bid.decrypt_to(&file_key, &args.out, DecryptOptions::default(), &progress)
+        })?;
+    } else {
+        pool(args.threads)?.install(|| bid.unseal_to_dir(&file_key, &args.out, &progress))?;
+    }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     println!(

@@ -89,6 +89,26 @@ fn keygen_seal_inspect_verify_unseal() {
         std::fs::read(d.join("bid/附件/报价.xlsx")).unwrap(),
         std::fs::read(d.join("opened/附件/报价.xlsx")).unwrap()
     );
+    // The archive as the hall keeps it: the same files in a tar.
+    let args = [
+        "unseal",
+        "bid.kbid",
+        "--key",
+        "keys/enc.key.pem",
+        "--archive",
+        "--out",
+        "bid.tar",
+    ];
+    kaibiao().current_dir(d).args(args).assert().success();
+    let mut archive = tar::Archive::new(std::fs::File::open(d.join("bid.tar")).unwrap());
+    archive.unpack(d.join("from-tar")).unwrap();
+    assert_eq!(
+        std::fs::read(d.join("bid/技术标.pdf")).unwrap(),
+        std::fs::read(d.join("from-tar/技术标.pdf")).unwrap()
+    );
+    let again = kaibiao().current_dir(d).args(args).assert().failure();
+    let err = String::from_utf8_lossy(&again.get_output().stderr).into_owned();
+    assert!(err.contains("already exists"), "{err}");
 
     // A damaged file: verify fails with a reason naming the chunk, unseal leaves nothing behind.
     let mut bytes = std::fs::read(d.join("bid.kbid")).unwrap();

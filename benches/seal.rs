@@ -1,6 +1,8 @@
 //! Seal, verify and unseal throughput, end to end through the file system, on 1 and 2 threads;
 //! raw SM4-GCM and SM3 (one message, and sixteen at once) for comparison. The `-tmpfs` variants
-//! write to /dev/shm (where it exists), which separates the CPU's work from the disk's.
+//! write to /dev/shm (where it exists), which separates the CPU's work from the disk's. The
+//! `ceiling` group decrypts the bid's size without writing it anywhere: the most that unsealing
+//! from the page cache could reach on this machine.
 //! `KAIBIAO_SM3=portable` runs the same benches on the `sm3` crate alone.
 
 use std::hint::black_box;
@@ -119,6 +121,41 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.bench_function("sm3/1MiB", |b| b.iter(|| black_box(crypto::sm3(&chunk))));
+    group.finish();
+
+    // What unsealing from the page cache could reach at best, without writing anything: the
+    // whole bid decrypted in memory (the data streams from DRAM, not the L2 cache), and read
+    // with positional I/O 64 KiB at a time (one copy out of the page cache) and decrypted.
+    let mut group = c.benchmark_group("ceiling");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(size as u64));
+    let mut whole = data.clone();
+    group.bench_function("decrypt-in-memory", |b| {
+        b.iter(|| {
+            for part in whole.chunks_mut(chunk.len()) {
+                let mut stream = key.body_cipher().stream(&[0; 12], b"");
+                stream.decrypt(part);
+                black_box(stream.tag());
+            }
+        })
+    });
+    drop(whole);
+    let file = std::fs::File::open(&input).unwrap();
+    let mut piece = vec![0u8; 64 * 1024];
+    group.bench_function("read-and-decrypt-no-output", |b| {
+        b.iter(|| {
+            for start in (0..size).step_by(chunk.len()) {
+                let mut stream = key.body_cipher().stream(&[0; 12], b"");
+                for at in (start..(start + chunk.len()).min(size)).step_by(piece.len()) {
+                    let n = piece.len().min(size - at);
+                    std::os::unix::fs::FileExt::read_exact_at(&file, &mut piece[..n], at as u64)
+                        .unwrap();
+                    stream.decrypt(&mut piece[..n]);
+                }
+                black_box(stream.tag());
+            }
+        })
+    });
     group.finish();
 
     // Sixteen chunks at once, as sealing and checking hash them.

@@ -1435,7 +1435,6 @@ fn signed_by_any(keys: &[BidderKeyRow], message: &[u8], signature: &[u8]) -> boo
     })
 }
 
-/// SM3 of a whole file, streamed.
 /// SM3 of a whole file (sequential by nature), hashed on the Rayon pool 8 MiB per job: a
 /// large decrypted bid never holds a worker for long (a 1 GiB file is ~3 s of SM3), so phones'
 /// answer checks and other bids' decryption take turns with it.

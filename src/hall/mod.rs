@@ -931,33 +931,114 @@ impl Hall {
                 json!({"bid_id": bid.id, "summary": summary, "price_yuan": summary.price_yuan()}),
             ),
         ];
+        let stored = rewrapped.clone();
         let accept = BidWrite::Accept {
             nonce: challenge.nonce.clone(),
             bid_id: bid.id.clone(),
             answer: rewrapped,
             summary: summary_json,
         };
-        if !self
+        match self
             .inner
             .bus
             .commit(&opening.id, accept, events, self.now())
-            .await?
+            .await
         {
-            return Err(HallError::ChallengeUsed);
+            Ok(true) => {}
+            Ok(false) => return Err(HallError::ChallengeUsed),
+            // The database may have committed before the connection failed: if the bid now
+            // holds this very answer, the key was accepted and the phone is told so.
+            Err(error) => match self.inner.db.bid(&bid.id).await {
+                Ok(Some(now))
+                    if now.state == "decrypting" && now.answer.as_deref() == Some(&stored[..]) =>
+                {
+                    tracing::warn!(bid = %bid.id, %error, "an accepted answer's commit reported an error after it was stored");
+                }
+                _ => return Err(error),
+            },
         }
-        self.spawn_decryption(bid, key);
+        if let Some(active) = self.claim(&bid) {
+            self.spawn_decryption(bid, key, active);
+        }
         Ok(summary)
     }
 
-    fn spawn_decryption(&self, bid: BidRow, key: FileKey) {
-        let active = Arc::new(Active {
-            opening_id: bid.opening_id.clone(),
-            total: bid.plaintext_len as u64,
-            done: AtomicU64::new(0),
-            started: Instant::now(),
-            reported: AtomicU64::new(u64::MAX),
-        });
-        self.inner.active.insert(bid.id.clone(), active.clone());
+    /// Marks `bid` as being decrypted by this process; None if a task already has it. A task
+    /// keeps its claim until the end of its decryption is recorded, so a bid that is
+    /// `decrypting` in the database and unclaimed has no task (see [`Self::reconcile`]).
+    fn claim(&self, bid: &BidRow) -> Option<Arc<Active>> {
+        match self.inner.active.entry(bid.id.clone()) {
+            dashmap::Entry::Occupied(_) => None,
+            dashmap::Entry::Vacant(slot) => {
+                let active = Arc::new(Active {
+                    opening_id: bid.opening_id.clone(),
+                    total: bid.plaintext_len as u64,
+                    done: AtomicU64::new(0),
+                    started: Instant::now(),
+                    reported: AtomicU64::new(u64::MAX),
+                });
+                slot.insert(active.clone());
+                Some(active)
+            }
+        }
+    }
+
+    /// Starts decrypting every bid whose key was accepted but that no task is decrypting: after
+    /// a restart, or when recording an answer or a finished decryption failed on the database.
+    async fn reconcile(&self) -> Result<(), HallError> {
+        for bid in self.inner.db.bids_in_state("decrypting").await? {
+            if self.inner.active.contains_key(&bid.id) {
+                continue;
+            }
+            let Some(active) = self.claim(&bid) else {
+                continue;
+            };
+            // A task that just ended gave up its claim only after recording the end: read the
+            // bid again now that the claim is held.
+            let bid = match self.inner.db.bid(&bid.id).await {
+                Ok(Some(b)) if b.state == "decrypting" && b.answer.is_some() => b,
+                other => {
+                    self.inner.active.remove(&bid.id);
+                    other?;
+                    continue;
+                }
+            };
+            match self.stored_key(&bid).await {
+                Ok(key) => {
+                    tracing::info!(bid = %bid.id, "decrypting a bid whose key was accepted but that no task was decrypting");
+                    self.spawn_decryption(bid, key, active);
+                }
+                // The stored answer or the file cannot give the key: that will not change.
+                Err(error @ (HallError::WrongCertificate | HallError::BidRejected(_))) => {
+                    let outcome = self.fail_decryption(&bid, error).await;
+                    self.inner.active.remove(&bid.id);
+                    outcome?;
+                }
+                // The database or the hall key's vault: tried again at the next tick.
+                Err(error) => {
+                    self.inner.active.remove(&bid.id);
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A bid's file key from the answer stored when it was accepted.
+    async fn stored_key(&self, bid: &BidRow) -> Result<FileKey, HallError> {
+        let opening = self.opening(&bid.opening_id).await?;
+        let hall_key = self.hall_key(&opening)?;
+        let answer = bid.answer.clone().unwrap_or_default();
+        let path = PathBuf::from(&bid.path);
+        on_rayon(move || -> Result<FileKey, HallError> {
+            let raw =
+                crypto::unwrap_key(&hall_key, &answer).map_err(|_| HallError::WrongCertificate)?;
+            Ok(SealedBid::open(&path)?.accept_file_key(*raw)?)
+        })
+        .await?
+    }
+
+    fn spawn_decryption(&self, bid: BidRow, key: FileKey, active: Arc<Active>) {
         let hall = self.clone();
         tokio::spawn(async move {
             let out = hall
@@ -1029,7 +1110,6 @@ impl Hall {
                 .map_err(|e| HallError::Internal(e.to_string()))?
             }
             .await;
-            hall.inner.active.remove(&bid.id);
             let secs = active.started.elapsed().as_secs_f64();
             let outcome = match result {
                 Ok(()) => {
@@ -1045,8 +1125,9 @@ impl Hall {
                 Err(error) => hall.fail_decryption(&bid, error).await,
             };
             if let Err(error) = outcome {
-                tracing::error!(bid = %bid.id, %error, "recording the end of a decryption failed");
+                tracing::error!(bid = %bid.id, %error, "recording the end of a decryption failed; it will be decrypted again");
             }
+            hall.inner.active.remove(&bid.id);
         });
     }
 
@@ -1343,7 +1424,8 @@ impl Hall {
         }))
     }
 
-    /// Periodic work: close windows at their deadline, replace expired QR codes.
+    /// Periodic work: close windows at their deadline, replace expired QR codes, decrypt bids
+    /// whose key was accepted but that no task is decrypting.
     pub async fn tick(&self) -> Result<(), HallError> {
         let now = self.now();
         for opening in self.inner.db.openings_in_state("decrypting").await? {
@@ -1361,7 +1443,7 @@ impl Hall {
                 .await?;
             self.issue_challenges(&opening.id, &stale).await?;
         }
-        Ok(())
+        self.reconcile().await
     }
 
     /// Sends coalesced progress of running decryptions (call a few times a second).
@@ -1381,7 +1463,8 @@ impl Hall {
         }
     }
 
-    /// After a restart: reopen hall keys and restart decryptions whose key had been accepted.
+    /// After a restart: hash decrypted files whose digest was not recorded, and restart
+    /// decryptions whose key had been accepted.
     async fn resume(&self) -> Result<(), HallError> {
         for state in ["decrypting", "decryption_ended"] {
             for opening in self.inner.db.openings_in_state(state).await? {
@@ -1404,26 +1487,10 @@ impl Hall {
                             }
                         });
                     }
-                    if bid.state != "decrypting" {
-                        continue;
-                    }
-                    let Some(answer) = bid.answer.clone() else {
-                        continue;
-                    };
-                    let hall_key = self.hall_key(&opening)?;
-                    let path = PathBuf::from(&bid.path);
-                    let key = on_rayon(move || -> Result<FileKey, HallError> {
-                        let raw = crypto::unwrap_key(&hall_key, &answer)
-                            .map_err(|_| HallError::WrongCertificate)?;
-                        Ok(SealedBid::open(&path)?.accept_file_key(*raw)?)
-                    })
-                    .await??;
-                    tracing::info!(bid = %bid.id, "resuming a decryption interrupted by a restart");
-                    self.spawn_decryption(bid, key);
                 }
             }
         }
-        Ok(())
+        self.reconcile().await
     }
 }
 

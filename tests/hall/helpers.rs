@@ -431,6 +431,26 @@ impl TestApp {
             .any(|b| b["state"] == "decrypted" && b["plain_sm3"].is_null())
     }
 
+    /// Runs one SQL statement with one text parameter on the server's database, behind its back.
+    pub async fn sql(&self, statement: &str, param: &str) {
+        let url = &self.settings.database_url;
+        if url.starts_with("postgres") {
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query(statement)
+                .bind(param)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+            sqlx::query(statement)
+                .bind(param)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
     /// All events of an opening as the agent sees them.
     pub async fn events(&self, opening: &str) -> Vec<Value> {
         self.agent("GET", &format!("/api/openings/{opening}/events"), None)

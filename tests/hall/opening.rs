@@ -8,6 +8,7 @@ use crate::helpers::{Backend, TestBidder, Viewer, spawn_app};
 crate::on_both_databases!(
     twenty_bidders_from_upload_to_evaluator_download,
     a_restarted_server_resumes_the_opening,
+    an_accepted_bid_without_a_task_is_decrypted_by_the_hall,
     a_small_bid_is_not_held_up_by_a_large_one
 );
 
@@ -272,5 +273,40 @@ async fn a_restarted_server_resumes_the_opening(backend: Backend) {
         );
     }
     app.assert_chain_valid(&opening).await;
+    app.cleanup().await;
+}
+
+/// A bid whose key was accepted but that no task decrypts (the process stopped, or the database
+/// failed to confirm the answer or the end of the decryption) is decrypted by the hall's periodic
+/// work, to the same file.
+async fn an_accepted_bid_without_a_task_is_decrypted_by_the_hall(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let a = TestBidder::new(app.dir.path(), 1, 300_000);
+    let opening = app.opening_with_bids(&[&a], 30, 1800).await;
+    app.start_after(&opening, 31).await;
+    assert_eq!(app.scan(&opening, &a).await.status, 200);
+    app.wait_until_settled(&opening).await;
+    let path = format!("/api/openings/{opening}");
+    let first = app.agent("GET", &path, None).await.body;
+    let id = first["bids"][0]["id"].as_str().unwrap().to_owned();
+    let digest = first["bids"][0]["plain_sm3"].clone();
+    assert!(digest.is_string());
+    let plain = app
+        .settings
+        .data_dir
+        .join("plain")
+        .join(format!("{id}.tar"));
+    std::fs::remove_file(&plain).unwrap();
+    app.sql(
+        "UPDATE bids SET state = 'decrypting', plain_path = NULL, plain_sm3 = NULL WHERE id = $1",
+        &id,
+    )
+    .await;
+
+    app.wait_until_settled(&opening).await;
+    let after = app.agent("GET", &path, None).await.body;
+    assert_eq!(after["bids"][0]["state"], "decrypted");
+    assert_eq!(after["bids"][0]["plain_sm3"], digest, "the same plaintext");
+    assert!(plain.exists());
     app.cleanup().await;
 }

@@ -167,13 +167,14 @@ impl Hall {
         metrics: Metrics,
     ) -> Result<Self, HallError> {
         for dir in ["bids", "plain", "uploads"] {
-            std::fs::create_dir_all(settings.data_dir.join(dir))
-                .and_then(|_| engine::sync_dir(&settings.data_dir))
-                .map_err(HallError::io(format!(
-                    "creating {}/{dir}",
-                    settings.data_dir.display()
-                )))?;
+            std::fs::create_dir_all(settings.data_dir.join(dir)).map_err(HallError::io(
+                format!("creating {}/{dir}", settings.data_dir.display()),
+            ))?;
         }
+        engine::sync_dir(&settings.data_dir).map_err(HallError::io(format!(
+            "flushing {} to disk",
+            settings.data_dir.display()
+        )))?;
         let vault = Vault::open_or_create(&settings.data_dir)?;
         let hall = Self {
             inner: Arc::new(Inner {
@@ -987,9 +988,6 @@ impl Hall {
     /// a restart, or when recording an answer or a finished decryption failed on the database.
     async fn reconcile(&self) -> Result<(), HallError> {
         for bid in self.inner.db.bids_in_state("decrypting").await? {
-            if self.inner.active.contains_key(&bid.id) {
-                continue;
-            }
             let Some(active) = self.claim(&bid) else {
                 continue;
             };

@@ -71,6 +71,13 @@ struct Args {
     /// Size of the one large bid whose summary latency is measured before the storm.
     #[arg(long, default_value_t = 256)]
     summary_bid_mib: usize,
+    /// Bids of `--large-bid-mib` each, all answered at once in an opening of their own (the
+    /// issue's "50 bidders of 500 MB"): time until every one is decrypted and hashed (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    large_bids: usize,
+    /// Size of each of the `--large-bids`.
+    #[arg(long, default_value_t = 256)]
+    large_bid_mib: usize,
     /// Run the server on this database (e.g. an empty PostgreSQL database) instead of SQLite.
     #[arg(long)]
     database_url: Option<String>,
@@ -727,6 +734,183 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
     })
 }
 
+/// Many large bids answered at once.
+struct Large {
+    bids: usize,
+    mib: usize,
+    answer_ms: (f64, f64),
+    /// Seconds from the answers to each bid's `bid.decrypted`, sorted.
+    decrypted: Vec<f64>,
+    /// Seconds from the answers to each bid's `bid.digest`, sorted.
+    digested: Vec<f64>,
+}
+
+async fn large_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::Result<Large> {
+    let work = tempfile::tempdir()?;
+    let summary = BidSummary {
+        bidder_name: "大文件".into(),
+        price_fen: 1,
+        duration_days: 1,
+        quality: "合格".into(),
+        fields: Default::default(),
+    };
+    let signer = crypto::load_public_pem(&keys.sign_pem)?;
+    let plain = work.path().join("plain");
+    {
+        // Not compressible, as real bid files mostly are not.
+        let mut block = vec![0u8; 1 << 20];
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&plain)?);
+        for i in 0..args.large_bid_mib {
+            for (j, b) in block.iter_mut().enumerate() {
+                *b = ((i * 131 + j * 7) ^ (j >> 9)) as u8;
+            }
+            std::io::Write::write_all(&mut f, &block)?;
+        }
+    }
+    // Sealed first, then uploaded before the deadline of an opening made for them.
+    let mut files = Vec::new();
+    for i in 0..args.large_bids {
+        let code = bidder_code(800_000_000 + i);
+        let file = work.path().join(format!("{i}.kbid"));
+        engine::seal_file(
+            &plain,
+            &file,
+            &SealParams {
+                tender_id: TENDER,
+                bidder: code.clone(),
+                summary: &summary,
+                recipients: &[keys.enc.public_key()],
+                sign_key: &keys.sign,
+                signer: &signer,
+                chunk_size: kaibiao::format::DEFAULT_CHUNK_SIZE,
+                created_at: 0,
+            },
+            &NoProgress,
+        )?;
+        files.push((code, file));
+    }
+    std::fs::remove_file(&plain)?;
+    let lead = 10 + (args.large_bids * args.large_bid_mib) as i64 / 100;
+    let opening = api.create_opening(lead).await?;
+    let opening_at = Instant::now() + Duration::from_secs(lead as u64);
+    for (i, (code, file)) in files.into_iter().enumerate() {
+        api.post(&format!("/api/openings/{opening}/bidders"), json!({"uscc": code.as_str(), "name": format!("大文件{i}"), "sign_keys": [keys.sign_pem], "enc_keys": [keys.enc_pem]})).await?;
+        let res = api
+            .client
+            .put(format!("{}/api/openings/{opening}/bids/{}", api.base, code))
+            .body(tokio::fs::read(&file).await?)
+            .send()
+            .await?;
+        if !res.status().is_success() {
+            bail!("large upload {i}: {}", res.text().await.unwrap_or_default());
+        }
+        std::fs::remove_file(file)?;
+    }
+    tokio::time::sleep_until((opening_at + Duration::from_millis(300)).into()).await;
+    api.post(
+        &format!("/api/openings/{opening}/start-decryption"),
+        json!({}),
+    )
+    .await?;
+    let snapshot: Value = api
+        .client
+        .get(format!("{}/api/openings/{opening}", api.base))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let mut prepared = Vec::new();
+    for bid in snapshot["bids"].as_array().context("bids")? {
+        let url = bid["qr"]["url"].as_str().context("a QR")?;
+        let view: ChallengeView = api
+            .client
+            .get(phone::challenge_url(url, None))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let answer = phone::answer_challenge(&view, &keys.enc, &keys.sign)?;
+        prepared.push((view.answer_url, answer));
+    }
+    let server_addr: SocketAddr = api.base.trim_start_matches("http://").parse()?;
+    let ws = connect_viewer(server_addr, &opening, 0).await?;
+    let (_, mut read) = ws.split();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(500), read.next()).await
+    {
+    }
+    let sent = Instant::now();
+    let tasks = prepared.into_iter().map(|(url, answer)| {
+        let client = api.client.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let ok = client
+                .post(url)
+                .json(&answer)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            (ok, t.elapsed().as_secs_f64() * 1000.0)
+        })
+    });
+    let mut answer_ms = Vec::new();
+    for r in futures_util::future::join_all(tasks).await {
+        let (ok, ms) = r?;
+        if !ok {
+            bail!("a large bid's answer was refused");
+        }
+        answer_ms.push(ms);
+    }
+    answer_ms.sort_by(f64::total_cmp);
+    // Decryptions as a public viewer sees them; digests (shown to evaluators and the agent
+    // only) from the agent's view, polled.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut decrypted = Vec::new();
+    while decrypted.len() < args.large_bids {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some(Ok(msg))) = tokio::time::timeout(left, read.next()).await else {
+            bail!("the large bids were not all decrypted within 300 s");
+        };
+        let Message::Text(text) = msg else { continue };
+        let v: Value = serde_json::from_str(&text).unwrap_or_default();
+        match v["kind"].as_str() {
+            Some("bid.decrypted") => decrypted.push(sent.elapsed().as_secs_f64()),
+            Some("bid.failed") => bail!("a large bid failed: {}", v["data"]),
+            _ => {}
+        }
+    }
+    let mut digested: Vec<f64> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < args.large_bids {
+        if Instant::now() > deadline {
+            bail!("the large bids' digests were not all recorded within 300 s");
+        }
+        let view: Value = api
+            .client
+            .get(format!("{}/api/openings/{opening}", api.base))
+            .bearer_auth(&api.token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        for bid in view["bids"].as_array().context("bids")? {
+            if bid["plain_sm3"].is_string() && seen.insert(bid["id"].to_string()) {
+                digested.push(sent.elapsed().as_secs_f64());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Large {
+        bids: args.large_bids,
+        mib: args.large_bid_mib,
+        answer_ms: (
+            answer_ms[answer_ms.len() / 2],
+            answer_ms[answer_ms.len() - 1],
+        ),
+        decrypted,
+        digested,
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -759,6 +943,15 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
     } else {
         None
     };
+    let l = if args.large_bids > 0 {
+        eprintln!(
+            "large bids: {} × {} MiB",
+            args.large_bids, args.large_bid_mib
+        );
+        Some(large_phase(&args, &api, &keys).await?)
+    } else {
+        None
+    };
     let per_conn = if b.connected > 0 {
         (b.rss_connected_kib.saturating_sub(b.rss_before_kib)) as f64 * 1024.0 / b.connected as f64
     } else {
@@ -781,6 +974,10 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         "storm": s.as_ref().map(|s| json!({"summary_bid_mib": s.summary_bid_mib, "summary_latency_ms": s.summary_ms,
             "large_bid_decrypt_seconds": s.big_decrypt_secs, "phones": s.phones, "accepted": s.accepted, "refused": s.refused, "seconds": s.wall_secs,
             "answers_per_second": s.accepted as f64 / s.wall_secs, "latency_ms": {"p50": s.p50_ms, "p99": s.p99_ms, "max": s.max_ms}})),
+        "large_bids": l.as_ref().map(|l| json!({"bids": l.bids, "mib_each": l.mib,
+            "answer_latency_ms": {"p50": l.answer_ms.0, "max": l.answer_ms.1},
+            "decrypted_seconds": {"first": l.decrypted.first(), "last": l.decrypted.last()},
+            "digested_seconds": {"first": l.digested.first(), "last": l.digested.last()}})),
     });
     let mut md = format!(
         "# kaibiao load test\n\n{} openings × {} viewers, {} events/s per opening{} for {} s; {} phones.\n\n\
@@ -828,6 +1025,19 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
             s.summary_bid_mib, s.summary_ms, s.big_decrypt_secs,
             arrival,
             s.accepted, s.refused, s.accepted as f64 / s.wall_secs, s.p50_ms, s.p99_ms, s.max_ms
+        ));
+    }
+    if let Some(l) = &l {
+        let total = (l.bids * l.mib) as f64 / 1024.0;
+        let last = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
+        md.push_str(&format!(
+            "\n| large bids | value |\n|---|---|\n| bids answered at once | {} × {} MiB ({total:.2} GiB) |\n\
+             | answer latency p50 / max | {:.1} / {:.1} ms |\n\
+             | all decrypted after the answers | {:.2} s ({:.2} GiB/s; first at {:.2} s) |\n\
+             | all plaintext digests recorded | {:.2} s (first at {:.2} s) |\n",
+            l.bids, l.mib, l.answer_ms.0, l.answer_ms.1,
+            last(&l.decrypted), total / last(&l.decrypted), l.decrypted.first().copied().unwrap_or(f64::NAN),
+            last(&l.digested), l.digested.first().copied().unwrap_or(f64::NAN),
         ));
     }
     std::fs::create_dir_all(&args.out)?;

@@ -16,9 +16,11 @@ pub enum HallError {
     Invalid(String),
     #[error("{0}")]
     WrongState(String),
-    #[error("the bid deadline has passed ({0}); no upload, replacement or withdrawal is accepted")]
+    #[error(
+        "the bid deadline passed at {0}; no upload, replacement or withdrawal is accepted after it"
+    )]
     AfterDeadline(String),
-    #[error("decryption cannot start before the opening time ({0})")]
+    #[error("decryption cannot start before the opening time, {0}")]
     BeforeOpening(String),
     #[error("the bid is {size} bytes, more than the limit of {limit} bytes")]
     TooLarge { size: u64, limit: u64 },

@@ -93,8 +93,16 @@ fn check_name(what: &str, name: &str) -> Result<(), HallError> {
     Ok(())
 }
 
-fn fmt_time(ms: i64) -> String {
-    format!("{ms} ms since 1970-01-01 UTC")
+/// A moment as people at a Chinese opening read it: Beijing time, to the second.
+pub fn fmt_time(ms: i64) -> String {
+    const BEIJING: time::UtcOffset = time::macros::offset!(+8);
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second] Beijing time, UTC+8"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.to_offset(BEIJING).format(&format).ok())
+        .unwrap_or_else(|| format!("{ms} ms since 1970-01-01 UTC"))
 }
 
 /// A new opening, as the agent enters it.
@@ -151,7 +159,45 @@ struct Inner {
     bus: EventBus,
     hall_keys: DashMap<String, Arc<SecretKey>>,
     active: DashMap<String, Arc<Active>>,
+    /// Bodies being decrypted now: plaintext digests wait for them (see [`file_sm3`]).
+    decrypting: Arc<Decrypting>,
     metrics: Metrics,
+}
+
+/// How many bids' bodies are being decrypted, and a wake-up for when none is.
+#[derive(Default)]
+struct Decrypting {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Decrypting {
+    fn enter(self: &Arc<Self>) -> DecryptingGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        DecryptingGuard(self.clone())
+    }
+
+    /// Returns once no body is being decrypted.
+    async fn idle(&self) {
+        loop {
+            // Registered before the check, so a wake-up between the two is not lost.
+            let woken = self.idle.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            woken.await;
+        }
+    }
+}
+
+struct DecryptingGuard(Arc<Decrypting>);
+
+impl Drop for DecryptingGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -185,6 +231,7 @@ impl Hall {
                 vault,
                 hall_keys: DashMap::new(),
                 active: DashMap::new(),
+                decrypting: Arc::default(),
                 metrics,
             }),
         };
@@ -1038,6 +1085,8 @@ impl Hall {
 
     fn spawn_decryption(&self, bid: BidRow, key: FileKey, active: Arc<Active>) {
         let hall = self.clone();
+        // Held until the body is decrypted and on disk (not while it is hashed).
+        let decrypting = self.inner.decrypting.enter();
         tokio::spawn(async move {
             let out = hall
                 .inner
@@ -1108,6 +1157,7 @@ impl Hall {
                 .map_err(|e| HallError::Internal(e.to_string()))?
             }
             .await;
+            drop(decrypting);
             let secs = active.started.elapsed().as_secs_f64();
             let outcome = match result {
                 Ok(()) => {
@@ -1155,7 +1205,7 @@ impl Hall {
             tracing::warn!(bid = %bid.id, "a finished decryption found its bid no longer decrypting");
             return Ok(());
         }
-        let digest = file_sm3(out.to_owned()).await?;
+        let digest = file_sm3(out.to_owned(), &self.inner.decrypting).await?;
         let record = BidWrite::PlainSm3 {
             bid_id: bid.id.clone(),
             sm3: digest.clone(),
@@ -1474,7 +1524,8 @@ impl Hall {
                         let hall = self.clone();
                         let (id, opening_id) = (bid.id.clone(), opening.id.clone());
                         tokio::spawn(async move {
-                            if let Ok(d) = file_sm3(PathBuf::from(path)).await {
+                            let gate = &hall.inner.decrypting;
+                            if let Ok(d) = file_sm3(PathBuf::from(path), gate).await {
                                 let record = BidWrite::PlainSm3 { bid_id: id, sm3: d };
                                 let now = hall.now();
                                 let _ = hall
@@ -1502,19 +1553,31 @@ fn signed_by_any(keys: &[BidderKeyRow], message: &[u8], signature: &[u8]) -> boo
 
 /// SM3 of a whole file (sequential by nature), hashed on the Rayon pool 8 MiB per job: a
 /// large decrypted bid never holds a worker for long (a 1 GiB file is ~3 s of SM3), so phones'
-/// answer checks and other bids' decryption take turns with it.
-async fn file_sm3(path: PathBuf) -> Result<String, HallError> {
+/// answer checks take turns with it. Each step waits until no bid's body is being decrypted:
+/// hashing costs about seven times the CPU of decrypting, and when many bids are answered at
+/// once every body is decrypted first and the digests follow.
+async fn file_sm3(path: PathBuf, decrypting: &Decrypting) -> Result<String, HallError> {
     use sm3::Digest;
     const STEP: usize = 8 << 20;
     let path = Arc::new(path);
     let mut hasher = sm3::Sm3::new();
     let mut offset = 0u64;
     loop {
+        decrypting.idle().await;
         let path = path.clone();
         let (next, read) = on_rayon(move || -> Result<_, BidError> {
             use std::os::unix::fs::FileExt;
             let file = std::fs::File::open(&*path)
                 .map_err(BidError::io("opening a decrypted bid to hash it"))?;
+            // The plaintext was written past the page cache: have the kernel read the next step
+            // from the device while this one is hashed (advice only; failure changes nothing).
+            let ahead = std::num::NonZeroU64::new(STEP as u64);
+            let _ = rustix::fs::fadvise(
+                &file,
+                offset + STEP as u64,
+                ahead,
+                rustix::fs::Advice::WillNeed,
+            );
             let mut buf = vec![0u8; 1 << 20];
             let mut read = 0;
             while read < STEP {
@@ -1535,5 +1598,44 @@ async fn file_sm3(path: PathBuf) -> Result<String, HallError> {
         if read < STEP {
             return Ok(hex::encode(hasher.finalize()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn times_read_as_beijing_time() {
+        assert_eq!(
+            fmt_time(1_795_491_611_934),
+            "2026-11-24 11:40:11 Beijing time, UTC+8"
+        );
+    }
+
+    #[tokio::test]
+    async fn digests_wait_until_no_body_is_being_decrypted() {
+        let decrypting = Arc::new(Decrypting::default());
+        // Nothing decrypting: no wait.
+        tokio::time::timeout(Duration::from_secs(5), decrypting.idle())
+            .await
+            .expect("idle at once");
+        let first = decrypting.enter();
+        let second = decrypting.enter();
+        let waiter = tokio::spawn({
+            let decrypting = decrypting.clone();
+            async move { decrypting.idle().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "waits while two bodies decrypt");
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "and while one does");
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken when the last ends")
+            .unwrap();
     }
 }

@@ -244,11 +244,7 @@ async fn upload(
     let limit = hall.settings().max_upload_bytes;
     let opening = hall.opening(&opening_id).await?;
     if opening.state != "scheduled" || hall.now() >= opening.deadline_ms {
-        return Err(HallError::AfterDeadline(format!(
-            "{} ms since 1970-01-01 UTC",
-            opening.deadline_ms
-        ))
-        .into());
+        return Err(HallError::AfterDeadline(crate::hall::fmt_time(opening.deadline_ms)).into());
     }
     let declared = req
         .headers()

@@ -164,11 +164,24 @@ struct Inner {
     metrics: Metrics,
 }
 
-/// How many bids' bodies are being decrypted, and a wake-up for when none is.
-#[derive(Default)]
+/// How many bids' bodies are being decrypted, and a wake-up for when none is; and the turns of
+/// the files being hashed after.
 struct Decrypting {
     count: std::sync::atomic::AtomicUsize,
     idle: tokio::sync::Notify,
+    /// One file per pool thread is hashed at a time, the others wait their turn: with many
+    /// bids, digests are then recorded one after another instead of all at the very end.
+    hashing: tokio::sync::Semaphore,
+}
+
+impl Default for Decrypting {
+    fn default() -> Self {
+        Self {
+            count: Default::default(),
+            idle: Default::default(),
+            hashing: tokio::sync::Semaphore::new(rayon::current_num_threads()),
+        }
+    }
 }
 
 impl Decrypting {
@@ -1559,6 +1572,11 @@ fn signed_by_any(keys: &[BidderKeyRow], message: &[u8], signature: &[u8]) -> boo
 async fn file_sm3(path: PathBuf, decrypting: &Decrypting) -> Result<String, HallError> {
     use sm3::Digest;
     const STEP: usize = 8 << 20;
+    let _turn = decrypting
+        .hashing
+        .acquire()
+        .await
+        .map_err(|_| HallError::Internal("the hashing turns were closed".into()))?;
     let path = Arc::new(path);
     let mut hasher = sm3::Sm3::new();
     let mut offset = 0u64;

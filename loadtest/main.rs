@@ -14,7 +14,7 @@
 //! It writes `loadtest/results/latest.md` and `latest.json` (or `--out DIR`).
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -269,6 +269,127 @@ struct Keys {
     enc_pem: String,
 }
 
+impl Keys {
+    /// Seals `plain` as `bidder`'s bid to the hall's test key.
+    fn seal(
+        &self,
+        plain: &Path,
+        out: &Path,
+        bidder: &Uscc,
+        summary: &BidSummary,
+        chunk_size: u32,
+    ) -> anyhow::Result<()> {
+        let signer = crypto::load_public_pem(&self.sign_pem)?;
+        engine::seal_file(
+            plain,
+            out,
+            &SealParams {
+                tender_id: TENDER,
+                bidder: bidder.clone(),
+                summary,
+                recipients: &[self.enc.public_key()],
+                sign_key: &self.sign,
+                signer: &signer,
+                chunk_size,
+                created_at: 0,
+            },
+            &NoProgress,
+        )?;
+        Ok(())
+    }
+}
+
+impl Api {
+    /// Registers a bidder with the test keys and uploads its sealed bid.
+    async fn register_and_upload(
+        &self,
+        opening: &str,
+        code: &Uscc,
+        name: &str,
+        keys: &Keys,
+        file: &Path,
+    ) -> anyhow::Result<()> {
+        self.post(&format!("/api/openings/{opening}/bidders"), json!({"uscc": code.as_str(), "name": name, "sign_keys": [keys.sign_pem], "enc_keys": [keys.enc_pem]})).await?;
+        let res = self
+            .client
+            .put(format!(
+                "{}/api/openings/{opening}/bids/{}",
+                self.base, code
+            ))
+            .body(tokio::fs::read(file).await?)
+            .send()
+            .await?;
+        if !res.status().is_success() {
+            bail!("upload of {name}: {}", res.text().await.unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// Starts decryption just after `opening_at` and returns the opening's bids, with their QR
+    /// codes, as the agent sees them.
+    async fn start(&self, opening: &str, opening_at: Instant) -> anyhow::Result<Vec<Value>> {
+        tokio::time::sleep_until((opening_at + Duration::from_millis(300)).into()).await;
+        self.post(
+            &format!("/api/openings/{opening}/start-decryption"),
+            json!({}),
+        )
+        .await?;
+        self.bids(opening).await
+    }
+
+    /// The opening's bids as the agent sees them (with QR codes and plaintext digests).
+    async fn bids(&self, opening: &str) -> anyhow::Result<Vec<Value>> {
+        let snapshot: Value = self
+            .client
+            .get(format!("{}/api/openings/{opening}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(snapshot["bids"].as_array().context("bids")?.clone())
+    }
+
+    /// Sends prepared answers, the i-th at `start + gap × i`: whether each was accepted, and its
+    /// latency in milliseconds.
+    async fn answer_all(
+        &self,
+        prepared: Vec<(String, Answer)>,
+        start: Instant,
+        gap: Duration,
+    ) -> Vec<Result<(bool, f64), tokio::task::JoinError>> {
+        let tasks = prepared.into_iter().enumerate().map(|(i, (url, answer))| {
+            let client = self.client.clone();
+            let at = start + gap * i as u32;
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at.into()).await;
+                let t = Instant::now();
+                let ok = client
+                    .post(url)
+                    .json(&answer)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                (ok, t.elapsed().as_secs_f64() * 1000.0)
+            })
+        });
+        futures_util::future::join_all(tasks).await
+    }
+
+    /// What a phone does on scanning a QR code: fetch the challenge and prepare the answer.
+    async fn prepare_answer(&self, qr_url: &str, keys: &Keys) -> anyhow::Result<(String, Answer)> {
+        let view: ChallengeView = self
+            .client
+            .get(phone::challenge_url(qr_url, None))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let answer = phone::answer_challenge(&view, &keys.enc, &keys.sign)?;
+        Ok((view.answer_url, answer))
+    }
+}
+
 fn bidder_code(n: usize) -> Uscc {
     Uscc::with_check_digit(&format!("91110000{:09}", n)).expect("digits are valid")
 }
@@ -492,27 +613,12 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
         quality: "合格".into(),
         fields: Default::default(),
     };
-    let signer = crypto::load_public_pem(&keys.sign_pem)?;
     let mut files = Vec::new();
     let plain = work.path().join("plain");
     std::fs::write(&plain, vec![7u8; 4096])?;
     for i in 0..p {
         let file = work.path().join(format!("{i}.kbid"));
-        engine::seal_file(
-            &plain,
-            &file,
-            &SealParams {
-                tender_id: TENDER,
-                bidder: bidder_code(900_000_000 + i),
-                summary: &summary,
-                recipients: &[keys.enc.public_key()],
-                sign_key: &keys.sign,
-                signer: &signer,
-                chunk_size: 4096,
-                created_at: 0,
-            },
-            &NoProgress,
-        )?;
+        keys.seal(&plain, &file, &bidder_code(900_000_000 + i), &summary, 4096)?;
         files.push(file);
     }
     // One large bid: its summary must show at once, whatever the size of its body.
@@ -526,21 +632,8 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
             std::io::Write::write_all(&mut f, &block)?;
         }
         drop(f);
-        engine::seal_file(
-            &big_plain,
-            &big_file,
-            &SealParams {
-                tender_id: TENDER,
-                bidder: big_code.clone(),
-                summary: &summary,
-                recipients: &[keys.enc.public_key()],
-                sign_key: &keys.sign,
-                signer: &signer,
-                chunk_size: kaibiao::format::DEFAULT_CHUNK_SIZE,
-                created_at: 0,
-            },
-            &NoProgress,
-        )?;
+        let chunk = kaibiao::format::DEFAULT_CHUNK_SIZE;
+        keys.seal(&big_plain, &big_file, &big_code, &summary, chunk)?;
         std::fs::remove_file(big_plain)?;
     }
     let lead = 10 + (p as i64) / 50 + args.summary_bid_mib as i64 / 100;
@@ -552,31 +645,10 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
         .map(|(i, f)| (bidder_code(900_000_000 + i), f))
         .chain(std::iter::once((big_code.clone(), &big_file)));
     for (i, (code, file)) in uploads.enumerate() {
-        api.post(&format!("/api/openings/{opening}/bidders"), json!({"uscc": code.as_str(), "name": format!("手机{i}"), "sign_keys": [keys.sign_pem], "enc_keys": [keys.enc_pem]})).await?;
-        let res = api
-            .client
-            .put(format!("{}/api/openings/{opening}/bids/{}", api.base, code))
-            .body(tokio::fs::read(file).await?)
-            .send()
+        api.register_and_upload(&opening, &code, &format!("手机{i}"), keys, file)
             .await?;
-        if !res.status().is_success() {
-            bail!("upload {i}: {}", res.text().await.unwrap_or_default());
-        }
     }
-    tokio::time::sleep_until((opening_at + Duration::from_millis(300)).into()).await;
-    api.post(
-        &format!("/api/openings/{opening}/start-decryption"),
-        json!({}),
-    )
-    .await?;
-    let snapshot: Value = api
-        .client
-        .get(format!("{}/api/openings/{opening}", api.base))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let bids = snapshot["bids"].as_array().context("bids")?;
+    let bids = api.start(&opening, opening_at).await?;
     let big = bids
         .iter()
         .find(|b| b["bidder_code"] == big_code.as_str())
@@ -598,27 +670,12 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
     while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(500), read.next()).await
     {
     }
-    let view: ChallengeView = api
-        .client
-        .get(phone::challenge_url(&big_url, None))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let answer = phone::answer_challenge(&view, &keys.enc, &keys.sign)?;
+    let (big_answer_url, answer) = api.prepare_answer(&big_url, keys).await?;
     // Each phone fetches its challenge and prepares its answer; then all answer at once.
     let prepare = || async {
         let mut prepared: Vec<(String, Answer)> = Vec::new();
         for url in &urls {
-            let view: ChallengeView = api
-                .client
-                .get(phone::challenge_url(url, None))
-                .send()
-                .await?
-                .json()
-                .await?;
-            let answer = phone::answer_challenge(&view, &keys.enc, &keys.sign)?;
-            prepared.push((view.answer_url, answer));
+            prepared.push(api.prepare_answer(url, keys).await?);
         }
         anyhow::Ok(prepared)
     };
@@ -630,7 +687,7 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
     let sent = Instant::now();
     let post = tokio::spawn({
         let client = api.client.clone();
-        let url = view.answer_url.clone();
+        let url = big_answer_url;
         async move {
             client
                 .post(url)
@@ -685,22 +742,7 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
     } else {
         Duration::ZERO
     };
-    let tasks = prepared.into_iter().enumerate().map(|(i, (url, answer))| {
-        let client = api.client.clone();
-        let at = start + gap * i as u32;
-        tokio::spawn(async move {
-            tokio::time::sleep_until(at.into()).await;
-            let t = Instant::now();
-            let ok = client
-                .post(url)
-                .json(&answer)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            (ok, t.elapsed().as_secs_f64() * 1000.0)
-        })
-    });
-    let results = futures_util::future::join_all(tasks).await;
+    let results = api.answer_all(prepared, start, gap).await;
     let wall_secs = start.elapsed().as_secs_f64();
     let big_decrypt_secs = match (big_decrypt_secs, watcher) {
         (Some(secs), _) => secs,
@@ -754,7 +796,6 @@ async fn large_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
         quality: "合格".into(),
         fields: Default::default(),
     };
-    let signer = crypto::load_public_pem(&keys.sign_pem)?;
     let plain = work.path().join("plain");
     {
         // Not compressible, as real bid files mostly are not.
@@ -772,21 +813,8 @@ async fn large_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
     for i in 0..args.large_bids {
         let code = bidder_code(800_000_000 + i);
         let file = work.path().join(format!("{i}.kbid"));
-        engine::seal_file(
-            &plain,
-            &file,
-            &SealParams {
-                tender_id: TENDER,
-                bidder: code.clone(),
-                summary: &summary,
-                recipients: &[keys.enc.public_key()],
-                sign_key: &keys.sign,
-                signer: &signer,
-                chunk_size: kaibiao::format::DEFAULT_CHUNK_SIZE,
-                created_at: 0,
-            },
-            &NoProgress,
-        )?;
+        let chunk = kaibiao::format::DEFAULT_CHUNK_SIZE;
+        keys.seal(&plain, &file, &code, &summary, chunk)?;
         files.push((code, file));
     }
     std::fs::remove_file(&plain)?;
@@ -794,43 +822,14 @@ async fn large_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
     let opening = api.create_opening(lead).await?;
     let opening_at = Instant::now() + Duration::from_secs(lead as u64);
     for (i, (code, file)) in files.into_iter().enumerate() {
-        api.post(&format!("/api/openings/{opening}/bidders"), json!({"uscc": code.as_str(), "name": format!("大文件{i}"), "sign_keys": [keys.sign_pem], "enc_keys": [keys.enc_pem]})).await?;
-        let res = api
-            .client
-            .put(format!("{}/api/openings/{opening}/bids/{}", api.base, code))
-            .body(tokio::fs::read(&file).await?)
-            .send()
+        api.register_and_upload(&opening, &code, &format!("大文件{i}"), keys, &file)
             .await?;
-        if !res.status().is_success() {
-            bail!("large upload {i}: {}", res.text().await.unwrap_or_default());
-        }
         std::fs::remove_file(file)?;
     }
-    tokio::time::sleep_until((opening_at + Duration::from_millis(300)).into()).await;
-    api.post(
-        &format!("/api/openings/{opening}/start-decryption"),
-        json!({}),
-    )
-    .await?;
-    let snapshot: Value = api
-        .client
-        .get(format!("{}/api/openings/{opening}", api.base))
-        .send()
-        .await?
-        .json()
-        .await?;
     let mut prepared = Vec::new();
-    for bid in snapshot["bids"].as_array().context("bids")? {
+    for bid in api.start(&opening, opening_at).await? {
         let url = bid["qr"]["url"].as_str().context("a QR")?;
-        let view: ChallengeView = api
-            .client
-            .get(phone::challenge_url(url, None))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let answer = phone::answer_challenge(&view, &keys.enc, &keys.sign)?;
-        prepared.push((view.answer_url, answer));
+        prepared.push(api.prepare_answer(url, keys).await?);
     }
     let server_addr: SocketAddr = api.base.trim_start_matches("http://").parse()?;
     let ws = connect_viewer(server_addr, &opening, 0).await?;
@@ -839,21 +838,8 @@ async fn large_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
     {
     }
     let sent = Instant::now();
-    let tasks = prepared.into_iter().map(|(url, answer)| {
-        let client = api.client.clone();
-        tokio::spawn(async move {
-            let t = Instant::now();
-            let ok = client
-                .post(url)
-                .json(&answer)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            (ok, t.elapsed().as_secs_f64() * 1000.0)
-        })
-    });
     let mut answer_ms = Vec::new();
-    for r in futures_util::future::join_all(tasks).await {
+    for r in api.answer_all(prepared, sent, Duration::ZERO).await {
         let (ok, ms) = r?;
         if !ok {
             bail!("a large bid's answer was refused");
@@ -884,15 +870,7 @@ async fn large_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
         if Instant::now() > deadline {
             bail!("the large bids' digests were not all recorded within 300 s");
         }
-        let view: Value = api
-            .client
-            .get(format!("{}/api/openings/{opening}", api.base))
-            .bearer_auth(&api.token)
-            .send()
-            .await?
-            .json()
-            .await?;
-        for bid in view["bids"].as_array().context("bids")? {
+        for bid in api.bids(&opening).await? {
             if bid["plain_sm3"].is_string() && seen.insert(bid["id"].to_string()) {
                 digested.push(sent.elapsed().as_secs_f64());
             }

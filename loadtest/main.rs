@@ -390,6 +390,17 @@ impl Api {
     }
 }
 
+/// A bid summary for the harness's bidders.
+fn summary(bidder_name: &str) -> BidSummary {
+    BidSummary {
+        bidder_name: bidder_name.into(),
+        price_fen: 1,
+        duration_days: 1,
+        quality: "合格".into(),
+        fields: Default::default(),
+    }
+}
+
 fn bidder_code(n: usize) -> Uscc {
     Uscc::with_check_digit(&format!("91110000{:09}", n)).expect("digits are valid")
 }
@@ -606,13 +617,7 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
     let p = args.phones;
     let work = tempfile::tempdir()?;
     // Seal P small bids (one per bidder) before the opening exists.
-    let summary = BidSummary {
-        bidder_name: "负载".into(),
-        price_fen: 1,
-        duration_days: 1,
-        quality: "合格".into(),
-        fields: Default::default(),
-    };
+    let summary = summary("负载");
     let mut files = Vec::new();
     let plain = work.path().join("plain");
     std::fs::write(&plain, vec![7u8; 4096])?;
@@ -789,13 +794,7 @@ struct Large {
 
 async fn large_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::Result<Large> {
     let work = tempfile::tempdir()?;
-    let summary = BidSummary {
-        bidder_name: "大文件".into(),
-        price_fen: 1,
-        duration_days: 1,
-        quality: "合格".into(),
-        fields: Default::default(),
-    };
+    let summary = summary("大文件");
     let plain = work.path().join("plain");
     {
         // Not compressible, as real bid files mostly are not.

@@ -575,14 +575,16 @@ impl Db {
         .await?)
     }
 
-    /// Bids of every opening in `state`.
-    pub async fn bids_in_state(&self, state: &str) -> Result<Vec<BidRow>, DbError> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {BID_COLS} FROM bids WHERE state = $1 ORDER BY received_ms, id"
-        ))
-        .bind(state)
-        .fetch_all(&self.pool)
-        .await?)
+    /// The ids of the bids of every opening in `state`.
+    pub async fn bid_ids_in_state(&self, state: &str) -> Result<Vec<String>, DbError> {
+        let rows = sqlx::query("SELECT id FROM bids WHERE state = $1 ORDER BY received_ms, id")
+            .bind(state)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?)
     }
 
     pub async fn bid(&self, id: &str) -> Result<Option<BidRow>, DbError> {

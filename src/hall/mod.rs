@@ -1047,7 +1047,14 @@ impl Hall {
     /// Starts decrypting every bid whose key was accepted but that no task is decrypting: after
     /// a restart, or when recording an answer or a finished decryption failed on the database.
     async fn reconcile(&self) -> Result<(), HallError> {
-        for bid in self.inner.db.bids_in_state("decrypting").await? {
+        // Twice a second: only ids, and rows only for bids that no task holds (rare).
+        for id in self.inner.db.bid_ids_in_state("decrypting").await? {
+            if self.inner.active.contains_key(&id) {
+                continue;
+            }
+            let Some(bid) = self.inner.db.bid(&id).await? else {
+                continue;
+            };
             let Some(active) = self.claim(&bid) else {
                 continue;
             };

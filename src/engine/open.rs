@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use sm2::{PublicKey, SecretKey};
 
 use super::output::DirectWriter;
-use super::{PIECE, PlainOutput, Progress};
+use super::{CIPHER_PIECE, PIECE, PlainOutput, Progress};
 use crate::crypto::{self, FileKey, KeyError, PublicIdentity, Sm3Lanes, TAG_LEN};
 use crate::domain::BidSummary;
 use crate::format::{self, BidError, Header, PREAMBLE_LEN, Recipient, TRAILER_MAGIC};
@@ -431,7 +431,7 @@ impl SealedBid {
                 Ok(())
             }),
             None => range.into_par_iter().try_for_each_init(
-                || vec![0u8; PIECE],
+                || vec![0u8; CIPHER_PIECE],
                 |piece, index| {
                     self.decrypt_chunk_buffered(key, output.file(), index, piece)?;
                     advance(index);
@@ -441,7 +441,7 @@ impl SealedBid {
         }
     }
 
-    /// Decrypts chunk `index` into a buffer of the writer, 64 KiB at a time (read, then
+    /// Decrypts chunk `index` into a buffer of the writer, 256 KiB at a time (read, then
     /// decrypted while in the CPU's cache), checks its tag and only then queues it for writing.
     fn decrypt_chunk_direct(
         &self,
@@ -453,15 +453,15 @@ impl SealedBid {
         let offset = self.chunk_offset(index);
         let mut stream = super::chunk_stream(key, &self.header, &self.header_hash, index);
         let mut buf = writer.buffer();
-        for (i, piece) in buf.as_mut()[..len].chunks_mut(PIECE).enumerate() {
-            read_at(&self.file, piece, offset + (i * PIECE) as u64)?;
+        for (i, piece) in buf.as_mut()[..len].chunks_mut(CIPHER_PIECE).enumerate() {
+            read_at(&self.file, piece, offset + (i * CIPHER_PIECE) as u64)?;
             stream.decrypt(piece);
         }
         self.check_tag(stream, index)?;
         writer.write(buf, len, index * u64::from(self.header.chunk_size))
     }
 
-    /// Decrypts chunk `index` into its place in `output` through `piece`, 64 KiB at a time, each
+    /// Decrypts chunk `index` into its place in `output` through `piece`, 256 KiB at a time, each
     /// written while still in the CPU's cache; then checks the tag. A failed chunk's plaintext is
     /// in the file by then: see [`Self::output`].
     fn decrypt_chunk_buffered(
@@ -475,8 +475,8 @@ impl SealedBid {
         let offset = self.chunk_offset(index);
         let plain_offset = index * u64::from(self.header.chunk_size);
         let mut stream = super::chunk_stream(key, &self.header, &self.header_hash, index);
-        for done in (0..len).step_by(PIECE) {
-            let piece = &mut piece[..(len - done).min(PIECE)];
+        for done in (0..len).step_by(CIPHER_PIECE) {
+            let piece = &mut piece[..(len - done).min(CIPHER_PIECE)];
             read_at(&self.file, piece, offset + done as u64)?;
             stream.decrypt(piece);
             output

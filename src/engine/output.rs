@@ -10,7 +10,7 @@
 //! at 1.4–1.7 GB/s.) The unaligned tail of the last chunk goes through the page cache.
 //!
 //! Where there is no device (tmpfs, ramfs), or the file system refuses `O_DIRECT`, or the caller
-//! reads the file back at once, each worker writes its plaintext itself, 64 KiB at a time while
+//! reads the file back at once, each worker writes its plaintext itself, 256 KiB at a time while
 //! it is still in the CPU's cache.
 
 use std::fs::{File, OpenOptions};

@@ -16,7 +16,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -117,10 +117,15 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
 }
 
 fn rss_kib(pid: u32) -> u64 {
+    proc_status(pid, "VmRSS:")
+}
+
+/// A number from the process's `/proc/PID/status` (`VmRSS:` in KiB, `Threads:`), 0 if unknown.
+fn proc_status(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| {
+            s.lines().find(|l| l.starts_with(field)).map(|l| {
                 l.split_whitespace()
                     .nth(1)
                     .unwrap_or("0")
@@ -790,9 +795,37 @@ struct Large {
     decrypted: Vec<f64>,
     /// Seconds from the answers to each bid's `bid.digest`, sorted.
     digested: Vec<f64>,
+    /// The server's most resident memory (KiB) and threads, sampled every 20 ms from the answers
+    /// until every bid was decrypted, and its resident memory before the answers.
+    rss_before_kib: u64,
+    peak_rss_kib: u64,
+    peak_threads: u64,
 }
 
-async fn large_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::Result<Large> {
+/// Samples a process's resident memory and thread count until stopped; returns the highest seen.
+fn sample_peaks(pid: u32) -> (Arc<AtomicBool>, tokio::task::JoinHandle<(u64, u64)>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut rss, mut threads) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                rss = rss.max(proc_status(pid, "VmRSS:"));
+                threads = threads.max(proc_status(pid, "Threads:"));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (rss, threads)
+        }
+    });
+    (stop, task)
+}
+
+async fn large_phase(
+    args: &Args,
+    server: &Server,
+    api: &Arc<Api>,
+    keys: &Arc<Keys>,
+) -> anyhow::Result<Large> {
     let work = tempfile::tempdir()?;
     let summary = summary("大文件");
     let plain = work.path().join("plain");
@@ -836,6 +869,9 @@ async fn large_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
     while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(500), read.next()).await
     {
     }
+    let pid = server.child.id();
+    let rss_before_kib = rss_kib(pid);
+    let (stop_sampling, sampler) = sample_peaks(pid);
     let sent = Instant::now();
     let mut answer_ms = Vec::new();
     for r in api.answer_all(prepared, sent, Duration::ZERO).await {
@@ -863,6 +899,8 @@ async fn large_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
             _ => {}
         }
     }
+    stop_sampling.store(true, Ordering::Relaxed);
+    let (peak_rss_kib, peak_threads) = sampler.await?;
     let mut digested: Vec<f64> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     while seen.len() < args.large_bids {
@@ -885,6 +923,9 @@ async fn large_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
         ),
         decrypted,
         digested,
+        rss_before_kib,
+        peak_rss_kib,
+        peak_threads,
     })
 }
 
@@ -925,7 +966,7 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
             "large bids: {} × {} MiB",
             args.large_bids, args.large_bid_mib
         );
-        Some(large_phase(&args, &api, &keys).await?)
+        Some(large_phase(&args, &server, &api, &keys).await?)
     } else {
         None
     };
@@ -954,7 +995,8 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         "large_bids": l.as_ref().map(|l| json!({"bids": l.bids, "mib_each": l.mib,
             "answer_latency_ms": {"p50": l.answer_ms.0, "max": l.answer_ms.1},
             "decrypted_seconds": {"first": l.decrypted.first(), "last": l.decrypted.last()},
-            "digested_seconds": {"first": l.digested.first(), "last": l.digested.last()}})),
+            "digested_seconds": {"first": l.digested.first(), "last": l.digested.last()},
+            "server_while_decrypting": {"rss_before_kib": l.rss_before_kib, "peak_rss_kib": l.peak_rss_kib, "peak_threads": l.peak_threads}})),
     });
     let mut md = format!(
         "# kaibiao load test\n\n{} openings × {} viewers, {} events/s per opening{} for {} s; {} phones.\n\n\
@@ -1011,10 +1053,12 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
             "\n| large bids | value |\n|---|---|\n| bids answered at once | {} × {} MiB ({total:.2} GiB) |\n\
              | answer latency p50 / max | {:.1} / {:.1} ms |\n\
              | all decrypted after the answers | {:.2} s ({:.2} GiB/s; first at {:.2} s) |\n\
-             | all plaintext digests recorded | {:.2} s (first at {:.2} s) |\n",
+             | all plaintext digests recorded | {:.2} s (first at {:.2} s) |\n\
+             | server RSS before → peak while decrypting; peak threads | {} → {} KiB; {} |\n",
             l.bids, l.mib, l.answer_ms.0, l.answer_ms.1,
             last(&l.decrypted), total / last(&l.decrypted), l.decrypted.first().copied().unwrap_or(f64::NAN),
             last(&l.digested), l.digested.first().copied().unwrap_or(f64::NAN),
+            l.rss_before_kib, l.peak_rss_kib, l.peak_threads,
         ));
     }
     std::fs::create_dir_all(&args.out)?;

@@ -7,7 +7,7 @@ use std::path::Path;
 use rayon::prelude::*;
 use sm2::{PublicKey, SecretKey};
 
-use super::output::DirectWriter;
+use super::output::{DirectWriter, Writers};
 use super::{CIPHER_PIECE, PIECE, PlainOutput, Progress};
 use crate::crypto::{self, FileKey, KeyError, PublicIdentity, Sm3Lanes, TAG_LEN};
 use crate::domain::BidSummary;
@@ -373,7 +373,7 @@ impl SealedBid {
             "creating a file in {}",
             parent.display()
         )))?;
-        let output = self.output(tmp.as_file(), Some(tmp.path()))?;
+        let output = self.output(tmp.as_file(), Some(tmp.path()), None)?;
         self.decrypt_range(
             key,
             &output,
@@ -391,14 +391,20 @@ impl SealedBid {
     /// the writer bypass the page cache (`O_DIRECT`); leave it out for a file that is read back
     /// at once. Before the output is [`finish`](PlainOutput::finish)ed and flushed, the file may
     /// hold partial plaintext: a caller whose decryption failed discards it unread.
-    pub fn output(&self, file: &File, path: Option<&Path>) -> Result<PlainOutput, BidError> {
+    ///
+    /// With `O_DIRECT`, the chunks are written by the threads of `writers`, shared with other
+    /// outputs, or without them by writers of the output's own: a writer thread per worker keeps
+    /// as many writes in flight on the device as there are workers filling buffers, two buffers
+    /// per worker (one being filled, one being written).
+    pub fn output(
+        &self,
+        file: &File,
+        path: Option<&Path>,
+        writers: Option<&Writers>,
+    ) -> Result<PlainOutput, BidError> {
         file.set_len(self.header.plaintext_len)
             .map_err(BidError::io("sizing the output file"))?;
-        // With O_DIRECT, a writer thread per worker keeps as many writes in flight on the device
-        // as there are workers filling buffers; two buffers per worker: one being filled, one
-        // being written.
-        let threads = rayon::current_num_threads();
-        PlainOutput::new(file, path, &self.header, threads, 2 * threads)
+        PlainOutput::new(file, path, &self.header, writers)
     }
 
     /// Decrypts chunks `range` into their place in `output`, in parallel on the current Rayon
@@ -527,7 +533,7 @@ impl SealedBid {
         let archive =
             tempfile::tempfile_in(parent).map_err(BidError::io("creating a temporary archive"))?;
         // Read back at once: through the page cache (no path, so no O_DIRECT).
-        let output = self.output(&archive, None)?;
+        let output = self.output(&archive, None, None)?;
         let chunks = 0..self.header.chunk_count();
         self.decrypt_range(key, &output, chunks, DecryptOptions::default(), progress)?;
         output.finish()?;

@@ -43,29 +43,56 @@ impl AlignedBuf {
     }
 }
 
-/// Buffers shared by the workers and the writer; at most `limit` exist at once.
+/// Chunk buffers shared by the workers and the writer threads: at most `limit` exist at once,
+/// of whatever sizes the outputs being written ask for (a bid's chunk size is its own).
 struct Pool {
     state: Mutex<PoolState>,
     returned: Condvar,
-    buf_len: usize,
     limit: usize,
 }
 
 struct PoolState {
     free: Vec<AlignedBuf>,
+    /// Buffers in existence, free or in use.
     made: usize,
+    /// Outputs using the pool: when the last one ends, the free buffers are given back to the
+    /// system, so that a hall with nothing to decrypt holds no chunk buffer.
+    outputs: usize,
 }
 
 impl Pool {
-    fn take(self: &Arc<Self>) -> ChunkBuf {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+    fn new(limit: usize) -> Self {
+        Self {
+            state: Mutex::new(PoolState {
+                free: Vec::new(),
+                made: 0,
+                outputs: 0,
+            }),
+            returned: Condvar::new(),
+            limit: limit.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A buffer of `len` bytes; waits while `limit` buffers are in use.
+    fn take(self: &Arc<Self>, len: usize) -> ChunkBuf {
+        let mut state = self.lock();
         loop {
-            if let Some(buf) = state.free.pop() {
+            if let Some(at) = state.free.iter().position(|b| b.len == len) {
+                let buf = state.free.swap_remove(at);
                 return ChunkBuf::new(buf, self);
+            }
+            if state.made == self.limit && state.free.pop().is_some() {
+                // Only buffers of other sizes are free: one of them makes room for this size.
+                state.made -= 1;
             }
             if state.made < self.limit {
                 state.made += 1;
-                return ChunkBuf::new(AlignedBuf::new(self.buf_len), self);
+                drop(state);
+                return ChunkBuf::new(AlignedBuf::new(len), self);
             }
             state = self
                 .returned
@@ -75,9 +102,31 @@ impl Pool {
     }
 
     fn give(&self, buf: AlignedBuf) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.free.push(buf);
+        let mut state = self.lock();
+        if state.outputs == 0 {
+            state.made -= 1; // the last output has ended: the buffer goes back to the system
+        } else {
+            state.free.push(buf);
+        }
         self.returned.notify_one();
+    }
+
+    fn output_started(&self) {
+        self.lock().outputs += 1;
+    }
+
+    fn output_ended(&self) {
+        let mut state = self.lock();
+        state.outputs -= 1;
+        if state.outputs == 0 {
+            let freed = std::mem::take(&mut state.free);
+            state.made -= freed.len();
+        }
+    }
+
+    #[cfg(test)]
+    fn made(&self) -> usize {
+        self.lock().made
     }
 }
 
@@ -114,8 +163,10 @@ impl Drop for ChunkBuf {
     }
 }
 
-/// A decrypted chunk on its way to the writer: its bytes, how many of them, and where they go.
+/// A decrypted chunk on its way to a writer thread: its bytes, how many of them, where they go and
+/// into which file.
 struct Write {
+    target: Arc<Target>,
     buf: ChunkBuf,
     len: usize,
     offset: u64,
@@ -132,13 +183,13 @@ pub struct PlainOutput {
 impl PlainOutput {
     /// The output for `file` (already sized). With `path` (the same file's name), chunks that
     /// start on 4 KiB boundaries and a file system on a device, chunks are written with
-    /// `O_DIRECT` by `writers` threads, with room for `buffers` chunks in flight.
+    /// `O_DIRECT` by the threads of `writers`, or of writers of its own if none is given (one
+    /// thread per Rayon thread, two chunk buffers per Rayon thread).
     pub(super) fn new(
         file: &File,
         path: Option<&Path>,
         header: &Header,
-        writers: usize,
-        buffers: usize,
+        writers: Option<&Writers>,
     ) -> Result<Self, BidError> {
         let own = file
             .try_clone()
@@ -157,7 +208,16 @@ impl PlainOutput {
         // Each buffer holds a chunk (or the whole plaintext, if smaller).
         let buf_len = (header.chunk_size as u64).min(header.plaintext_len.max(1)) as usize;
         let direct = match direct {
-            Some(direct) => Some(DirectWriter::new(file, direct, buf_len, writers, buffers)?),
+            Some(direct) => {
+                let writers = match writers {
+                    Some(writers) => writers.clone(),
+                    None => {
+                        let threads = rayon::current_num_threads();
+                        Writers::new(threads, 2 * threads)?
+                    }
+                };
+                Some(DirectWriter::new(writers, file, direct, buf_len)?)
+            }
             None => None,
         };
         Ok(Self { file: own, direct })
@@ -200,12 +260,142 @@ fn in_memory(file: &File) -> bool {
     })
 }
 
-/// The writer threads of an `O_DIRECT` output and the pool of buffers they share with the workers.
-pub(super) struct DirectWriter {
+/// Writer threads and chunk buffers for `O_DIRECT` outputs, shared by every output given them:
+/// a hall decrypting fifty bids at once has the threads and buffers of one, not fifty times
+/// as many (each bid with a writer per pool thread and two buffers per pool thread was ~200 MiB
+/// and 100 threads for 50 bids of 1 MiB chunks). Cloning shares them; the threads end when the
+/// last clone and the last output are dropped.
+#[derive(Clone)]
+pub struct Writers {
+    inner: Arc<WritersInner>,
+}
+
+struct WritersInner {
     pool: Arc<Pool>,
     sender: Option<SyncSender<Write>>,
-    writers: Vec<JoinHandle<()>>,
-    failure: Arc<Failure>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Writers {
+    /// Starts `threads` writer threads, with room for `buffers` chunks in flight (being filled by
+    /// workers, queued, or being written); at least one more buffer than threads, so that a
+    /// worker can fill one while every thread writes.
+    pub fn new(threads: usize, buffers: usize) -> Result<Self, BidError> {
+        let threads = threads.max(1);
+        let buffers = buffers.max(threads + 1);
+        let (sender, receiver) = sync_channel::<Write>(buffers);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let mut handles = Vec::new();
+        for _ in 0..threads {
+            let receiver = receiver.clone();
+            let thread = std::thread::Builder::new()
+                .name("kaibiao-writer".into())
+                .spawn(move || {
+                    loop {
+                        let next = receiver
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .recv();
+                        let Ok(write) = next else { return };
+                        let target = write.target.clone();
+                        // After a failure, the rest of that output is drained unwritten, so that
+                        // every buffer returns to the pool.
+                        if !target.failure.failed() {
+                            let data = &write.buf.as_slice()[..write.len];
+                            if let Err(error) = target.write_chunk(data, write.offset) {
+                                target.failure.set(error);
+                            }
+                        }
+                        drop(write); // the buffer goes back before the output hears it is done
+                        target.written();
+                    }
+                })
+                .map_err(BidError::io("starting a writer thread"))?;
+            handles.push(thread);
+        }
+        Ok(Self {
+            inner: Arc::new(WritersInner {
+                pool: Arc::new(Pool::new(buffers)),
+                sender: Some(sender),
+                threads: handles,
+            }),
+        })
+    }
+}
+
+impl Drop for WritersInner {
+    fn drop(&mut self) {
+        self.sender = None; // the threads' queue ends, and they with it
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One output file as the writer threads see it.
+struct Target {
+    /// The file, for the unaligned tail of a chunk and if the device refuses direct writes.
+    buffered: File,
+    /// The same file opened with `O_DIRECT`.
+    direct: File,
+    /// Cleared when the device refuses a direct write: the rest goes through the page cache.
+    use_direct: AtomicBool,
+    failure: Failure,
+    /// Chunks queued or being written.
+    pending: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl Target {
+    /// Writes one chunk: its 4 KiB-aligned part through `direct`, the rest through the page
+    /// cache.
+    fn write_chunk(&self, data: &[u8], offset: u64) -> Result<(), BidError> {
+        let mut done = 0;
+        if self.use_direct.load(Ordering::Relaxed) {
+            let head = data.len() / ALIGN * ALIGN;
+            match self.direct.write_all_at(&data[..head], offset) {
+                Ok(()) => done = head,
+                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                    self.use_direct.store(false, Ordering::Relaxed)
+                }
+                Err(error) => return Err(BidError::io("writing the decrypted bid")(error)),
+            }
+        }
+        self.buffered
+            .write_all_at(&data[done..], offset + done as u64)
+            .map_err(BidError::io("writing the decrypted bid"))
+    }
+
+    fn queued(&self) {
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+    }
+
+    fn written(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        *pending -= 1;
+        if *pending == 0 {
+            self.idle.notify_all();
+        }
+    }
+
+    /// Returns once nothing of this output is queued or being written.
+    fn wait_idle(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        while *pending > 0 {
+            pending = self
+                .idle
+                .wait(pending)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// An `O_DIRECT` output: its file, and the writers and buffers it uses.
+pub(super) struct DirectWriter {
+    writers: Writers,
+    target: Arc<Target>,
+    /// Each buffer's length: a chunk, or the whole plaintext if smaller, rounded up to [`ALIGN`].
+    buf_len: usize,
 }
 
 /// The first write error, kept for whoever asks first; `failed` stays set after it is taken.
@@ -242,111 +432,72 @@ impl Failure {
 }
 
 impl DirectWriter {
-    /// Starts `writers` writer threads for `file` (already sized), with room for `buffers` chunks
-    /// of `buf_len` bytes in flight: each writes through `direct` (the file opened with
-    /// `O_DIRECT`) and, for the unaligned tail and if the device refuses a direct write, through
-    /// `file`.
-    fn new(
-        file: &File,
-        direct: File,
-        buf_len: usize,
-        writers: usize,
-        buffers: usize,
-    ) -> Result<Self, BidError> {
-        let buffers = buffers.max(writers + 1);
-        let pool = Arc::new(Pool {
-            state: Mutex::new(PoolState {
-                free: Vec::new(),
-                made: 0,
-            }),
-            returned: Condvar::new(),
-            buf_len: buf_len.next_multiple_of(ALIGN),
-            limit: buffers,
-        });
-        let (sender, receiver) = sync_channel::<Write>(buffers);
-        let receiver = Arc::new(Mutex::new(receiver));
-        let failure = Arc::new(Failure::default());
-        let mut threads = Vec::new();
-        for _ in 0..writers.max(1) {
-            let buffered = file
-                .try_clone()
-                .map_err(BidError::io("opening the output file for writing"))?;
-            let mut direct = Some(
-                direct
-                    .try_clone()
-                    .map_err(BidError::io("opening the output file for writing"))?,
-            );
-            let (receiver, failure) = (receiver.clone(), failure.clone());
-            let thread = std::thread::Builder::new()
-                .name("kaibiao-writer".into())
-                .spawn(move || {
-                    loop {
-                        let next = receiver
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .recv();
-                        let Ok(write) = next else { return };
-                        if failure.failed() {
-                            continue; // drain, so that every buffer returns to the pool
-                        }
-                        let data = &write.buf.as_slice()[..write.len];
-                        if let Err(error) = write_chunk(&buffered, &mut direct, data, write.offset)
-                        {
-                            failure.set(error);
-                        }
-                    }
-                })
-                .map_err(BidError::io("starting a writer thread"))?;
-            threads.push(thread);
-        }
+    /// An output writing `file` (already sized) through `direct` (the file opened with
+    /// `O_DIRECT`), chunks of up to `buf_len` bytes at a time.
+    fn new(writers: Writers, file: &File, direct: File, buf_len: usize) -> Result<Self, BidError> {
+        let buffered = file
+            .try_clone()
+            .map_err(BidError::io("opening the output file for writing"))?;
+        writers.inner.pool.output_started();
         Ok(Self {
-            pool,
-            sender: Some(sender),
-            writers: threads,
-            failure,
+            writers,
+            target: Arc::new(Target {
+                buffered,
+                direct,
+                use_direct: AtomicBool::new(true),
+                failure: Failure::default(),
+                pending: Mutex::new(0),
+                idle: Condvar::new(),
+            }),
+            buf_len: buf_len.next_multiple_of(ALIGN),
         })
     }
 
     /// A buffer for one chunk; waits while every buffer is in use.
     pub(super) fn buffer(&self) -> ChunkBuf {
-        self.pool.take()
+        self.writers.inner.pool.take(self.buf_len)
     }
 
     /// Queues the first `len` bytes of `buf` for writing at `offset`. Fails, with the write's
     /// error, once a write has failed.
     pub(super) fn write(&self, buf: ChunkBuf, len: usize, offset: u64) -> Result<(), BidError> {
-        if let Some(error) = self.failure.take() {
+        if let Some(error) = self.target.failure.take() {
             return Err(error);
         }
-        let sender = self.sender.as_ref().expect("present until finished");
-        sender
-            .send(Write { buf, len, offset })
-            .map_err(|_| stopped())
+        let sender = self
+            .writers
+            .inner
+            .sender
+            .as_ref()
+            .expect("present until dropped");
+        self.target.queued();
+        let write = Write {
+            target: self.target.clone(),
+            buf,
+            len,
+            offset,
+        };
+        sender.send(write).map_err(|_| {
+            self.target.written();
+            stopped()
+        })
     }
 
     /// Waits until every queued chunk is written. Returns the first write error, if any.
-    fn finish(mut self) -> Result<(), BidError> {
-        self.stop();
-        match self.failure.take() {
+    fn finish(self) -> Result<(), BidError> {
+        self.target.wait_idle();
+        match self.target.failure.take() {
             Some(error) => Err(error),
             None => Ok(()),
-        }
-    }
-
-    fn stop(&mut self) {
-        self.sender = None;
-        for writer in self.writers.drain(..) {
-            if writer.join().is_err() {
-                self.failure.set(stopped());
-            }
         }
     }
 }
 
 impl Drop for DirectWriter {
-    /// Waits for the writer, so that no write lands after the caller has discarded the file.
+    /// Waits for the writers, so that no write lands after the caller has discarded the file.
     fn drop(&mut self) {
-        self.stop();
+        self.target.wait_idle();
+        self.writers.inner.pool.output_ended();
     }
 }
 
@@ -357,28 +508,6 @@ fn stopped() -> BidError {
     }
 }
 
-/// Writes one chunk: its 4 KiB-aligned part through `direct` where there is one, the rest through
-/// the page cache. If the device refuses a direct write, stops using `direct` and writes buffered.
-fn write_chunk(
-    buffered: &File,
-    direct: &mut Option<File>,
-    data: &[u8],
-    offset: u64,
-) -> Result<(), BidError> {
-    let mut done = 0;
-    if let Some(file) = direct {
-        let head = data.len() / ALIGN * ALIGN;
-        match file.write_all_at(&data[..head], offset) {
-            Ok(()) => done = head,
-            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => *direct = None,
-            Err(error) => return Err(BidError::io("writing the decrypted bid")(error)),
-        }
-    }
-    buffered
-        .write_all_at(&data[done..], offset + done as u64)
-        .map_err(BidError::io("writing the decrypted bid"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,10 +516,15 @@ mod tests {
         OpenOptions::new().write(true).open("/dev/full").unwrap()
     }
 
+    fn output(writers: &Writers, file: &File, chunk: usize) -> DirectWriter {
+        DirectWriter::new(writers.clone(), file, file.try_clone().unwrap(), chunk).unwrap()
+    }
+
     #[test]
     fn a_failed_write_stops_the_writers_and_is_reported() {
         // Every write to /dev/full fails with "no space left on device".
-        let writer = DirectWriter::new(&full(), full(), 8192, 2, 3).unwrap();
+        let writers = Writers::new(2, 3).unwrap();
+        let writer = output(&writers, &full(), 8192);
         let mut first_error = None;
         for index in 0..20u64 {
             let mut buf = writer.buffer();
@@ -412,8 +546,56 @@ mod tests {
     }
 
     #[test]
+    fn outputs_sharing_the_writers_fail_alone() {
+        let writers = Writers::new(2, 3).unwrap();
+        let failing = output(&writers, &full(), 8192);
+        let file = tempfile::tempfile().unwrap();
+        let good = output(&writers, &file, 4096);
+        let mut failed = false;
+        for index in 0..16u64 {
+            let mut buf = failing.buffer();
+            buf.as_mut().fill(1);
+            failed |= failing.write(buf, 8192, index * 8192).is_err();
+            let mut buf = good.buffer();
+            buf.as_mut().fill(index as u8);
+            good.write(buf, 4096, index * 4096).unwrap();
+        }
+        assert!(failed || failing.finish().is_err());
+        good.finish().unwrap();
+        let mut written = vec![0u8; 16 * 4096];
+        file.read_exact_at(&mut written, 0).unwrap();
+        for (index, chunk) in written.chunks(4096).enumerate() {
+            assert!(chunk.iter().all(|&b| b == index as u8), "chunk {index}");
+        }
+    }
+
+    #[test]
+    fn the_pool_holds_at_most_its_limit_of_any_sizes_and_frees_them_when_idle() {
+        let writers = Writers::new(1, 2).unwrap();
+        let pool = writers.inner.pool.clone();
+        let file = tempfile::tempfile().unwrap();
+        let small = output(&writers, &file, 4096);
+        let large = output(&writers, &file, 3 * 4096);
+        drop((small.buffer(), small.buffer()));
+        assert_eq!(pool.made(), 2);
+        // Both free buffers are of the other size: each take of the large size replaces one.
+        let (a, b) = (large.buffer(), large.buffer());
+        assert_eq!(
+            (a.as_slice().len(), b.as_slice().len()),
+            (3 * 4096, 3 * 4096)
+        );
+        assert_eq!(pool.made(), 2);
+        drop((a, b));
+        drop(small);
+        assert_eq!(pool.made(), 2, "kept while an output is open");
+        drop(large);
+        assert_eq!(pool.made(), 0, "given back when the last output ends");
+    }
+
+    #[test]
     fn buffers_are_aligned_for_direct_io() {
-        let writer = DirectWriter::new(&full(), full(), 5000, 1, 2).unwrap();
+        let writers = Writers::new(1, 2).unwrap();
+        let writer = output(&writers, &full(), 5000);
         let mut buf = writer.buffer();
         assert_eq!(buf.as_mut().as_ptr() as usize % ALIGN, 0);
         assert_eq!(buf.as_mut().len(), 8192);

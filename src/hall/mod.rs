@@ -161,6 +161,8 @@ struct Inner {
     active: DashMap<String, Arc<Active>>,
     /// Bodies being decrypted now: plaintext digests wait for them (see [`file_sm3`]).
     decrypting: Arc<Decrypting>,
+    /// The writer threads and chunk buffers every decryption shares (see [`engine::Writers`]).
+    writers: engine::Writers,
     metrics: Metrics,
 }
 
@@ -245,6 +247,12 @@ impl Hall {
                 hall_keys: DashMap::new(),
                 active: DashMap::new(),
                 decrypting: Arc::default(),
+                // As many writers as pool threads keep as many writes in flight as there are
+                // workers filling buffers; two buffers per worker, one filled, one written.
+                writers: engine::Writers::new(
+                    rayon::current_num_threads(),
+                    2 * rayon::current_num_threads(),
+                )?,
                 metrics,
             }),
         };
@@ -1118,6 +1126,7 @@ impl Hall {
             let target = out.clone();
             let progress = active.clone();
             let plain_dir = target.parent().unwrap_or(Path::new(".")).to_owned();
+            let writers = hall.inner.writers.clone();
             let result = async move {
                 let key = Arc::new(key);
                 let (sealed, tmp, output) = on_rayon({
@@ -1127,7 +1136,8 @@ impl Hall {
                             .map_err(BidError::io("creating the decrypted file"))?;
                         // Evaluators download the file long after: the writer bypasses the
                         // page cache where the file system allows it.
-                        let output = sealed.output(tmp.as_file(), Some(tmp.path()))?;
+                        let output =
+                            sealed.output(tmp.as_file(), Some(tmp.path()), Some(&writers))?;
                         Ok((Arc::new(sealed), tmp, Arc::new(output)))
                     }
                 })

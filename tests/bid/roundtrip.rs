@@ -39,7 +39,7 @@ fn round_trip(len: usize, chunk_size: u32, threads: usize) {
     // digests, slice by slice as the hall decrypts.
     let file = tempfile::tempfile_in(dir.path()).unwrap();
     pool.install(|| {
-        let output = bid.output(&file, None).unwrap();
+        let output = bid.output(&file, None, None).unwrap();
         assert!(!output.is_direct());
         let options = DecryptOptions {
             verify_digests: false,
@@ -108,21 +108,74 @@ fn decrypted_files_bypass_the_page_cache_where_the_disk_allows() {
     };
     let named = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
     let (aligned, _) = key_and_bid(8192);
-    let output = aligned.output(named.as_file(), Some(named.path())).unwrap();
+    let output = aligned
+        .output(named.as_file(), Some(named.path()), None)
+        .unwrap();
     assert_eq!(output.is_direct(), direct_io_works_in(dir.path()));
     output.finish().unwrap();
     // Chunks that do not start on 4 KiB boundaries cannot be written directly.
     let (unaligned, _) = key_and_bid(1000);
     let output = unaligned
-        .output(named.as_file(), Some(named.path()))
+        .output(named.as_file(), Some(named.path()), None)
         .unwrap();
     assert!(!output.is_direct());
     // In memory, O_DIRECT would only move the copy to another thread.
     let shm = std::path::Path::new("/dev/shm");
     if shm.is_dir() {
         let named = tempfile::NamedTempFile::new_in(shm).unwrap();
-        let output = aligned.output(named.as_file(), Some(named.path())).unwrap();
+        let output = aligned
+            .output(named.as_file(), Some(named.path()), None)
+            .unwrap();
         assert!(!output.is_direct());
+    }
+}
+
+/// A hall decrypts many bids at once through one set of writer threads and buffers: bids of
+/// different chunk sizes, slice by slice in turn, each come out whole.
+#[test]
+fn bids_decrypted_at_once_share_one_set_of_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let writers = kaibiao::engine::Writers::new(2, 4).unwrap();
+    let bidder = Bidder::new();
+    let bids: Vec<_> = [(200_000, 8192), (150_000, 4096), (90_000, 16384)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (len, chunk))| {
+            let data = pattern(len, i as u64);
+            let bid = SealedBid::open(&bidder.seal_bytes(dir.path(), &data, chunk)).unwrap();
+            let key = bid.unwrap_file_key(&bidder.enc).unwrap();
+            let named = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
+            let output = bid
+                .output(named.as_file(), Some(named.path()), Some(&writers))
+                .unwrap();
+            assert_eq!(output.is_direct(), direct_io_works_in(dir.path()));
+            (data, bid, key, named, output)
+        })
+        .collect();
+    let options = DecryptOptions {
+        verify_digests: false,
+    };
+    let most = bids
+        .iter()
+        .map(|b| b.1.header().chunk_count())
+        .max()
+        .unwrap();
+    for start in (0..most).step_by(4) {
+        rayon::scope(|scope| {
+            for (_, bid, key, _, output) in &bids {
+                scope.spawn(move |_| {
+                    bid.decrypt_range(key, output, start..start + 4, options, &NoProgress)
+                        .unwrap()
+                });
+            }
+        });
+    }
+    for (data, _, _, named, output) in bids {
+        output.finish().unwrap();
+        assert!(
+            std::fs::read(named.path()).unwrap() == data,
+            "plaintext differs"
+        );
     }
 }
 

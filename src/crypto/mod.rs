@@ -18,5 +18,5 @@ pub use keys::{
     unwrap_key, verify, wrap_key,
 };
 pub use simd::ghash::Ghash;
-pub use simd::sm3x16::{Sm3Lanes, sm3_many};
+pub use simd::sm3x16::{Sm3Batch, Sm3Lanes, sm3_many};
 pub use simd::{Sm4Fast, Sm4Path};

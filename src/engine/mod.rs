@@ -25,6 +25,7 @@ use crate::format::Header;
 
 pub use durable::{parent_of, persist, sync_dir, sync_tree};
 pub use open::{DecryptOptions, SealedBid, accept_file_key, open_summary};
+pub(crate) use output::{ALIGN, AlignedBuf, open_unbuffered};
 pub use output::{PlainOutput, Writers};
 pub use pack::{pack_dir, unpack_archive};
 pub use seal::{SealParams, SealReport, seal_dir, seal_file};

@@ -25,22 +25,39 @@ use crate::format::{BidError, Header};
 
 /// What `O_DIRECT` asks of buffer addresses, file offsets and lengths: a multiple of the device's
 /// logical block size, which is at most 4 KiB on the devices Linux supports.
-const ALIGN: usize = 4096;
+pub(crate) const ALIGN: usize = 4096;
 
 /// A buffer whose usable part starts on an [`ALIGN`] boundary. Over-allocating and starting at an
 /// offset keeps this free of `unsafe` (an aligned allocation would need the raw allocator).
-struct AlignedBuf {
+pub(crate) struct AlignedBuf {
     raw: Vec<u8>,
     start: usize,
     len: usize,
 }
 
 impl AlignedBuf {
-    fn new(len: usize) -> Self {
+    pub(crate) fn new(len: usize) -> Self {
         let raw = vec![0u8; len + ALIGN];
         let start = (ALIGN - raw.as_ptr() as usize % ALIGN) % ALIGN;
         Self { raw, start, len }
     }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
+}
+
+/// `path` opened for reading past the page cache (`O_DIRECT`), where it is on a device: a file
+/// written past the cache (see [`PlainOutput`]) is then read back without filling the cache with
+/// it, and without the kernel's copy into the reader's buffer. `None` where it is in memory or the
+/// file system refuses; read it through the cache then.
+pub(crate) fn open_unbuffered(path: &Path) -> Option<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()?;
+    (!in_memory(&file)).then_some(file)
 }
 
 /// Chunk buffers shared by the workers and the writer threads: at most `limit` exist at once,
@@ -145,8 +162,10 @@ impl ChunkBuf {
     }
 
     pub(super) fn as_mut(&mut self) -> &mut [u8] {
-        let buf = self.buf.as_mut().expect("present until dropped");
-        &mut buf.raw[buf.start..buf.start + buf.len]
+        self.buf
+            .as_mut()
+            .expect("present until dropped")
+            .as_mut_slice()
     }
 
     fn as_slice(&self) -> &[u8] {

@@ -3,6 +3,7 @@
 //! Architecture invariant: this module knows the database but nothing of actix; the HTTP layer
 //! (`crate::server`) is a thin translation of requests into these calls.
 
+mod digests;
 mod error;
 mod events;
 mod vault;
@@ -159,31 +160,19 @@ struct Inner {
     bus: EventBus,
     hall_keys: DashMap<String, Arc<SecretKey>>,
     active: DashMap<String, Arc<Active>>,
-    /// Bodies being decrypted now: plaintext digests wait for them (see [`file_sm3`]).
+    /// Bodies being decrypted now: plaintext digests wait for them.
     decrypting: Arc<Decrypting>,
+    digests: digests::Digests,
     /// The writer threads and chunk buffers every decryption shares (see [`engine::Writers`]).
     writers: engine::Writers,
     metrics: Metrics,
 }
 
-/// How many bids' bodies are being decrypted, and a wake-up for when none is; and the turns of
-/// the files being hashed after.
+/// How many bids' bodies are being decrypted, and a wake-up for when none is.
+#[derive(Default)]
 struct Decrypting {
     count: std::sync::atomic::AtomicUsize,
     idle: tokio::sync::Notify,
-    /// One file per pool thread is hashed at a time, the others wait their turn: with many
-    /// bids, digests are then recorded one after another instead of all at the very end.
-    hashing: tokio::sync::Semaphore,
-}
-
-impl Default for Decrypting {
-    fn default() -> Self {
-        Self {
-            count: Default::default(),
-            idle: Default::default(),
-            hashing: tokio::sync::Semaphore::new(rayon::current_num_threads()),
-        }
-    }
 }
 
 impl Decrypting {
@@ -237,6 +226,7 @@ impl Hall {
             settings.data_dir.display()
         )))?;
         let vault = Vault::open_or_create(&settings.data_dir)?;
+        let decrypting = Arc::<Decrypting>::default();
         let hall = Self {
             inner: Arc::new(Inner {
                 bus: EventBus::new(db.clone()),
@@ -246,7 +236,8 @@ impl Hall {
                 vault,
                 hall_keys: DashMap::new(),
                 active: DashMap::new(),
-                decrypting: Arc::default(),
+                digests: digests::Digests::start(decrypting.clone()),
+                decrypting,
                 // As many writers as pool threads keep as many writes in flight as there are
                 // workers filling buffers; two buffers per worker, one filled, one written.
                 writers: engine::Writers::new(
@@ -1235,7 +1226,7 @@ impl Hall {
             tracing::warn!(bid = %bid.id, "a finished decryption found its bid no longer decrypting");
             return Ok(());
         }
-        let digest = file_sm3(out.to_owned(), &self.inner.decrypting).await?;
+        let digest = self.inner.digests.of(out.to_owned()).await?;
         let record = BidWrite::PlainSm3 {
             bid_id: bid.id.clone(),
             sm3: digest.clone(),
@@ -1554,8 +1545,7 @@ impl Hall {
                         let hall = self.clone();
                         let (id, opening_id) = (bid.id.clone(), opening.id.clone());
                         tokio::spawn(async move {
-                            let gate = &hall.inner.decrypting;
-                            if let Ok(d) = file_sm3(PathBuf::from(path), gate).await {
+                            if let Ok(d) = hall.inner.digests.of(PathBuf::from(path)).await {
                                 let record = BidWrite::PlainSm3 { bid_id: id, sm3: d };
                                 let now = hall.now();
                                 let _ = hall
@@ -1579,61 +1569,6 @@ fn signed_by_any(keys: &[BidderKeyRow], message: &[u8], signature: &[u8]) -> boo
         crypto::parse_public_der(&k.der, k.is_cert != 0)
             .is_ok_and(|id| crypto::verify(id.key(), message, signature).is_ok())
     })
-}
-
-/// SM3 of a whole file (sequential by nature), hashed on the Rayon pool 8 MiB per job: a
-/// large decrypted bid never holds a worker for long (a 1 GiB file is ~3 s of SM3), so phones'
-/// answer checks take turns with it. Each step waits until no bid's body is being decrypted:
-/// hashing costs about seven times the CPU of decrypting, and when many bids are answered at
-/// once every body is decrypted first and the digests follow.
-async fn file_sm3(path: PathBuf, decrypting: &Decrypting) -> Result<String, HallError> {
-    use sm3::Digest;
-    const STEP: usize = 8 << 20;
-    let _turn = decrypting
-        .hashing
-        .acquire()
-        .await
-        .map_err(|_| HallError::Internal("the hashing turns were closed".into()))?;
-    let path = Arc::new(path);
-    let mut hasher = sm3::Sm3::new();
-    let mut offset = 0u64;
-    loop {
-        decrypting.idle().await;
-        let path = path.clone();
-        let (next, read) = on_rayon(move || -> Result<_, BidError> {
-            use std::os::unix::fs::FileExt;
-            let file = std::fs::File::open(&*path)
-                .map_err(BidError::io("opening a decrypted bid to hash it"))?;
-            // The plaintext was written past the page cache: have the kernel read the next step
-            // from the device while this one is hashed (advice only; failure changes nothing).
-            let ahead = std::num::NonZeroU64::new(STEP as u64);
-            let _ = rustix::fs::fadvise(
-                &file,
-                offset + STEP as u64,
-                ahead,
-                rustix::fs::Advice::WillNeed,
-            );
-            let mut buf = vec![0u8; 1 << 20];
-            let mut read = 0;
-            while read < STEP {
-                let n = file
-                    .read_at(&mut buf, offset + read as u64)
-                    .map_err(BidError::io("reading a decrypted bid to hash it"))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                read += n;
-            }
-            Ok((hasher, read))
-        })
-        .await??;
-        hasher = next;
-        offset += read as u64;
-        if read < STEP {
-            return Ok(hex::encode(hasher.finalize()));
-        }
-    }
 }
 
 #[cfg(test)]

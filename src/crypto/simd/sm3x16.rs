@@ -214,6 +214,146 @@ pub fn sm3_many(messages: &[&[u8]]) -> Vec<[u8; 32]> {
         .collect()
 }
 
+/// Up to [`LANES`] SM3 computations over messages of unrelated lengths that join and leave when
+/// they like: the plaintext digests of many decrypted bids at once. Each step feeds some lanes
+/// one piece each, all of one length; a message ends with [`Self::finish`] and its lane is free
+/// for the next. A message left alone in the batch (where one lane costs as much as sixteen)
+/// moves on to the `sm3` crate with [`Self::into_scalar`].
+pub struct Sm3Batch {
+    /// `state[word][lane]`, as in [`Sm3Lanes`].
+    state: Box<[[u32; LANES]; 8]>,
+    /// Whole blocks absorbed by each lane.
+    blocks: [u64; LANES],
+    used: [bool; LANES],
+}
+
+impl Sm3Batch {
+    /// A batch, where the CPU has AVX-512 (and `KAIBIAO_SM3=portable` does not turn it off);
+    /// otherwise none, and messages are hashed one by one with the `sm3` crate.
+    pub fn new() -> Option<Self> {
+        simd_wanted().then(|| Self {
+            state: Box::new([[0; LANES]; 8]),
+            blocks: [0; LANES],
+            used: [false; LANES],
+        })
+    }
+
+    /// Lanes holding a message.
+    pub fn used(&self) -> usize {
+        self.used.iter().filter(|u| **u).count()
+    }
+
+    /// Starts a message in a free lane and returns the lane, or none if all sixteen are used.
+    pub fn start(&mut self) -> Option<usize> {
+        let lane = self.used.iter().position(|u| !u)?;
+        for (word, iv) in IV.iter().enumerate() {
+            self.state[word][lane] = *iv;
+        }
+        self.blocks[lane] = 0;
+        self.used[lane] = true;
+        Some(lane)
+    }
+
+    /// Absorbs the next piece of some messages, `(lane, piece)`; the other lanes are unchanged.
+    ///
+    /// # Panics
+    /// If a lane is free or named twice, or the pieces differ in length or are not whole blocks.
+    pub fn update(&mut self, pieces: &[(usize, &[u8])]) {
+        let Some(&(_, first)) = pieces.first() else {
+            return;
+        };
+        let len = first.len();
+        assert!(len.is_multiple_of(BLOCK), "pieces of whole blocks");
+        let mut fed = [false; LANES];
+        let mut lanes = [first; LANES];
+        for &(lane, piece) in pieces {
+            assert!(self.used[lane] && !fed[lane], "a used lane, once");
+            assert_eq!(piece.len(), len, "the pieces must have one length");
+            fed[lane] = true;
+            lanes[lane] = piece;
+            self.blocks[lane] += (len / BLOCK) as u64;
+        }
+        // The lanes not fed compress the first piece too: keep their state aside and put it back.
+        let kept = *self.state;
+        compress_lanes(&mut self.state, &lanes, len / BLOCK);
+        for (lane, fed) in fed.iter().enumerate() {
+            if !fed {
+                for (word, kept) in kept.iter().enumerate() {
+                    self.state[word][lane] = kept[lane];
+                }
+            }
+        }
+    }
+
+    /// Absorbs the last piece of the message in `lane` (any length) and returns its digest; the
+    /// lane is free again.
+    ///
+    /// # Panics
+    /// If the lane is free.
+    pub fn finish(&mut self, lane: usize, last: &[u8]) -> [u8; 32] {
+        assert!(self.used[lane], "a used lane");
+        let bits = (self.blocks[lane] * BLOCK as u64 + last.len() as u64) * 8;
+        let mut padded = last.to_vec();
+        padded.push(0x80);
+        padded.resize((last.len() + 1 + 8).next_multiple_of(BLOCK) - 8, 0);
+        padded.extend_from_slice(&bits.to_be_bytes());
+        // Compressed in a copy of the state, so that no other lane changes.
+        let mut state = self.state.clone();
+        compress_lanes(
+            &mut state,
+            &[padded.as_slice(); LANES],
+            padded.len() / BLOCK,
+        );
+        self.used[lane] = false;
+        let mut digest = [0u8; 32];
+        for (word, out) in digest.chunks_exact_mut(4).enumerate() {
+            out.copy_from_slice(&state[word][lane].to_be_bytes());
+        }
+        digest
+    }
+
+    /// Drops the message in `lane`, whose digest is no longer wanted; the lane is free again.
+    pub fn abandon(&mut self, lane: usize) {
+        self.used[lane] = false;
+    }
+
+    /// Takes the message in `lane` out of the batch, as an `sm3` crate hasher that goes on from
+    /// where it is; the lane is free again.
+    ///
+    /// # Panics
+    /// If the lane is free.
+    pub fn into_scalar(&mut self, lane: usize) -> sm3::Sm3 {
+        use sm3::digest::common::hazmat::SerializableState;
+        assert!(self.used[lane], "a used lane");
+        self.used[lane] = false;
+        // The crate's serialized state begins with its chaining words (little-endian) and the
+        // number of blocks absorbed; its block buffer, empty at a block boundary, follows.
+        let mut serialized = sm3::Sm3::new().serialize();
+        for word in 0..8 {
+            serialized[4 * word..4 * word + 4]
+                .copy_from_slice(&self.state[word][lane].to_le_bytes());
+        }
+        serialized[32..40].copy_from_slice(&self.blocks[lane].to_le_bytes());
+        sm3::Sm3::deserialize(&serialized).expect("a state the crate itself serialized")
+    }
+}
+
+/// The AVX-512 compression of [`x86::compress`], for the types made only where it runs.
+fn compress_lanes(state: &mut [[u32; LANES]; 8], lanes: &[&[u8]; LANES], blocks: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(simd_supported(), "made only where the CPU has AVX-512");
+        // SAFETY: the CPU has AVX-512F/BW (asserted just above); `compress` itself asserts that
+        // every lane holds `blocks` whole blocks.
+        unsafe { x86::compress(state, lanes, blocks) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (state, lanes, blocks);
+        unreachable!("made only where the CPU has AVX-512");
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -371,6 +511,69 @@ mod tests {
 
     fn reference(data: &[u8]) -> [u8; 32] {
         sm3::Sm3::digest(data).into()
+    }
+
+    #[test]
+    fn a_batch_hashes_messages_that_join_and_leave_at_any_time() {
+        let Some(mut batch) = Sm3Batch::new() else {
+            eprintln!("SKIPPED: this CPU has no AVX-512, the batch is not used here");
+            return;
+        };
+        let mut seed = 0x9e37_79b9_7f4a_7c15;
+        // Twenty messages of unrelated lengths (0 to ~9 KiB, around block boundaries too) join
+        // while others are half-way; some finish in the batch, some leave for the crate.
+        let messages: Vec<Vec<u8>> = (0..20)
+            .map(|i| {
+                let len = match i % 4 {
+                    0 => i * 64,
+                    1 => i * 64 + 55,
+                    2 => i * 64 + 56,
+                    _ => (xorshift(&mut seed) as usize) * 37,
+                };
+                (0..len).map(|_| xorshift(&mut seed)).collect()
+            })
+            .collect();
+        let mut next = 0;
+        // (message, lane, bytes absorbed)
+        let mut active: Vec<(usize, usize, usize)> = Vec::new();
+        let mut done = 0;
+        let mut round = 0;
+        while done < messages.len() {
+            while next < messages.len() && (round + next) % 3 != 1 {
+                let Some(lane) = batch.start() else { break };
+                active.push((next, lane, 0));
+                next += 1;
+            }
+            round += 1;
+            let piece = 64 * (1 + round % 4);
+            let mut fed = Vec::new();
+            for (message, lane, at) in std::mem::take(&mut active) {
+                let data = &messages[message];
+                if data.len() - at > piece {
+                    fed.push((lane, &data[at..at + piece]));
+                    active.push((message, lane, at + piece));
+                } else if message % 5 == 4 {
+                    let mut scalar = batch.into_scalar(lane);
+                    scalar.update(&data[at..]);
+                    assert_eq!(
+                        <[u8; 32]>::from(scalar.finalize()),
+                        reference(data),
+                        "{message}"
+                    );
+                    done += 1;
+                } else {
+                    assert_eq!(
+                        batch.finish(lane, &data[at..]),
+                        reference(data),
+                        "{message}"
+                    );
+                    done += 1;
+                }
+            }
+            batch.update(&fed);
+        }
+        assert_eq!(done, messages.len());
+        assert_eq!(batch.used(), 0);
     }
 
     #[test]

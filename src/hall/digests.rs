@@ -272,14 +272,15 @@ impl Lane {
         let (file, len, direct) = self.file.as_ref().expect("opened");
         let n = (len - self.at).min(buf.len() as u64) as usize;
         if *direct {
-            // Whole blocks, the last one past the end of the file: the read stops at the end.
-            let whole = n.next_multiple_of(ALIGN).min(buf.len());
-            let mut got = 0;
-            while got < n {
-                match file.read_at(&mut buf[got..whole], self.at + got as u64)? {
-                    0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                    read => got += read,
+            match read_direct(file, &mut buf[..n.next_multiple_of(ALIGN)], n, self.at) {
+                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                    // A file system that opened the file past the cache but will not read it
+                    // so: through the cache, from here on.
+                    let file = File::open(&self.job.path)?;
+                    file.read_exact_at(&mut buf[..n], self.at)?;
+                    self.file = Some((file, *len, false));
                 }
+                other => other?,
             }
         } else {
             file.read_exact_at(&mut buf[..n], self.at)?;
@@ -313,6 +314,19 @@ impl Lane {
             self.outcome = Some(Ok(hex::encode(hasher.finalize_reset())));
         }
     }
+}
+
+/// Reads `n` bytes at `offset` (a multiple of [`ALIGN`]) past the page cache into `buf`, whole
+/// blocks long: the read of the last block stops at the end of the file.
+fn read_direct(file: &File, buf: &mut [u8], n: usize, offset: u64) -> std::io::Result<()> {
+    let mut got = 0;
+    while got < n {
+        match file.read_at(&mut buf[got..], offset + got as u64)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            read => got += read,
+        }
+    }
+    Ok(())
 }
 
 /// One step of the batch: reads the next [`ROUNDS`] pieces of every file in it, the files in

@@ -587,6 +587,26 @@ impl Db {
             .collect::<Result<_, _>>()?)
     }
 
+    /// Decrypted bids whose plaintext digest is not recorded: (id, opening id, plaintext path).
+    pub async fn decrypted_without_digest(&self) -> Result<Vec<(String, String, String)>, DbError> {
+        // Literal conditions, so that both backends use the partial index of migration 0003.
+        let rows = sqlx::query(
+            "SELECT id, opening_id, plain_path FROM bids \
+             WHERE state = 'decrypted' AND plain_sm3 IS NULL AND plain_path IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("opening_id")?,
+                    r.try_get("plain_path")?,
+                ))
+            })
+            .collect()
+    }
+
     pub async fn bid(&self, id: &str) -> Result<Option<BidRow>, DbError> {
         Ok(
             sqlx::query_as(&format!("SELECT {BID_COLS} FROM bids WHERE id = $1"))

@@ -33,6 +33,9 @@ use crate::format::BidError;
 use crate::metrics::Metrics;
 use crate::phone::{Answer, ChallengeView, RecipientView, answer_message};
 
+/// How long after a failed plaintext digest the tick tries it again.
+const DIGEST_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Milliseconds since the Unix epoch; tests substitute a clock they can move.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
@@ -163,6 +166,9 @@ struct Inner {
     /// Bodies being decrypted now: plaintext digests wait for them.
     decrypting: Arc<Decrypting>,
     digests: digests::Digests,
+    /// Bids whose plaintext digest a task is computing (`None`), or whose last attempt failed
+    /// and is retried after the instant given.
+    digesting: DashMap<String, Option<Instant>>,
     /// The writer threads and chunk buffers every decryption shares (see [`engine::Writers`]).
     writers: engine::Writers,
     metrics: Metrics,
@@ -237,6 +243,7 @@ impl Hall {
                 hall_keys: DashMap::new(),
                 active: DashMap::new(),
                 digests: digests::Digests::start(decrypting.clone()),
+                digesting: DashMap::new(),
                 decrypting,
                 // As many writers as pool threads keep as many writes in flight as there are
                 // workers filling buffers; two buffers per worker, one filled, one written.
@@ -1226,21 +1233,82 @@ impl Hall {
             tracing::warn!(bid = %bid.id, "a finished decryption found its bid no longer decrypting");
             return Ok(());
         }
-        let digest = self.inner.digests.of(out.to_owned()).await?;
+        self.spawn_digest(&bid.id, &bid.opening_id, out);
+        Ok(())
+    }
+
+    /// Computes and records the plaintext digest of a decrypted bid in a task of its own, unless
+    /// one is at it or its last attempt failed less than [`DIGEST_RETRY`] ago (the tick retries
+    /// it then, see [`Self::reconcile_digests`]).
+    fn spawn_digest(&self, bid_id: &str, opening_id: &str, path: &Path) {
+        use dashmap::mapref::entry::Entry;
+        match self.inner.digesting.entry(bid_id.to_owned()) {
+            Entry::Occupied(mut busy) => match busy.get() {
+                Some(retry) if Instant::now() >= *retry => *busy.get_mut() = None,
+                _ => return,
+            },
+            Entry::Vacant(free) => {
+                free.insert(None);
+            }
+        }
+        let hall = self.clone();
+        let (bid_id, opening_id, path) =
+            (bid_id.to_owned(), opening_id.to_owned(), path.to_owned());
+        tokio::spawn(async move {
+            match hall.record_digest(&bid_id, &opening_id, path).await {
+                Ok(()) => {
+                    hall.inner.digesting.remove(&bid_id);
+                }
+                Err(error) => {
+                    tracing::warn!(bid = %bid_id, %error, "the plaintext digest of a decrypted bid failed; it is retried in {} s", DIGEST_RETRY.as_secs());
+                    hall.inner
+                        .digesting
+                        .insert(bid_id, Some(Instant::now() + DIGEST_RETRY));
+                }
+            }
+        });
+    }
+
+    async fn record_digest(
+        &self,
+        bid_id: &str,
+        opening_id: &str,
+        path: PathBuf,
+    ) -> Result<(), HallError> {
+        // The tick may have listed the bid just before another task recorded its digest.
+        if self
+            .inner
+            .db
+            .bid(bid_id)
+            .await?
+            .is_none_or(|b| b.plain_sm3.is_some())
+        {
+            return Ok(());
+        }
+        let digest = self.inner.digests.of(path).await?;
         let record = BidWrite::PlainSm3 {
-            bid_id: bid.id.clone(),
+            bid_id: bid_id.to_owned(),
             sm3: digest.clone(),
         };
         let event = (
             "bid.digest".to_owned(),
             "evaluator".to_owned(),
-            json!({"bid_id": bid.id, "plain_sm3": digest}),
+            json!({"bid_id": bid_id, "plain_sm3": digest}),
         );
         self.inner
             .bus
-            .commit(&bid.opening_id, record, vec![event], self.now())
+            .commit(opening_id, record, vec![event], self.now())
             .await
             .map(|_| ())
+    }
+
+    /// Starts the digest of every decrypted bid that has none and no task computing it: after a
+    /// restart, or an attempt that failed.
+    async fn reconcile_digests(&self) -> Result<(), HallError> {
+        for (id, opening_id, path) in self.inner.db.decrypted_without_digest().await? {
+            self.spawn_digest(&id, &opening_id, Path::new(&path));
+        }
+        Ok(())
     }
 
     async fn fail_decryption(&self, bid: &BidRow, error: HallError) -> Result<(), HallError> {
@@ -1512,7 +1580,8 @@ impl Hall {
                 .await?;
             self.issue_challenges(&opening.id, &stale).await?;
         }
-        self.reconcile().await
+        self.reconcile().await?;
+        self.reconcile_digests().await
     }
 
     /// Sends coalesced progress of running decryptions (call a few times a second).
@@ -1535,30 +1604,7 @@ impl Hall {
     /// After a restart: hash decrypted files whose digest was not recorded, and restart
     /// decryptions whose key had been accepted.
     async fn resume(&self) -> Result<(), HallError> {
-        for state in ["decrypting", "decryption_ended"] {
-            for opening in self.inner.db.openings_in_state(state).await? {
-                for bid in self.inner.db.bids(&opening.id).await? {
-                    if bid.state == "decrypted"
-                        && bid.plain_sm3.is_none()
-                        && let Some(path) = bid.plain_path.clone()
-                    {
-                        let hall = self.clone();
-                        let (id, opening_id) = (bid.id.clone(), opening.id.clone());
-                        tokio::spawn(async move {
-                            if let Ok(d) = hall.inner.digests.of(PathBuf::from(path)).await {
-                                let record = BidWrite::PlainSm3 { bid_id: id, sm3: d };
-                                let now = hall.now();
-                                let _ = hall
-                                    .inner
-                                    .bus
-                                    .commit(&opening_id, record, vec![], now)
-                                    .await;
-                            }
-                        });
-                    }
-                }
-            }
-        }
+        self.reconcile_digests().await?;
         self.reconcile().await
     }
 }

@@ -9,6 +9,7 @@ crate::on_both_databases!(
     twenty_bidders_from_upload_to_evaluator_download,
     a_restarted_server_resumes_the_opening,
     an_accepted_bid_without_a_task_is_decrypted_by_the_hall,
+    a_decrypted_bid_without_its_digest_gets_it_from_the_hall,
     a_small_bid_is_not_held_up_by_a_large_one
 );
 
@@ -308,5 +309,32 @@ async fn an_accepted_bid_without_a_task_is_decrypted_by_the_hall(backend: Backen
     assert_eq!(after["bids"][0]["state"], "decrypted");
     assert_eq!(after["bids"][0]["plain_sm3"], digest, "the same plaintext");
     assert!(plain.exists());
+    app.cleanup().await;
+}
+
+/// A decrypted bid whose plaintext digest is missing (its computation failed, or the server
+/// stopped before recording it) gets it from the hall's tick, without a restart: evaluators
+/// cannot download a file without it.
+async fn a_decrypted_bid_without_its_digest_gets_it_from_the_hall(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let a = TestBidder::new(app.dir.path(), 1, 200_000);
+    let opening = app.opening_with_bids(&[&a], 30, 1800).await;
+    app.start_after(&opening, 31).await;
+    assert_eq!(app.scan(&opening, &a).await.status, 200);
+    app.wait_until_settled(&opening).await;
+    let path = format!("/api/openings/{opening}");
+    let first = app.agent("GET", &path, None).await.body;
+    let id = first["bids"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        first["bids"][0]["plain_sm3"],
+        hex::encode(crypto::sm3(&a.data))
+    );
+    app.sql("UPDATE bids SET plain_sm3 = NULL WHERE id = $1", &id)
+        .await;
+    assert!(app.agent("GET", &path, None).await.body["bids"][0]["plain_sm3"].is_null());
+
+    app.wait_until_settled(&opening).await;
+    let after = app.agent("GET", &path, None).await.body;
+    assert_eq!(after["bids"][0]["plain_sm3"], first["bids"][0]["plain_sm3"]);
     app.cleanup().await;
 }

@@ -277,12 +277,18 @@ async fn a_restarted_server_resumes_the_opening(backend: Backend) {
     app.cleanup().await;
 }
 
-/// A bid whose key was accepted but that no task decrypts (the process stopped, or the database
-/// failed to confirm the answer or the end of the decryption) is decrypted by the hall's periodic
-/// work, to the same file.
-async fn an_accepted_bid_without_a_task_is_decrypted_by_the_hall(backend: Backend) {
-    let app = spawn_app(&backend).await;
-    let a = TestBidder::new(app.dir.path(), 1, 300_000);
+/// An opening with one bid, decrypted and its digest recorded.
+struct Decrypted {
+    bidder: TestBidder,
+    opening: String,
+    /// The agent's view of the opening: its path, and what it showed.
+    path: String,
+    first: serde_json::Value,
+    id: String,
+}
+
+async fn one_decrypted_bid(app: &crate::helpers::TestApp, size: usize) -> Decrypted {
+    let a = TestBidder::new(app.dir.path(), 1, size);
     let opening = app.opening_with_bids(&[&a], 30, 1800).await;
     app.start_after(&opening, 31).await;
     assert_eq!(app.scan(&opening, &a).await.status, 200);
@@ -290,6 +296,27 @@ async fn an_accepted_bid_without_a_task_is_decrypted_by_the_hall(backend: Backen
     let path = format!("/api/openings/{opening}");
     let first = app.agent("GET", &path, None).await.body;
     let id = first["bids"][0]["id"].as_str().unwrap().to_owned();
+    Decrypted {
+        bidder: a,
+        opening,
+        path,
+        first,
+        id,
+    }
+}
+
+/// A bid whose key was accepted but that no task decrypts (the process stopped, or the database
+/// failed to confirm the answer or the end of the decryption) is decrypted by the hall's periodic
+/// work, to the same file.
+async fn an_accepted_bid_without_a_task_is_decrypted_by_the_hall(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let Decrypted {
+        opening,
+        path,
+        first,
+        id,
+        ..
+    } = one_decrypted_bid(&app, 300_000).await;
     let digest = first["bids"][0]["plain_sm3"].clone();
     assert!(digest.is_string());
     let plain = app
@@ -317,14 +344,13 @@ async fn an_accepted_bid_without_a_task_is_decrypted_by_the_hall(backend: Backen
 /// cannot download a file without it.
 async fn a_decrypted_bid_without_its_digest_gets_it_from_the_hall(backend: Backend) {
     let app = spawn_app(&backend).await;
-    let a = TestBidder::new(app.dir.path(), 1, 200_000);
-    let opening = app.opening_with_bids(&[&a], 30, 1800).await;
-    app.start_after(&opening, 31).await;
-    assert_eq!(app.scan(&opening, &a).await.status, 200);
-    app.wait_until_settled(&opening).await;
-    let path = format!("/api/openings/{opening}");
-    let first = app.agent("GET", &path, None).await.body;
-    let id = first["bids"][0]["id"].as_str().unwrap().to_owned();
+    let Decrypted {
+        bidder: a,
+        opening,
+        path,
+        first,
+        id,
+    } = one_decrypted_bid(&app, 200_000).await;
     assert_eq!(
         first["bids"][0]["plain_sm3"],
         hex::encode(crypto::sm3(&a.data))

@@ -1476,6 +1476,21 @@ impl Hall {
             .ok_or(HallError::NotFound("bid"))?;
         match (bid.state.as_str(), bid.plain_path, bid.plain_sm3) {
             ("decrypted", Some(path), Some(sm3)) => Ok((PathBuf::from(path), sm3)),
+            // Its last attempt failed: say so, rather than "retry" to no end.
+            ("decrypted", _, _)
+                if self
+                    .inner
+                    .digesting
+                    .get(bid_id)
+                    .is_some_and(|d| d.is_some()) =>
+            {
+                Err(HallError::WrongState(format!(
+                    "the file's digest could not be computed (the decrypted file could not be \
+                     read); the hall tries again every {} s: if this lasts, ask the platform's \
+                     operator to check the server's disk",
+                    DIGEST_RETRY.as_secs()
+                )))
+            }
             ("decrypted", _, _) => Err(HallError::WrongState(
                 "the file's digest is still being computed; retry in a few seconds".into(),
             )),

@@ -10,6 +10,7 @@ crate::on_both_databases!(
     a_restarted_server_resumes_the_opening,
     an_accepted_bid_without_a_task_is_decrypted_by_the_hall,
     a_decrypted_bid_without_its_digest_gets_it_from_the_hall,
+    a_digest_that_cannot_be_computed_is_told_to_the_evaluator,
     a_small_bid_is_not_held_up_by_a_large_one
 );
 
@@ -285,6 +286,8 @@ struct Decrypted {
     path: String,
     first: serde_json::Value,
     id: String,
+    /// Where the hall keeps the decrypted file.
+    plain: std::path::PathBuf,
 }
 
 async fn one_decrypted_bid(app: &crate::helpers::TestApp, size: usize) -> Decrypted {
@@ -296,12 +299,18 @@ async fn one_decrypted_bid(app: &crate::helpers::TestApp, size: usize) -> Decryp
     let path = format!("/api/openings/{opening}");
     let first = app.agent("GET", &path, None).await.body;
     let id = first["bids"][0]["id"].as_str().unwrap().to_owned();
+    let plain = app
+        .settings
+        .data_dir
+        .join("plain")
+        .join(format!("{id}.tar"));
     Decrypted {
         bidder: a,
         opening,
         path,
         first,
         id,
+        plain,
     }
 }
 
@@ -315,15 +324,11 @@ async fn an_accepted_bid_without_a_task_is_decrypted_by_the_hall(backend: Backen
         path,
         first,
         id,
+        plain,
         ..
     } = one_decrypted_bid(&app, 300_000).await;
     let digest = first["bids"][0]["plain_sm3"].clone();
     assert!(digest.is_string());
-    let plain = app
-        .settings
-        .data_dir
-        .join("plain")
-        .join(format!("{id}.tar"));
     std::fs::remove_file(&plain).unwrap();
     app.sql(
         "UPDATE bids SET state = 'decrypting', plain_path = NULL, plain_sm3 = NULL WHERE id = $1",
@@ -350,6 +355,7 @@ async fn a_decrypted_bid_without_its_digest_gets_it_from_the_hall(backend: Backe
         path,
         first,
         id,
+        ..
     } = one_decrypted_bid(&app, 200_000).await;
     assert_eq!(
         first["bids"][0]["plain_sm3"],
@@ -362,5 +368,39 @@ async fn a_decrypted_bid_without_its_digest_gets_it_from_the_hall(backend: Backe
     app.wait_until_settled(&opening).await;
     let after = app.agent("GET", &path, None).await.body;
     assert_eq!(after["bids"][0]["plain_sm3"], first["bids"][0]["plain_sm3"]);
+    app.cleanup().await;
+}
+
+/// A decrypted file that cannot be read back for its digest: the evaluator's download says the
+/// digest failed and what to do, instead of "retry in a few seconds" for ever.
+async fn a_digest_that_cannot_be_computed_is_told_to_the_evaluator(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let Decrypted {
+        opening, id, plain, ..
+    } = one_decrypted_bid(&app, 50_000).await;
+    std::fs::remove_file(&plain).unwrap();
+    app.sql("UPDATE bids SET plain_sm3 = NULL WHERE id = $1", &id)
+        .await;
+    for action in ["end-decryption", "release"] {
+        let path = format!("/api/openings/{opening}/{action}");
+        assert_eq!(app.agent("POST", &path, None).await.status, 200);
+    }
+    let tokens = format!("/api/openings/{opening}/evaluator-tokens");
+    let token = app.agent("POST", &tokens, None).await.body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let file = format!("/api/eval/bids/{id}/file");
+    let mut said = String::new();
+    for _ in 0..100 {
+        let r = app.call("GET", &file, None, Some(&token)).await;
+        assert_ne!(r.status, 200, "{}", r.body);
+        said = r.body.to_string();
+        if said.contains("could not be computed") {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(said.contains("ask the platform's operator"), "{said}");
     app.cleanup().await;
 }

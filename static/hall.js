@@ -26,7 +26,7 @@
   }
   function retry() { if (!pending) pending = setTimeout(load, 1500); }
   function adopt(s) {
-    snapshot = s; lastSeq = s.last_seq;
+    snapshot = s; lastSeq = s.last_seq; document.getElementById('seq').textContent = lastSeq;
     if (s.server_ms) clockOffset = s.server_ms - Date.now();
     render();
   }
@@ -62,7 +62,7 @@
       case 'opening.failed': Object.assign(o, { state: 'failed', failure: d.reason }); return true;
       case 'files.released': o.state = 'released'; return true;
       case 'opening.closed': o.state = 'closed'; return true;
-      case 'opening.created': case 'bidder.registered': case 'bid.digest': return true;
+      case 'opening.created': case 'bidder.registered': case 'bid.digest': case 'evaluator.token_issued': return true;
       default: return false;
     }
   }

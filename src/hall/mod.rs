@@ -36,6 +36,16 @@ use crate::phone::{Answer, ChallengeView, RecipientView, answer_message};
 /// How long after a failed plaintext digest the tick tries it again.
 const DIGEST_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What the agent and the evaluators are told of a plaintext digest whose last attempt failed.
+fn digest_failure() -> String {
+    format!(
+        "the file's digest could not be computed (the decrypted file could not be read); the \
+         hall tries again every {} s: if this lasts, ask the platform's operator to check the \
+         server's disk",
+        DIGEST_RETRY.as_secs()
+    )
+}
+
 /// Milliseconds since the Unix epoch; tests substitute a clock they can move.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
@@ -1272,6 +1282,15 @@ impl Hall {
         });
     }
 
+    /// Whether the last attempt at a decrypted bid's plaintext digest failed (it is retried every
+    /// [`DIGEST_RETRY`]).
+    fn digest_failed(&self, bid_id: &str) -> bool {
+        self.inner
+            .digesting
+            .get(bid_id)
+            .is_some_and(|d| d.is_some())
+    }
+
     async fn record_digest(
         &self,
         bid_id: &str,
@@ -1477,19 +1496,8 @@ impl Hall {
         match (bid.state.as_str(), bid.plain_path, bid.plain_sm3) {
             ("decrypted", Some(path), Some(sm3)) => Ok((PathBuf::from(path), sm3)),
             // Its last attempt failed: say so, rather than "retry" to no end.
-            ("decrypted", _, _)
-                if self
-                    .inner
-                    .digesting
-                    .get(bid_id)
-                    .is_some_and(|d| d.is_some()) =>
-            {
-                Err(HallError::WrongState(format!(
-                    "the file's digest could not be computed (the decrypted file could not be \
-                     read); the hall tries again every {} s: if this lasts, ask the platform's \
-                     operator to check the server's disk",
-                    DIGEST_RETRY.as_secs()
-                )))
+            ("decrypted", _, _) if self.digest_failed(bid_id) => {
+                Err(HallError::WrongState(digest_failure()))
             }
             ("decrypted", _, _) => Err(HallError::WrongState(
                 "the file's digest is still being computed; retry in a few seconds".into(),
@@ -1562,6 +1570,16 @@ impl Hall {
             });
             if role >= Role::Evaluator {
                 view["plain_sm3"] = json!(bid.plain_sm3);
+                // Whether the evaluators can have the file: its digest recorded, being
+                // computed, or failing (what the agent sees and tells the operator).
+                view["digest"] = match (bid.state.as_str(), &bid.plain_sm3) {
+                    ("decrypted", Some(_)) => json!({"state": "recorded"}),
+                    ("decrypted", None) if self.digest_failed(&bid.id) => {
+                        json!({"state": "failed", "message": digest_failure()})
+                    }
+                    ("decrypted", None) => json!({"state": "computing"}),
+                    _ => serde_json::Value::Null,
+                };
             }
             bid_views.push(view);
         }

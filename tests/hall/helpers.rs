@@ -434,21 +434,16 @@ impl TestApp {
     /// Runs one SQL statement with one text parameter on the server's database, behind its back.
     pub async fn sql(&self, statement: &str, param: &str) {
         let url = &self.settings.database_url;
-        if url.starts_with("postgres") {
+        let changed = if url.starts_with("postgres") {
             let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-            sqlx::query(statement)
-                .bind(param)
-                .execute(&mut conn)
-                .await
-                .unwrap();
+            let done = sqlx::query(statement).bind(param).execute(&mut conn);
+            done.await.unwrap().rows_affected()
         } else {
             let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-            sqlx::query(statement)
-                .bind(param)
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
+            let done = sqlx::query(statement).bind(param).execute(&mut conn);
+            done.await.unwrap().rows_affected()
+        };
+        assert_eq!(changed, 1, "`{statement}` changed one row");
     }
 
     /// All events of an opening as the agent sees them.

@@ -361,9 +361,9 @@ async fn a_decrypted_bid_without_its_digest_gets_it_from_the_hall(backend: Backe
         first["bids"][0]["plain_sm3"],
         hex::encode(crypto::sm3(&a.data))
     );
+    assert_eq!(first["bids"][0]["digest"]["state"], "recorded");
     app.sql("UPDATE bids SET plain_sm3 = NULL WHERE id = $1", &id)
         .await;
-    assert!(app.agent("GET", &path, None).await.body["bids"][0]["plain_sm3"].is_null());
 
     app.wait_until_settled(&opening).await;
     let after = app.agent("GET", &path, None).await.body;
@@ -402,5 +402,18 @@ async fn a_digest_that_cannot_be_computed_is_told_to_the_evaluator(backend: Back
         actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(said.contains("ask the platform's operator"), "{said}");
+    // The agent sees it too, on the bid.
+    let path = format!("/api/openings/{opening}");
+    let snapshot = app.agent("GET", &path, None).await.body;
+    let digest = &snapshot["bids"][0]["digest"];
+    assert_eq!(digest["state"], "failed", "{snapshot}");
+    assert!(
+        digest["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not be computed")
+    );
+    let public = app.snapshot(&opening).await;
+    assert!(public["bids"][0].get("digest").is_none(), "{public}");
     app.cleanup().await;
 }

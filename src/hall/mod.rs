@@ -640,8 +640,11 @@ impl Hall {
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir)?;
             engine::sync_dir(engine::parent_of(&dir))?;
-            std::fs::rename(from, to)?;
-            engine::sync_dir(&dir)
+            std::fs::rename(from, &to)?;
+            // Reported as failed, so no row will name it: do not leave it behind.
+            engine::sync_dir(&dir).inspect_err(|_| {
+                let _ = std::fs::remove_file(&to);
+            })
         })
         .await
         .map_err(|e| HallError::Internal(e.to_string()))?

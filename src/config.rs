@@ -19,6 +19,10 @@ pub struct Settings {
     pub bind: SocketAddr,
     /// Where bids, decrypted files and the SQLite database live.
     pub data_dir: PathBuf,
+    /// The server's key-encryption key (created at first start, mode 0600); empty means
+    /// `<data_dir>/master.key`. Put it on other storage than the data, e.g. a secrets mount, so
+    /// that a copy of the data folder and database alone cannot open the phones' answers.
+    pub master_key_file: PathBuf,
     /// `sqlite://…` or `postgres://…`; empty means SQLite at `<data_dir>/kaibiao.db`.
     pub database_url: String,
     /// The address bidders' phones reach the server at, put into QR codes; empty means
@@ -46,6 +50,7 @@ impl Default for Settings {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
+            master_key_file: PathBuf::new(),
             database_url: String::new(),
             public_url: String::new(),
             max_upload_bytes: 8 * 1024 * 1024 * 1024,
@@ -64,6 +69,7 @@ impl std::fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("bind", &self.bind)
             .field("data_dir", &self.data_dir)
+            .field("master_key_file", &self.master_key_file())
             .field("database_url", &redact_url(&self.database_url))
             .field("public_url", &self.public_url)
             .field("max_upload_bytes", &self.max_upload_bytes)
@@ -108,6 +114,15 @@ impl Settings {
             .map_err(|e| ConfigError(e.to_string()))
     }
 
+    /// The master key's file actually used.
+    pub fn master_key_file(&self) -> PathBuf {
+        if self.master_key_file.as_os_str().is_empty() {
+            self.data_dir.join("master.key")
+        } else {
+            self.master_key_file.clone()
+        }
+    }
+
     /// The database URL actually used.
     pub fn database_url(&self) -> String {
         if self.database_url.is_empty() {
@@ -127,6 +142,7 @@ mod tests {
         let s = Settings::default();
         assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(s.database_url(), "sqlite://./data/kaibiao.db");
+        assert_eq!(s.master_key_file(), Path::new("./data/master.key"));
     }
 
     #[test]

@@ -349,6 +349,16 @@ impl Db {
         .await?)
     }
 
+    /// How many openings still need their sealed hall key: those whose bids may yet be decrypted.
+    pub async fn openings_holding_sealed_keys(&self) -> Result<i64, DbError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM openings WHERE hall_secret_sealed IS NOT NULL \
+             AND state IN ('decrypting', 'decryption_ended')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     pub async fn openings_in_state(&self, state: &str) -> Result<Vec<OpeningRow>, DbError> {
         Ok(sqlx::query_as(&format!(
             "SELECT {OPENING_COLS} FROM openings WHERE state = $1"

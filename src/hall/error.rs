@@ -56,6 +56,9 @@ pub enum HallError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// Something the operator must mend before the server can start.
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl HallError {
@@ -84,7 +87,7 @@ impl HallError {
             Self::WindowClosed => "window_closed",
             Self::AlreadyDecrypted => "already_decrypted",
             Self::NotReleased => "not_released",
-            Self::Db(_) | Self::Io { .. } | Self::Internal(_) => "internal",
+            Self::Db(_) | Self::Io { .. } | Self::Internal(_) | Self::Setup(_) => "internal",
         }
     }
 

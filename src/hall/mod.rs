@@ -241,7 +241,10 @@ impl Hall {
             "flushing {} to disk",
             settings.data_dir.display()
         )))?;
-        let vault = Vault::open_or_create(&settings.data_dir)?;
+        let vault = Vault::open_or_create(
+            &settings.master_key_file(),
+            db.openings_holding_sealed_keys().await?,
+        )?;
         let decrypting = Arc::<Decrypting>::default();
         let hall = Self {
             inner: Arc::new(Inner {

@@ -1,8 +1,9 @@
 //! The server's key-encryption key: hall private keys are stored only sealed under it.
 //!
-//! The key lives in `<data_dir>/master.key` (created at first start, mode 0600) so that a server
-//! restarted mid-opening can still open the keys the phones re-wrapped to its hall key. Keep that
-//! file on protected storage; whoever holds it and the database can open accepted answers.
+//! The key lives in `master_key_file` (by default `<data_dir>/master.key`; created at first start,
+//! mode 0600) so that a server restarted mid-opening can still open the keys the phones re-wrapped
+//! to its hall key. Keep that file on protected storage; whoever holds it and the database can
+//! open accepted answers. A missing file is never replaced while openings still need the old key.
 
 use std::io::Write;
 use std::path::Path;
@@ -17,21 +18,35 @@ pub struct Vault {
 }
 
 impl Vault {
-    pub fn open_or_create(data_dir: &Path) -> Result<Self, HallError> {
-        let path = data_dir.join("master.key");
+    /// Reads the key at `path`, or creates it there when it does not exist and no opening
+    /// (`sealed_openings` of them) holds a hall key sealed under an earlier one.
+    pub fn open_or_create(path: &Path, sealed_openings: i64) -> Result<Self, HallError> {
+        let invalid = || {
+            HallError::Setup(format!(
+                "{} is not a master key (32 hex digits): restore the file the server created",
+                path.display()
+            ))
+        };
         let key: Zeroizing<[u8; 16]> = if path.exists() {
             let text = Zeroizing::new(
-                std::fs::read_to_string(&path).map_err(HallError::io("reading master.key"))?,
+                std::fs::read_to_string(path)
+                    .map_err(HallError::io(format!("reading {}", path.display())))?,
             );
-            let bytes = Zeroizing::new(hex::decode(text.trim()).map_err(|_| {
-                HallError::Internal(format!("{} is not 32 hex digits", path.display()))
-            })?);
-            Zeroizing::new(bytes.as_slice().try_into().map_err(|_| {
-                HallError::Internal(format!("{} is not 32 hex digits", path.display()))
-            })?)
+            let bytes = Zeroizing::new(hex::decode(text.trim()).map_err(|_| invalid())?);
+            Zeroizing::new(bytes.as_slice().try_into().map_err(|_| invalid())?)
+        } else if sealed_openings > 0 {
+            return Err(HallError::Setup(format!(
+                "the master key {} is missing, but {sealed_openings} opening(s) being decrypted \
+                 hold keys sealed under it: restore the file from its backup (or set \
+                 master_key_file to where it is); a new key would leave their accepted answers \
+                 unreadable",
+                path.display()
+            )));
         } else {
             use std::os::unix::fs::OpenOptionsExt;
-            std::fs::create_dir_all(data_dir).map_err(HallError::io("creating the data folder"))?;
+            let folder = crate::engine::parent_of(path);
+            std::fs::create_dir_all(folder)
+                .map_err(HallError::io(format!("creating {}", folder.display())))?;
             let key = Zeroizing::new(
                 crypto::random_bytes::<16>().map_err(|e| HallError::Internal(e.to_string()))?,
             );
@@ -39,12 +54,12 @@ impl Vault {
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&path)
-                .map_err(HallError::io("creating master.key"))?;
+                .open(path)
+                .map_err(HallError::io(format!("creating {}", path.display())))?;
             file.write_all(hex::encode(*key).as_bytes())
                 .and_then(|_| file.sync_all())
-                .and_then(|_| crate::engine::sync_dir(data_dir))
-                .map_err(HallError::io("writing master.key"))?;
+                .and_then(|_| crate::engine::sync_dir(folder))
+                .map_err(HallError::io(format!("writing {}", path.display())))?;
             key
         };
         Ok(Self {
@@ -79,5 +94,56 @@ impl Vault {
             },
         )?;
         Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_created_where_it_is_told_and_read_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets").join("master.key");
+        let sealed = Vault::open_or_create(&path, 0)
+            .unwrap()
+            .seal("hall:x", b"secret")
+            .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = Vault::open_or_create(&path, 1).unwrap();
+        assert_eq!(again.open("hall:x", &sealed).unwrap().as_slice(), b"secret");
+        assert!(
+            again.open("hall:y", &sealed).is_err(),
+            "bound to its context"
+        );
+    }
+
+    #[test]
+    fn a_missing_key_is_not_replaced_while_openings_need_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let Err(error) = Vault::open_or_create(&path, 2) else {
+            panic!("a new key was made");
+        };
+        let said = error.to_string();
+        assert!(
+            said.contains(&path.display().to_string()) && said.contains("restore"),
+            "{said}"
+        );
+        assert!(!path.exists(), "nothing created");
+    }
+
+    #[test]
+    fn a_damaged_key_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        std::fs::write(&path, "not hex").unwrap();
+        let Err(error) = Vault::open_or_create(&path, 0) else {
+            panic!("a damaged key was taken");
+        };
+        assert!(error.to_string().contains("is not a master key"), "{error}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not hex");
     }
 }

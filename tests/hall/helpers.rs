@@ -481,6 +481,16 @@ impl TestApp {
         assert_eq!(r.body["valid"], true, "{}", r.body);
     }
 
+    /// What a second server on the same settings says when it cannot start.
+    pub async fn start_error(&self) -> String {
+        let mut settings = self.settings.clone();
+        settings.bind = "127.0.0.1:0".parse().unwrap();
+        match Application::build_with_clock(settings, clock(self.offset.clone())).await {
+            Ok(_) => panic!("a second server started"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
     /// Stops the server and starts a new one on the same database and data folder.
     pub async fn restart(self) -> TestApp {
         self.server.stop(true).await;

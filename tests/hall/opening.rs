@@ -3,7 +3,7 @@
 use kaibiao::crypto;
 use serde_json::json;
 
-use crate::helpers::{Backend, TestBidder, Viewer, spawn_app};
+use crate::helpers::{Backend, TestBidder, Viewer, spawn_app, spawn_app_with};
 
 crate::on_both_databases!(
     twenty_bidders_from_upload_to_evaluator_download,
@@ -244,7 +244,14 @@ async fn twenty_bidders_from_upload_to_evaluator_download(backend: Backend) {
 }
 
 async fn a_restarted_server_resumes_the_opening(backend: Backend) {
-    let app = spawn_app(&backend).await;
+    // The master key kept apart from the data, as on a secrets mount.
+    let app = spawn_app_with(&backend, |s| {
+        s.master_key_file = s.data_dir.with_file_name("secrets").join("master.key");
+    })
+    .await;
+    let key = app.settings.master_key_file.clone();
+    assert!(key.exists(), "created where it was told");
+    assert!(!app.settings.data_dir.join("master.key").exists());
     let a = TestBidder::new(app.dir.path(), 1, 100_000);
     let b = TestBidder::new(app.dir.path(), 2, 120_000);
     let opening = app.opening_with_bids(&[&a, &b], 60, 1800).await;
@@ -252,6 +259,18 @@ async fn a_restarted_server_resumes_the_opening(backend: Backend) {
     assert_eq!(app.scan(&opening, &a).await.status, 200);
     app.wait_until_settled(&opening).await;
     let before = app.events(&opening).await.len();
+
+    // Without its master key the opening's accepted answers could not be opened: no server starts
+    // with a new one while the opening needs the old.
+    let aside = key.with_extension("aside");
+    std::fs::rename(&key, &aside).unwrap();
+    let said = app.start_error().await;
+    assert!(
+        said.contains(&key.display().to_string()) && said.contains("restore the file"),
+        "{said}"
+    );
+    assert!(!key.exists(), "no new key made");
+    std::fs::rename(&aside, &key).unwrap();
 
     let app = app.restart().await;
     // Same opening, same hall key (sealed under master.key): the second bidder can still scan.

@@ -89,7 +89,7 @@ impl Vault {
         crypto::open_in_place(&self.cipher, &nonce, context.as_bytes(), &mut buf, tag).map_err(
             |_| {
                 HallError::Internal(
-                    "a sealed secret does not open with master.key (was the file replaced?)".into(),
+                    "a sealed secret does not open with the master key (was master_key_file replaced?)".into(),
                 )
             },
         )?;

@@ -4,6 +4,7 @@
 //! both backends; each backend has its own migrations, run at start.
 
 mod batch;
+mod lock;
 
 use std::str::FromStr;
 
@@ -11,6 +12,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
 pub use batch::BidWrite;
+pub use lock::ServerLock;
 
 /// Why the database could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +27,8 @@ pub enum DbError {
     Query(#[from] sqlx::Error),
     #[error("database error: {0}")]
     Write(String),
+    #[error("{0}")]
+    Lock(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,12 +9,12 @@ mod ws;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use tracing_actix_web::TracingLogger;
 
 use crate::config::Settings;
-use crate::db::Db;
+use crate::db::{Db, ServerLock};
 use crate::hall::{Clock, Hall, HallError, system_clock};
 use crate::metrics::Metrics;
 
@@ -25,6 +25,8 @@ pub struct Application {
     port: u16,
     server: Server,
     hall: Hall,
+    lock: ServerLock,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -42,9 +44,10 @@ impl Application {
         })?;
         let addr = listener.local_addr()?;
         settings.bind = addr;
+        let lock = ServerLock::acquire(&settings.database_url(), &settings.data_dir).await?;
         let db = Db::connect(&settings.database_url()).await?;
         let hall = Hall::new(db, settings, clock, Metrics::new()).await?;
-        spawn_background(hall.clone());
+        let background = spawn_background(hall.clone());
         let data = web::Data::new(hall.clone());
         let server = HttpServer::new(move || {
             App::new()
@@ -82,6 +85,8 @@ impl Application {
             port: addr.port(),
             server,
             hall,
+            lock,
+            background,
         })
     }
 
@@ -93,20 +98,31 @@ impl Application {
         &self.hall
     }
 
-    /// The server future, for callers that want its handle (to stop it) before running it.
-    pub fn into_server(self) -> Server {
-        self.server
+    /// The server's handle (to stop it) and the future that runs it until then.
+    pub fn into_parts(
+        self,
+    ) -> (
+        ServerHandle,
+        impl std::future::Future<Output = std::io::Result<()>>,
+    ) {
+        (self.server.handle(), self.run_until_stopped())
     }
 
-    /// Runs until the server is stopped (Ctrl-C or SIGTERM stop it gracefully).
+    /// Runs until the server is stopped (Ctrl-C or SIGTERM stop it gracefully); then the hall's
+    /// periodic work stops and the data folder and database are free for the next server.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        for task in &self.background {
+            task.abort();
+        }
+        self.lock.release().await;
+        result
     }
 }
 
-fn spawn_background(hall: Hall) {
+fn spawn_background(hall: Hall) -> Vec<tokio::task::JoinHandle<()>> {
     let ticker = hall.clone();
-    tokio::spawn(async move {
+    let tick = tokio::spawn(async move {
         let mut interval = tokio::time::interval(Duration::from_millis(500));
         loop {
             interval.tick().await;
@@ -115,11 +131,12 @@ fn spawn_background(hall: Hall) {
             }
         }
     });
-    tokio::spawn(async move {
+    let progress = tokio::spawn(async move {
         let mut interval = tokio::time::interval(Duration::from_millis(250));
         loop {
             interval.tick().await;
             hall.publish_progress();
         }
     });
+    vec![tick, progress]
 }

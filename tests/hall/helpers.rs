@@ -58,7 +58,8 @@ pub struct TestApp {
     pub offset: Arc<AtomicI64>,
     pub dir: tempfile::TempDir,
     pub settings: Settings,
-    pub server: actix_web::dev::ServerHandle,
+    /// None once [`TestApp::stop`]ped.
+    pub server: Option<Server>,
 }
 
 fn clock(offset: Arc<AtomicI64>) -> kaibiao::hall::Clock {
@@ -112,7 +113,7 @@ async fn start(mut settings: Settings, dir: tempfile::TempDir, offset: Arc<Atomi
         .unwrap();
     let port = app.port();
     settings.bind = format!("127.0.0.1:{port}").parse().unwrap();
-    let server = app_handle(app);
+    let server = Some(run(app));
     let client = Client::builder().timeout(Duration::from_secs(120)).finish();
     let base = format!("http://127.0.0.1:{port}");
     let mut res = client
@@ -142,12 +143,28 @@ async fn start(mut settings: Settings, dir: tempfile::TempDir, offset: Arc<Atomi
     }
 }
 
-fn app_handle(app: Application) -> actix_web::dev::ServerHandle {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let server = app.into_server();
-    tx.send(server.handle()).unwrap();
-    actix_web::rt::spawn(server);
-    rx.recv().unwrap()
+/// Runs the server in the test's runtime.
+fn run(app: Application) -> Server {
+    let (handle, run) = app.into_parts();
+    Server {
+        handle,
+        running: actix_web::rt::spawn(run),
+    }
+}
+
+/// A running server: its handle, and the task that ends when it has stopped and let go of its
+/// data folder and database.
+pub struct Server {
+    handle: actix_web::dev::ServerHandle,
+    running: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Stops it gracefully and waits until the next server may start on its data.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        self.running.await.unwrap().unwrap();
+    }
 }
 
 /// A bidder with its keys and sealed bid.
@@ -481,27 +498,35 @@ impl TestApp {
         assert_eq!(r.body["valid"], true, "{}", r.body);
     }
 
-    /// What a second server on the same settings says when it cannot start.
-    pub async fn start_error(&self) -> String {
+    /// What another server on these settings, changed by `change`, says when it cannot start.
+    pub async fn start_error(&self, change: impl FnOnce(&mut Settings)) -> String {
         let mut settings = self.settings.clone();
         settings.bind = "127.0.0.1:0".parse().unwrap();
+        change(&mut settings);
         match Application::build_with_clock(settings, clock(self.offset.clone())).await {
-            Ok(_) => panic!("a second server started"),
+            Ok(_) => panic!("another server started"),
             Err(e) => format!("{e:#}"),
         }
     }
 
+    /// Stops the server (gracefully), leaving its data for the next.
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+    }
+
     /// Stops the server and starts a new one on the same database and data folder.
-    pub async fn restart(self) -> TestApp {
-        self.server.stop(true).await;
+    pub async fn restart(mut self) -> TestApp {
+        self.stop().await;
         let mut settings = self.settings.clone();
         settings.bind = "127.0.0.1:0".parse().unwrap();
         settings.admin_password = None;
         start(settings, self.dir, self.offset).await
     }
 
-    pub async fn cleanup(self) {
-        self.server.stop(true).await;
+    pub async fn cleanup(mut self) {
+        self.stop().await;
         if self.settings.database_url.starts_with("postgres") {
             let (head, name) = self.settings.database_url.rsplit_once('/').unwrap();
             if let Ok(mut conn) = sqlx::PgConnection::connect(&format!("{head}/postgres")).await {

@@ -260,11 +260,25 @@ async fn a_restarted_server_resumes_the_opening(backend: Backend) {
     app.wait_until_settled(&opening).await;
     let before = app.events(&opening).await.len();
 
+    // One server at a time on the data folder, and on a PostgreSQL database from anywhere.
+    let said = app.start_error(|_| {}).await;
+    assert!(
+        said.contains("another kaibiao server") && said.contains("data folder"),
+        "{said}"
+    );
+    if matches!(backend, Backend::Postgres(_)) {
+        let elsewhere = app.dir.path().join("elsewhere");
+        let said = app.start_error(|s| s.data_dir = elsewhere).await;
+        assert!(said.contains("PostgreSQL database"), "{said}");
+    }
+
     // Without its master key the opening's accepted answers could not be opened: no server starts
     // with a new one while the opening needs the old.
+    let mut app = app;
+    app.stop().await;
     let aside = key.with_extension("aside");
     std::fs::rename(&key, &aside).unwrap();
-    let said = app.start_error().await;
+    let said = app.start_error(|_| {}).await;
     assert!(
         said.contains(&key.display().to_string()) && said.contains("restore the file"),
         "{said}"

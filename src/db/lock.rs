@@ -1,0 +1,108 @@
+//! One server at a time on a data folder and its database. Two servers on the same data would
+//! each decrypt the other's bids after a restart or a tick (a bid's claim is held in the memory
+//! of the process that made it) and broadcast only their own events; so the second refuses to
+//! start and says who holds the lock. The lock on the data folder is `flock` on a file in it,
+//! released by the kernel when the process ends, however it ends; on PostgreSQL the database is
+//! locked too (a session advisory lock), for servers on other machines.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::Path;
+
+use rustix::fs::{FlockOperation, flock};
+use sqlx::Connection;
+
+use super::DbError;
+
+/// The advisory lock's key on PostgreSQL: "kaibiao" in ASCII.
+const PG_KEY: i64 = 0x006b_6169_6269_616f;
+
+/// Held while a server runs; [`ServerLock::release`] when it stops.
+pub struct ServerLock {
+    _file: File,
+    pg: Option<sqlx::PgConnection>,
+}
+
+impl ServerLock {
+    /// Takes the lock of `data_dir` (created if missing) and, for PostgreSQL, of the database.
+    pub async fn acquire(database_url: &str, data_dir: &Path) -> Result<Self, DbError> {
+        let path = data_dir.join("kaibiao.lock");
+        let io = |e: std::io::Error| DbError::Lock(format!("cannot lock {}: {e}", path.display()));
+        std::fs::create_dir_all(data_dir).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(DbError::Lock(format!(
+                "another kaibiao server (process {}) is running on the data folder {}: stop it \
+                 first, or give this one a data_dir of its own",
+                holder.trim(),
+                data_dir.display()
+            )));
+        }
+        file.set_len(0)
+            .and_then(|_| file.rewind())
+            .and_then(|_| write!(file, "{}", std::process::id()))
+            .map_err(io)?;
+        let pg = if database_url.starts_with("postgres") {
+            let mut conn = sqlx::PgConnection::connect(database_url)
+                .await
+                .map_err(DbError::Connect)?;
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(PG_KEY)
+                .fetch_one(&mut conn)
+                .await?;
+            if !got {
+                return Err(DbError::Lock(
+                    "another kaibiao server is using this PostgreSQL database: stop it first, or \
+                     give this one a database of its own"
+                        .into(),
+                ));
+            }
+            Some(conn)
+        } else {
+            None
+        };
+        Ok(Self { _file: file, pg })
+    }
+
+    /// Gives the locks back at once (a dropped lock is freed too, the database's when its
+    /// connection closes).
+    pub async fn release(self) {
+        if let Some(mut conn) = self.pg {
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(PG_KEY)
+                .execute(&mut conn)
+                .await;
+            let _ = conn.close().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_web::test]
+    async fn a_second_lock_on_the_same_folder_is_refused_until_the_first_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = "sqlite://unused.db";
+        let first = ServerLock::acquire(url, dir.path()).await.unwrap();
+        let Err(error) = ServerLock::acquire(url, dir.path()).await else {
+            panic!("two locks on one folder");
+        };
+        let said = error.to_string();
+        assert!(
+            said.contains(&format!("process {}", std::process::id())),
+            "{said}"
+        );
+        first.release().await;
+        ServerLock::acquire(url, dir.path()).await.unwrap();
+    }
+}

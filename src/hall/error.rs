@@ -12,6 +12,11 @@ pub enum HallError {
     Unauthorized,
     #[error("wrong user name or password")]
     BadLogin,
+    #[error(
+        "too many wrong passwords for this agent: try again in {retry_secs} s (signed-in \
+         sessions and API tokens still work)"
+    )]
+    TooManyAttempts { retry_secs: u64 },
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -73,6 +78,7 @@ impl HallError {
             Self::NotFound(_) => "not_found",
             Self::Unauthorized => "unauthorized",
             Self::BadLogin => "bad_login",
+            Self::TooManyAttempts { .. } => "too_many_attempts",
             Self::Invalid(_) => "invalid",
             Self::WrongState(_) => "wrong_state",
             Self::AfterDeadline(_) => "after_deadline",

@@ -6,6 +6,7 @@
 mod digests;
 mod error;
 mod events;
+mod logins;
 mod vault;
 
 use std::path::{Path, PathBuf};
@@ -181,6 +182,7 @@ struct Inner {
     digesting: DashMap<String, Option<Instant>>,
     /// The writer threads and chunk buffers every decryption shares (see [`engine::Writers`]).
     writers: engine::Writers,
+    logins: logins::Logins,
     metrics: Metrics,
 }
 
@@ -267,6 +269,7 @@ impl Hall {
                     2 * rayon::current_num_threads(),
                     4 * rayon::current_num_threads(),
                 )?,
+                logins: logins::Logins::new(),
                 metrics,
             }),
         };
@@ -375,9 +378,15 @@ impl Hall {
 
     /// Checks a password and opens a session; returns the session token for the cookie.
     pub async fn login(&self, username: &str, password: &str) -> Result<String, HallError> {
-        let Some((agent_id, hash)) = self.inner.db.agent_by_username(username.trim()).await? else {
+        let username = username.trim();
+        let Some((agent_id, hash)) = self.inner.db.agent_by_username(username).await? else {
             return Err(HallError::BadLogin);
         };
+        let logins = &self.inner.logins;
+        logins.check(username, self.now())?;
+        let _permit = logins.permit().await;
+        // Checked again: failures may have come in while this one waited.
+        logins.check(username, self.now())?;
         let password = zeroize::Zeroizing::new(password.to_owned());
         let ok = on_rayon(move || {
             use argon2::PasswordVerifier;
@@ -391,8 +400,10 @@ impl Hall {
         })
         .await?;
         if !ok {
+            logins.failed(username, self.now());
             return Err(HallError::BadLogin);
         }
+        logins.succeeded(username);
         self.issue_agent_token(&agent_id, "session", 12 * 3600 * 1000)
             .await
     }

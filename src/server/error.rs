@@ -27,6 +27,7 @@ impl ResponseError for ApiError {
         match &self.0 {
             HallError::NotFound(_) | HallError::ChallengeUnknown => StatusCode::NOT_FOUND,
             HallError::Unauthorized | HallError::BadLogin => StatusCode::UNAUTHORIZED,
+            HallError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             HallError::NotReleased => StatusCode::FORBIDDEN,
             HallError::Invalid(_) | HallError::BidRejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             HallError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -52,7 +53,10 @@ impl ResponseError for ApiError {
         } else {
             self.0.to_string()
         };
-        HttpResponse::build(self.status_code())
-            .json(serde_json::json!({"error": self.0.code(), "message": message}))
+        let mut answer = HttpResponse::build(self.status_code());
+        if let HallError::TooManyAttempts { retry_secs } = &self.0 {
+            answer.insert_header(("Retry-After", retry_secs.to_string()));
+        }
+        answer.json(serde_json::json!({"error": self.0.code(), "message": message}))
     }
 }

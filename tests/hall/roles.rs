@@ -4,7 +4,72 @@ use serde_json::json;
 
 use crate::helpers::{Backend, TestBidder, spawn_app};
 
-crate::on_both_databases!(roles_are_enforced, the_pages_render);
+crate::on_both_databases!(
+    roles_are_enforced,
+    the_pages_render,
+    wrong_passwords_hold_back_the_sign_in
+);
+
+/// Guessing an agent's password is held back after five wrong ones, for a minute that doubles
+/// with each further failure; sessions and tokens issued before keep working.
+async fn wrong_passwords_hold_back_the_sign_in(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let sign_in = |password: &'static str| {
+        let app = &app;
+        async move {
+            let body = json!({"username": "admin", "password": password});
+            app.call("POST", "/api/login", Some(body), None).await
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(sign_in("wrong password").await.status, 401);
+    }
+    let held = sign_in(crate::helpers::ADMIN_PASSWORD).await;
+    assert_eq!(held.status, 429, "{}", held.body);
+    assert_eq!(held.body["error"], "too_many_attempts");
+    assert!(
+        held.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("try again in 60 s"),
+        "{}",
+        held.body
+    );
+    assert_eq!(
+        app.agent("GET", "/api/openings", None).await.status,
+        200,
+        "the agent's token still works"
+    );
+    // An unknown name is refused as before, not held back.
+    let body = json!({"username": "nobody", "password": "x"});
+    assert_eq!(
+        app.call("POST", "/api/login", Some(body), None)
+            .await
+            .status,
+        401
+    );
+
+    app.advance_secs(61);
+    assert_eq!(sign_in("wrong password").await.status, 401);
+    let held = sign_in(crate::helpers::ADMIN_PASSWORD).await;
+    assert!(
+        held.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("try again in 120 s"),
+        "one more failure doubles it: {}",
+        held.body
+    );
+    app.advance_secs(121);
+    assert_eq!(sign_in(crate::helpers::ADMIN_PASSWORD).await.status, 200);
+    assert_eq!(sign_in("wrong password").await.status, 401);
+    assert_eq!(
+        sign_in(crate::helpers::ADMIN_PASSWORD).await.status,
+        200,
+        "a right password started the count again"
+    );
+    app.cleanup().await;
+}
 
 async fn roles_are_enforced(backend: Backend) {
     let app = spawn_app(&backend).await;

@@ -34,7 +34,7 @@
     document.getElementById('detail').hidden = false;
     document.getElementById('detail-title').textContent = s.opening.tender_id + ' ' + s.opening.name + ' — ' + s.opening.state;
     document.getElementById('hall-link').href = '/hall/' + id;
-    document.getElementById('detail-body').textContent = JSON.stringify({ bidders: s.bidders, bids: s.bids.map(b => ({ bidder: b.bidder_name, state: b.state, sm3: b.sm3, failure: b.failure, digest: b.digest && (b.digest.message || b.digest.state) })) }, null, 2);
+    document.getElementById('detail-body').textContent = JSON.stringify({ bidders: s.bidders, bids: s.bids.map(b => ({ bidder: b.bidder_name, state: b.state, sm3: b.sm3, failure: b.failure, digest: b.digest && (b.digest.message || b.digest.state), delay: b.delay })) }, null, 2);
   }
   document.getElementById('login').onsubmit = async e => {
     e.preventDefault();

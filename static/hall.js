@@ -52,7 +52,8 @@
       case 'bid.refused': refusals[d.bid_id] = d.message; return true;
       case 'bid.key_accepted': delete refusals[d.bid_id]; return setBid(d.bid_id, { state: 'decrypting', qr: null });
       case 'bid.summary': return setBid(d.bid_id, { summary: d.summary });
-      case 'bid.decrypted': delete progress[d.bid_id]; return setBid(d.bid_id, { state: 'decrypted', plaintext_len: d.bytes, progress: null });
+      case 'bid.delayed': return setBid(d.bid_id, { delay: d.message });
+      case 'bid.decrypted': delete progress[d.bid_id]; return setBid(d.bid_id, { state: 'decrypted', plaintext_len: d.bytes, progress: null, delay: null });
       case 'bid.failed': delete progress[d.bid_id]; return setBid(d.bid_id, { state: 'failed', failure: d.message, fault: d.fault, progress: null });
       case 'decryption.ended':
         o.state = 'decryption_ended';
@@ -79,7 +80,8 @@
       const s = b.summary;
       const summary = s ? '<div class="summary"><div class="price">¥' + esc((s.price_fen / 100).toFixed(2)) + '</div><div>工期 ' + esc(s.duration_days) + ' 天 · 质量 ' + esc(s.quality) + '</div>' +
         Object.entries(s.fields || {}).map(([k, v]) => '<div>' + esc(k) + '：' + esc(v) + '</div>').join('') + '</div>' : '';
-      const why = b.failure ? '<div class="refusal">' + esc(b.failure) + '</div>' : (refusals[b.id] && b.state === 'awaiting_key' ? '<div class="refusal">' + esc(refusals[b.id]) + '</div>' : '');
+      const note = b.failure || (b.state === 'awaiting_key' && refusals[b.id]) || (b.state === 'decrypting' && b.delay);
+      const why = note ? '<div class="refusal">' + esc(note) + '</div>' : '';
       return '<tr data-bid="' + b.id + '"><td><div>' + esc(b.bidder_name) + '</div><div class="rate">' + esc(b.bidder_code) + ' · ' + mib(b.size) + '</div></td>' +
         '<td><span class="state ' + esc(b.state) + '">' + esc(STATES[b.state] || b.state) + '</span>' + why + '</td>' +
         '<td>' + qr + '</td>' +

@@ -93,8 +93,16 @@ impl HallError {
             Self::WindowClosed => "window_closed",
             Self::AlreadyDecrypted => "already_decrypted",
             Self::NotReleased => "not_released",
+            Self::Io { .. } if self.disk_full() => "disk_full",
             Self::Db(_) | Self::Io { .. } | Self::Internal(_) | Self::Setup(_) => "internal",
         }
+    }
+
+    /// A write refused because the server's disk (or the data's quota) is full: the user is
+    /// told, since only the operator can mend it and the user must then try again.
+    pub fn disk_full(&self) -> bool {
+        matches!(self, Self::Io { source, .. }
+            if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
     }
 
     /// True for errors whose detail belongs in the log, not in the answer.

@@ -37,6 +37,26 @@ use crate::phone::{Answer, ChallengeView, RecipientView, answer_message};
 /// How long after a failed plaintext digest the tick tries it again.
 const DIGEST_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long after a decryption failed through the platform the tick tries it again.
+const DECRYPT_RETRY_MS: i64 = 10_000;
+
+/// Whose fault a failed decryption is, and the chunk that failed if the bid's file is to blame.
+/// Every file was checked against the bidder's signature at upload: a read or write that fails
+/// later, like any server error, is the platform's.
+fn fault_of(error: &HallError) -> (&'static str, Option<u64>) {
+    match error {
+        HallError::BidRejected(
+            BidError::ChunkTag { index }
+            | BidError::ChunkDamaged { index }
+            | BidError::ChunkReordered { index, .. }
+            | BidError::ChunkDuplicated { index, .. },
+        ) => ("bidder", Some(*index)),
+        HallError::BidRejected(BidError::Io { .. }) => ("platform", None),
+        HallError::BidRejected(_) => ("bidder", None),
+        _ => ("platform", None),
+    }
+}
+
 /// What the agent and the evaluators are told of a plaintext digest whose last attempt failed.
 fn digest_failure() -> String {
     format!(
@@ -180,6 +200,9 @@ struct Inner {
     /// Bids whose plaintext digest a task is computing (`None`), or whose last attempt failed
     /// and is retried after the instant given.
     digesting: DashMap<String, Option<Instant>>,
+    /// Bids whose decryption failed through the platform (a full disk, a read or write error):
+    /// when the tick may try again (hall clock, ms) and what the hall display says meanwhile.
+    delayed: DashMap<String, (i64, String)>,
     /// The writer threads and chunk buffers every decryption shares (see [`engine::Writers`]).
     writers: engine::Writers,
     logins: logins::Logins,
@@ -270,6 +293,7 @@ impl Hall {
                     4 * rayon::current_num_threads(),
                 )?,
                 logins: logins::Logins::new(),
+                delayed: DashMap::new(),
                 metrics,
             }),
         };
@@ -1084,8 +1108,11 @@ impl Hall {
     /// a restart, or when recording an answer or a finished decryption failed on the database.
     async fn reconcile(&self) -> Result<(), HallError> {
         // Twice a second: only ids, and rows only for bids that no task holds (rare).
+        let now = self.now();
         for id in self.inner.db.bid_ids_in_state("decrypting").await? {
-            if self.inner.active.contains_key(&id) {
+            if self.inner.active.contains_key(&id)
+                || self.inner.delayed.get(&id).is_some_and(|d| d.0 > now)
+            {
                 continue;
             }
             let Some(bid) = self.inner.db.bid(&id).await? else {
@@ -1108,6 +1135,11 @@ impl Hall {
                 Ok(key) => {
                     tracing::info!(bid = %bid.id, "decrypting a bid whose key was accepted but that no task was decrypting");
                     self.spawn_decryption(bid, key, active);
+                }
+                // The file could not be read: the platform's trouble, tried again later.
+                Err(error @ HallError::BidRejected(BidError::Io { .. })) => {
+                    self.inner.active.remove(&bid.id);
+                    self.delay_decryption(&bid, error).await?;
                 }
                 // The stored answer or the file cannot give the key: that will not change.
                 Err(error @ (HallError::WrongCertificate | HallError::BidRejected(_))) => {
@@ -1228,6 +1260,9 @@ impl Hall {
                     }
                     hall.finish_decryption(&bid, &out, secs).await
                 }
+                Err(error) if fault_of(&error).0 == "platform" => {
+                    hall.delay_decryption(&bid, error).await
+                }
                 Err(error) => hall.fail_decryption(&bid, error).await,
             };
             if let Err(error) = outcome {
@@ -1263,6 +1298,7 @@ impl Hall {
             tracing::warn!(bid = %bid.id, "a finished decryption found its bid no longer decrypting");
             return Ok(());
         }
+        self.inner.delayed.remove(&bid.id);
         self.spawn_digest(&bid.id, &bid.opening_id, out);
         Ok(())
     }
@@ -1350,25 +1386,109 @@ impl Hall {
         Ok(())
     }
 
-    async fn fail_decryption(&self, bid: &BidRow, error: HallError) -> Result<(), HallError> {
-        let (fault, chunk) = match &error {
-            HallError::BidRejected(
-                BidError::ChunkTag { index }
-                | BidError::ChunkDamaged { index }
-                | BidError::ChunkReordered { index, .. }
-                | BidError::ChunkDuplicated { index, .. },
-            ) => ("bidder", Some(*index)),
-            HallError::BidRejected(BidError::Io { .. }) | HallError::Internal(_) => {
-                ("platform", None)
-            }
-            HallError::BidRejected(_) => ("bidder", None),
-            _ => ("platform", None),
+    /// A decryption that failed through the platform, not the bid: the bid stays `decrypting`
+    /// (its key is stored) and the tick tries again after [`DECRYPT_RETRY_MS`]; the hall display
+    /// says why on the first failure of a run. The agent may give up on it
+    /// ([`Self::abandon_decryption`]).
+    async fn delay_decryption(&self, bid: &BidRow, error: HallError) -> Result<(), HallError> {
+        tracing::error!(bid = %bid.id, %error, "decrypting a bid failed through the platform; it is tried again in {} s", DECRYPT_RETRY_MS / 1000);
+        let why = if error.disk_full() {
+            "the server's disk is full"
+        } else {
+            "a server error; the operators have the details in the log"
         };
+        let message = format!(
+            "the platform could not finish decrypting this bid ({why}); it tries again every {} s \
+             — not the bidder's fault",
+            DECRYPT_RETRY_MS / 1000
+        );
+        let first = self
+            .inner
+            .delayed
+            .insert(
+                bid.id.clone(),
+                (self.now() + DECRYPT_RETRY_MS, message.clone()),
+            )
+            .is_none_or(|(_, said)| said != message);
+        if !first {
+            return Ok(());
+        }
+        self.event(
+            &bid.opening_id,
+            "bid.delayed",
+            "public",
+            json!({"bid_id": bid.id, "message": message}),
+        )
+        .await
+    }
+
+    /// The agent gives up on a bid whose decryption keeps failing through the platform: it is
+    /// recorded as not decrypted through the platform's fault (art. 31: counts as withdrawn,
+    /// 撤回, and the bidder may claim its losses), so the opening can go on to release.
+    pub async fn abandon_decryption(
+        &self,
+        opening_id: &str,
+        bid_id: &str,
+        reason: &str,
+    ) -> Result<(), HallError> {
+        let reason = reason.trim();
+        if reason.is_empty() || reason.chars().count() > 500 {
+            return Err(HallError::Invalid(
+                "say why the bid is given up (1 to 500 characters)".into(),
+            ));
+        }
+        let bid = self
+            .inner
+            .db
+            .bid(bid_id)
+            .await?
+            .filter(|b| b.opening_id == opening_id)
+            .ok_or(HallError::NotFound("bid"))?;
+        if bid.state != "decrypting" || !self.inner.delayed.contains_key(bid_id) {
+            return Err(HallError::WrongState(
+                "only a bid whose decryption failed through the platform can be given up".into(),
+            ));
+        }
+        // Held while the failure is recorded, so that no retry starts meanwhile.
+        let Some(_claim) = self.claim(&bid) else {
+            return Err(HallError::WrongState(
+                "the hall is trying this bid again right now; wait for the attempt to end".into(),
+            ));
+        };
+        // A retry may have ended between the check and the claim: read the bid again.
+        if !matches!(self.inner.db.bid(bid_id).await, Ok(Some(b)) if b.state == "decrypting") {
+            self.inner.active.remove(bid_id);
+            return Err(HallError::WrongState(
+                "the bid is no longer decrypting; reload".into(),
+            ));
+        }
+        let message = format!(
+            "not decrypted through the platform's fault ({reason}): counts as withdrawn (撤回, \
+             art. 31); the bidder may claim its losses"
+        );
+        let outcome = self.record_failure(&bid, &message, "platform", None).await;
+        self.inner.active.remove(bid_id);
+        outcome
+    }
+
+    async fn fail_decryption(&self, bid: &BidRow, error: HallError) -> Result<(), HallError> {
+        let (fault, chunk) = fault_of(&error);
         tracing::warn!(bid = %bid.id, %error, fault, "bid decryption failed");
         let message = format!("bid file damaged: {error}");
+        self.record_failure(bid, &message, fault, chunk).await
+    }
+
+    async fn record_failure(
+        &self,
+        bid: &BidRow,
+        message: &str,
+        fault: &str,
+        chunk: Option<u64>,
+    ) -> Result<(), HallError> {
+        self.inner.delayed.remove(&bid.id);
         self.inner
             .db
-            .fail_bid(&bid.id, "failed", &message, fault)
+            .fail_bid(&bid.id, "failed", message, fault)
             .await?;
         self.event(
             &bid.opening_id,
@@ -1585,6 +1705,11 @@ impl Hall {
                 "received_ms": bid.received_ms, "summary": summary, "qr": qr, "failure": bid.failure,
                 "fault": bid.fault, "progress": progress,
             });
+            if bid.state == "decrypting"
+                && let Some(delay) = self.inner.delayed.get(&bid.id)
+            {
+                view["delay"] = json!(delay.1);
+            }
             if role >= Role::Evaluator {
                 view["plain_sm3"] = json!(bid.plain_sm3);
                 // Whether the evaluators can have the file: its digest recorded, being

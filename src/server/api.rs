@@ -47,6 +47,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(qr_svg),
         )
         .route(
+            "/api/openings/{id}/bids/{bid}/abandon",
+            web::post().to(abandon_decryption),
+        )
+        .route(
             "/api/openings/{id}/start-decryption",
             web::post().to(start_decryption),
         )
@@ -397,6 +401,19 @@ async fn fail_opening(
     hall.fail_opening(&id, &json_body::<Reason>(&body)?.reason)
         .await?;
     Ok(HttpResponse::Ok().json(json!({"state": "failed"})))
+}
+
+/// The agent gives up on a bid whose decryption keeps failing through the platform.
+async fn abandon_decryption(
+    hall: web::Data<Hall>,
+    _agent: Agent,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let (opening_id, bid_id) = path.into_inner();
+    hall.abandon_decryption(&opening_id, &bid_id, &json_body::<Reason>(&body)?.reason)
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"state": "failed", "fault": "platform"})))
 }
 
 async fn release(

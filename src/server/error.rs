@@ -41,12 +41,21 @@ impl ResponseError for ApiError {
             | HallError::ChallengeUsed
             | HallError::WindowClosed
             | HallError::AlreadyDecrypted => StatusCode::CONFLICT,
+            error if error.disk_full() => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        let message = if self.0.is_internal() {
+        let message = if let HallError::Io { context, .. } = &self.0
+            && self.0.disk_full()
+        {
+            tracing::error!(error = ?self.0, "the disk is full");
+            format!(
+                "the server's disk is full ({context}), so nothing was kept: ask the platform's \
+                 operator to free space, then try again"
+            )
+        } else if self.0.is_internal() {
             tracing::error!(error = ?self.0, "request failed");
             "something went wrong on the server; the operators have the details in the log"
                 .to_owned()
@@ -58,5 +67,35 @@ impl ResponseError for ApiError {
             answer.insert_header(("Retry-After", retry_secs.to_string()));
         }
         answer.json(serde_json::json!({"error": self.0.code(), "message": message}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_web::test]
+    async fn a_full_disk_is_told_to_the_user_with_what_to_do() {
+        let full = ApiError(HallError::io("storing the upload")(std::io::Error::from(
+            std::io::ErrorKind::StorageFull,
+        )));
+        assert_eq!(full.status_code(), StatusCode::INSUFFICIENT_STORAGE);
+        let body = actix_web::body::to_bytes(full.error_response().into_body())
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "disk_full");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains("disk is full (storing the upload)")
+                && message.contains("free space, then try again"),
+            "{message}"
+        );
+
+        let other = ApiError(HallError::io("storing the upload")(std::io::Error::from(
+            std::io::ErrorKind::PermissionDenied,
+        )));
+        assert_eq!(other.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(other.0.code(), "internal");
     }
 }

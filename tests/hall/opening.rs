@@ -11,7 +11,8 @@ crate::on_both_databases!(
     an_accepted_bid_without_a_task_is_decrypted_by_the_hall,
     a_decrypted_bid_without_its_digest_gets_it_from_the_hall,
     a_digest_that_cannot_be_computed_is_told_to_the_evaluator,
-    a_small_bid_is_not_held_up_by_a_large_one
+    a_small_bid_is_not_held_up_by_a_large_one,
+    a_decryption_the_platform_fails_is_tried_again_or_given_up
 );
 
 /// Bids decrypting at once take turns on the CPU pool: a one-chunk bid answered just after a
@@ -448,5 +449,129 @@ async fn a_digest_that_cannot_be_computed_is_told_to_the_evaluator(backend: Back
     );
     let public = app.snapshot(&opening).await;
     assert!(public["bids"][0].get("digest").is_none(), "{public}");
+    app.cleanup().await;
+}
+
+/// A decryption that fails through the platform (here the folder of decrypted files is not a
+/// folder; in life a full disk) does not fail the bid: it stays decrypting, the hall display says
+/// why, and the hall tries again until it works, or until the agent gives it up as the
+/// platform's fault (art. 31: withdrawn, not revoked).
+async fn a_decryption_the_platform_fails_is_tried_again_or_given_up(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let a = TestBidder::new(app.dir.path(), 1, 100_000);
+    let b = TestBidder::new(app.dir.path(), 2, 100_000);
+    let opening = app.opening_with_bids(&[&a, &b], 60, 1800).await;
+    app.start_after(&opening, 61).await;
+    let plain = app.settings.data_dir.join("plain");
+    std::fs::remove_dir(&plain).unwrap();
+    std::fs::write(&plain, b"not a folder").unwrap();
+    for bidder in [&a, &b] {
+        assert_eq!(app.scan(&opening, bidder).await.status, 200);
+    }
+    let delayed = |s: &serde_json::Value| {
+        s["bids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["state"] == "decrypting" && x["delay"].is_string())
+            .count()
+    };
+    let mut snapshot = app.snapshot(&opening).await;
+    for _ in 0..300 {
+        if delayed(&snapshot) == 2 {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+        snapshot = app.snapshot(&opening).await;
+    }
+    assert_eq!(delayed(&snapshot), 2, "{snapshot}");
+    let said = snapshot["bids"][0]["delay"].as_str().unwrap();
+    assert!(
+        said.contains("could not finish decrypting") && said.contains("not the bidder's fault"),
+        "{said}"
+    );
+    let bid_of = |bidder: &TestBidder| {
+        snapshot["bids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["bidder_code"] == bidder.uscc.as_str())
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (a_id, b_id) = (bid_of(&a), bid_of(&b));
+
+    // Tried again, failing the same way: said once, not at every attempt.
+    app.advance_secs(11);
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let delays =
+        |events: &[serde_json::Value]| events.iter().filter(|e| e["kind"] == "bid.delayed").count();
+    assert_eq!(delays(&app.public_events(&opening).await), 2);
+
+    // The agent gives one up, saying why; the other is decrypted once the platform is mended.
+    let abandon = |id: &str| format!("/api/openings/{opening}/bids/{id}/abandon");
+    let r = app
+        .agent("POST", &abandon(&b_id), Some(json!({"reason": " "})))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = app
+        .agent(
+            "POST",
+            &abandon(&b_id),
+            Some(json!({"reason": "解密服务器磁盘故障"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::fs::remove_file(&plain).unwrap();
+    std::fs::create_dir(&plain).unwrap();
+    app.advance_secs(11);
+    let settled = app.wait_until_settled(&opening).await;
+    let state_of = |id: &str| {
+        settled["bids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(state_of(&a_id)["state"], "decrypted");
+    assert!(state_of(&a_id).get("delay").is_none());
+    let given_up = state_of(&b_id);
+    assert_eq!(given_up["state"], "failed");
+    assert_eq!(given_up["fault"], "platform");
+    assert!(
+        given_up["failure"]
+            .as_str()
+            .unwrap()
+            .contains("解密服务器磁盘故障"),
+        "{given_up}"
+    );
+    let r = app
+        .agent("POST", &abandon(&a_id), Some(json!({"reason": "x"})))
+        .await;
+    assert_eq!(
+        r.status, 409,
+        "a decrypted bid cannot be given up: {}",
+        r.body
+    );
+    let agent_view = app
+        .agent("GET", &format!("/api/openings/{opening}"), None)
+        .await
+        .body;
+    let decrypted = agent_view["bids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == a_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(decrypted["plain_sm3"], hex::encode(crypto::sm3(&a.data)));
+    for action in ["end-decryption", "release"] {
+        let path = format!("/api/openings/{opening}/{action}");
+        assert_eq!(app.agent("POST", &path, None).await.status, 200);
+    }
     app.cleanup().await;
 }

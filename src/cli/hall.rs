@@ -75,7 +75,7 @@ pub fn create_agent(
     };
     actix_web::rt::System::new().block_on(async move {
         let db = kaibiao::db::Db::connect(&settings.database_url()).await?;
-        let hall = kaibiao::hall::Hall::new(
+        let hall = kaibiao::hall::Hall::open(
             db,
             settings,
             kaibiao::hall::system_clock(),

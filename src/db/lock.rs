@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::Path;
+use std::str::FromStr;
 
 use rustix::fs::{FlockOperation, flock};
 use sqlx::Connection;
@@ -19,37 +20,65 @@ const PG_KEY: i64 = 0x006b_6169_6269_616f;
 
 /// Held while a server runs; [`ServerLock::release`] when it stops.
 pub struct ServerLock {
-    _file: File,
+    _files: Vec<File>,
     pg: Option<sqlx::PgConnection>,
 }
 
-impl ServerLock {
-    /// Takes the lock of `data_dir` (created if missing) and, for PostgreSQL, of the database.
-    pub async fn acquire(database_url: &str, data_dir: &Path) -> Result<Self, DbError> {
-        let path = data_dir.join("kaibiao.lock");
-        let io = |e: std::io::Error| DbError::Lock(format!("cannot lock {}: {e}", path.display()));
-        std::fs::create_dir_all(data_dir).map_err(io)?;
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
-        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+/// Takes the `flock` of `path` (created if missing) for the folder or database `what`.
+fn lock_file(path: &Path, what: &str) -> Result<File, DbError> {
+    let io = |e: std::io::Error| DbError::Lock(format!("cannot lock {}: {e}", path.display()));
+    if let Some(folder) = path.parent() {
+        std::fs::create_dir_all(folder).map_err(io)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io)?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => "unknown".to_owned(),
+                pid => pid.to_owned(),
+            };
             return Err(DbError::Lock(format!(
-                "another kaibiao server (process {}) is running on the data folder {}: stop it \
-                 first, or give this one a data_dir of its own",
-                holder.trim(),
-                data_dir.display()
+                "another kaibiao server (process {holder}) is running on {what}: stop it first, \
+                 or give this one its own data_dir and database"
             )));
         }
-        file.set_len(0)
-            .and_then(|_| file.rewind())
-            .and_then(|_| write!(file, "{}", std::process::id()))
-            .map_err(io)?;
+        Err(e) => return Err(io(e.into())),
+    }
+    file.set_len(0)
+        .and_then(|_| file.rewind())
+        .and_then(|_| write!(file, "{}", std::process::id()))
+        .map_err(io)?;
+    Ok(file)
+}
+
+impl ServerLock {
+    /// Takes the lock of `data_dir` (created if missing), of a SQLite database kept elsewhere,
+    /// and of a PostgreSQL database.
+    pub async fn acquire(database_url: &str, data_dir: &Path) -> Result<Self, DbError> {
+        let what = format!("the data folder {}", data_dir.display());
+        let mut files = vec![lock_file(&data_dir.join("kaibiao.lock"), &what)?];
+        if database_url.starts_with("sqlite:")
+            && let Ok(options) = sqlx::sqlite::SqliteConnectOptions::from_str(database_url)
+            && options.get_filename().parent() != Some(data_dir)
+            && options.get_filename() != Path::new(":memory:")
+        {
+            let db = options.get_filename();
+            let mut name = db.as_os_str().to_owned();
+            name.push(".kaibiao-lock");
+            files.push(lock_file(
+                Path::new(&name),
+                &format!("the database {}", db.display()),
+            )?);
+        }
         let pg = if database_url.starts_with("postgres") {
             let mut conn = sqlx::PgConnection::connect(database_url)
                 .await
@@ -59,6 +88,7 @@ impl ServerLock {
                 .fetch_one(&mut conn)
                 .await?;
             if !got {
+                let _ = conn.close().await;
                 return Err(DbError::Lock(
                     "another kaibiao server is using this PostgreSQL database: stop it first, or \
                      give this one a database of its own"
@@ -69,7 +99,7 @@ impl ServerLock {
         } else {
             None
         };
-        Ok(Self { _file: file, pg })
+        Ok(Self { _files: files, pg })
     }
 
     /// Gives the locks back at once (a dropped lock is freed too, the database's when its
@@ -104,5 +134,18 @@ mod tests {
         );
         first.release().await;
         ServerLock::acquire(url, dir.path()).await.unwrap();
+    }
+
+    #[actix_web::test]
+    async fn a_sqlite_database_outside_the_data_folder_is_locked_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/elsewhere/k.db", dir.path().display());
+        let _first = ServerLock::acquire(&url, &dir.path().join("one"))
+            .await
+            .unwrap();
+        let Err(error) = ServerLock::acquire(&url, &dir.path().join("two")).await else {
+            panic!("two servers on one database");
+        };
+        assert!(error.to_string().contains("the database"), "{error}");
     }
 }

@@ -353,11 +353,13 @@ impl Db {
         .await?)
     }
 
-    /// How many openings still need their sealed hall key: those whose bids may yet be decrypted.
+    /// How many openings still need their sealed hall key: those whose bids may yet be decrypted
+    /// (decryption running, or ended with a bid still decrypting).
     pub async fn openings_holding_sealed_keys(&self) -> Result<i64, DbError> {
         Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM openings WHERE hall_secret_sealed IS NOT NULL \
-             AND state IN ('decrypting', 'decryption_ended')",
+            "SELECT COUNT(*) FROM openings o WHERE o.hall_secret_sealed IS NOT NULL \
+             AND (o.state = 'decrypting' OR (o.state = 'decryption_ended' AND EXISTS \
+             (SELECT 1 FROM bids b WHERE b.opening_id = o.id AND b.state = 'decrypting')))",
         )
         .fetch_one(&self.pool)
         .await?)
@@ -680,15 +682,19 @@ impl Db {
         state: &str,
         failure: &str,
         fault: &str,
-    ) -> Result<(), DbError> {
-        sqlx::query("UPDATE bids SET state = $1, failure = $2, fault = $3 WHERE id = $4")
-            .bind(state)
-            .bind(failure)
-            .bind(fault)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    ) -> Result<bool, DbError> {
+        // Only a bid being decrypted fails: one that finished meanwhile stays as it is.
+        let done = sqlx::query(
+            "UPDATE bids SET state = $1, failure = $2, fault = $3 WHERE id = $4 \
+             AND state = 'decrypting'",
+        )
+        .bind(state)
+        .bind(failure)
+        .bind(fault)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     // --- challenges ---------------------------------------------------------------------------

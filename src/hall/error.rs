@@ -84,6 +84,9 @@ impl HallError {
             Self::AfterDeadline(_) => "after_deadline",
             Self::BeforeOpening(_) => "before_opening",
             Self::TooLarge { .. } => "too_large",
+            // Reading or writing a bid's file failed: the server's trouble, not the bid's.
+            Self::BidRejected(BidError::Io { .. }) if self.disk_full() => "disk_full",
+            Self::BidRejected(BidError::Io { .. }) => "internal",
             Self::BidRejected(_) => "bid_rejected",
             Self::ChallengeUnknown => "qr_unknown",
             Self::ChallengeExpired => "qr_expired",
@@ -101,8 +104,29 @@ impl HallError {
     /// A write refused because the server's disk (or the data's quota) is full: the user is
     /// told, since only the operator can mend it and the user must then try again.
     pub fn disk_full(&self) -> bool {
-        matches!(self, Self::Io { source, .. }
-            if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
+        let source = match self {
+            Self::Io { source, .. } | Self::BidRejected(BidError::Io { source, .. }) => source,
+            _ => return false,
+        };
+        matches!(
+            source.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
+    }
+
+    /// What a user (a phone, the hall display, a browser) is told: the error itself, or for the
+    /// server's own trouble what happened in general words and what to do, the detail being in
+    /// the log.
+    pub fn public_message(&self) -> String {
+        if self.disk_full() {
+            "the server's disk is full, so nothing was kept: ask the platform's operator to free \
+             space, then try again"
+                .into()
+        } else if self.is_internal() {
+            "something went wrong on the server; the operators have the details in the log".into()
+        } else {
+            self.to_string()
+        }
     }
 
     /// True for errors whose detail belongs in the log, not in the answer.

@@ -19,14 +19,14 @@ pub(super) struct Logins {
     /// Per existing agent (unknown names are refused before any check, so this stays as small
     /// as the agents' list): failures in a row and when the next attempt is allowed.
     failures: DashMap<String, (u32, i64)>,
-    gate: tokio::sync::Semaphore,
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Logins {
     pub(super) fn new() -> Self {
         Self {
             failures: DashMap::new(),
-            gate: tokio::sync::Semaphore::new(1),
+            gate: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
@@ -41,8 +41,12 @@ impl Logins {
     }
 
     /// The one permit to check a password; held while it is checked.
-    pub(super) async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
-        self.gate.acquire().await.expect("the gate is never closed")
+    pub(super) async fn permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.gate
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the gate is never closed")
     }
 
     pub(super) fn failed(&self, username: &str, now_ms: i64) {

@@ -37,6 +37,27 @@ use crate::phone::{Answer, ChallengeView, RecipientView, answer_message};
 /// How long after a failed plaintext digest the tick tries it again.
 const DIGEST_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Runs a closure when dropped, unless disarmed: gives a task's claim back however it ends.
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> OnDrop<F> {
+    fn new(f: F) -> Self {
+        Self(Some(f))
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
 /// How long after a decryption failed through the platform the tick tries it again.
 const DECRYPT_RETRY_MS: i64 = 10_000;
 
@@ -251,7 +272,22 @@ pub struct Hall {
 }
 
 impl Hall {
+    /// The hall of a running server: opened, then resuming the work a stopped server left
+    /// (decryptions and digests). Only under the server's lock ([`crate::db::ServerLock`]).
     pub async fn new(
+        db: Db,
+        settings: Settings,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> Result<Self, HallError> {
+        let hall = Self::open(db, settings, clock, metrics).await?;
+        hall.resume().await?;
+        Ok(hall)
+    }
+
+    /// The hall for an administrative command beside a running server (creating an agent):
+    /// resumes nothing, so it never decrypts the server's bids.
+    pub async fn open(
         db: Db,
         settings: Settings,
         clock: Clock,
@@ -269,6 +305,7 @@ impl Hall {
         let vault = Vault::open_or_create(
             &settings.master_key_file(),
             db.openings_holding_sealed_keys().await?,
+            settings.master_key_file.as_os_str().is_empty(),
         )?;
         let decrypting = Arc::<Decrypting>::default();
         let hall = Self {
@@ -303,7 +340,6 @@ impl Hall {
             hall.create_agent("admin", &password).await?;
             tracing::info!("created the agent account admin from the settings");
         }
-        hall.resume().await?;
         Ok(hall)
     }
 
@@ -408,11 +444,13 @@ impl Hall {
         };
         let logins = &self.inner.logins;
         logins.check(username, self.now())?;
-        let _permit = logins.permit().await;
+        let permit = logins.permit().await;
         // Checked again: failures may have come in while this one waited.
         logins.check(username, self.now())?;
         let password = zeroize::Zeroizing::new(password.to_owned());
         let ok = on_rayon(move || {
+            // Held until the check ends, even if the request is dropped meanwhile.
+            let _permit = permit;
             use argon2::PasswordVerifier;
             argon2::password_hash::PasswordHash::new(&hash)
                 .map(|parsed| {
@@ -986,7 +1024,7 @@ impl Hall {
                         &challenge.opening_id,
                         "bid.refused",
                         "public",
-                        json!({"bid_id": challenge.bid_id, "code": error.code(), "message": error.to_string()}),
+                        json!({"bid_id": challenge.bid_id, "code": error.code(), "message": error.public_message()}),
                     )
                     .await;
                 if matches!(error, HallError::ChallengeExpired)
@@ -1175,7 +1213,16 @@ impl Hall {
         let hall = self.clone();
         // Held until the body is decrypted and on disk (not while it is hashed).
         let decrypting = self.inner.decrypting.enter();
+        // The claim goes when the task ends, or is dropped with the runtime it ran on (a
+        // stopping server's worker): then the tick or the next start takes the bid up again.
+        let unclaim = OnDrop::new({
+            let (hall, id) = (self.clone(), bid.id.clone());
+            move || {
+                hall.inner.active.remove(&id);
+            }
+        });
         tokio::spawn(async move {
+            let _unclaim = unclaim;
             let out = hall
                 .inner
                 .settings
@@ -1268,7 +1315,6 @@ impl Hall {
             if let Err(error) = outcome {
                 tracing::error!(bid = %bid.id, %error, "recording the end of a decryption failed; it will be decrypted again");
             }
-            hall.inner.active.remove(&bid.id);
         });
     }
 
@@ -1320,8 +1366,17 @@ impl Hall {
         let hall = self.clone();
         let (bid_id, opening_id, path) =
             (bid_id.to_owned(), opening_id.to_owned(), path.to_owned());
+        // Dropped unfinished (with a stopping server's worker), the task gives its claim back.
+        let mut unclaim = OnDrop::new({
+            let (hall, id) = (self.clone(), bid_id.clone());
+            move || {
+                hall.inner.digesting.remove(&id);
+            }
+        });
         tokio::spawn(async move {
-            match hall.record_digest(&bid_id, &opening_id, path).await {
+            let outcome = hall.record_digest(&bid_id, &opening_id, path).await;
+            unclaim.disarm();
+            match outcome {
                 Ok(()) => {
                     hall.inner.digesting.remove(&bid_id);
                 }
@@ -1449,15 +1504,24 @@ impl Hall {
                 "only a bid whose decryption failed through the platform can be given up".into(),
             ));
         }
-        // Held while the failure is recorded, so that no retry starts meanwhile.
-        let Some(_claim) = self.claim(&bid) else {
+        // Held while the failure is recorded, so that no retry starts meanwhile; given back
+        // however this ends (also if the request is dropped half-way).
+        if self.claim(&bid).is_none() {
             return Err(HallError::WrongState(
                 "the hall is trying this bid again right now; wait for the attempt to end".into(),
             ));
-        };
-        // A retry may have ended between the check and the claim: read the bid again.
-        if !matches!(self.inner.db.bid(bid_id).await, Ok(Some(b)) if b.state == "decrypting") {
+        }
+        let _claim = OnDrop::new(|| {
             self.inner.active.remove(bid_id);
+        });
+        // A retry may have ended between the check and the claim: read the bid again.
+        if self
+            .inner
+            .db
+            .bid(bid_id)
+            .await?
+            .is_none_or(|b| b.state != "decrypting")
+        {
             return Err(HallError::WrongState(
                 "the bid is no longer decrypting; reload".into(),
             ));
@@ -1466,9 +1530,7 @@ impl Hall {
             "not decrypted through the platform's fault ({reason}): counts as withdrawn (撤回, \
              art. 31); the bidder may claim its losses"
         );
-        let outcome = self.record_failure(&bid, &message, "platform", None).await;
-        self.inner.active.remove(bid_id);
-        outcome
+        self.record_failure(&bid, &message, "platform", None).await
     }
 
     async fn fail_decryption(&self, bid: &BidRow, error: HallError) -> Result<(), HallError> {
@@ -1485,11 +1547,16 @@ impl Hall {
         fault: &str,
         chunk: Option<u64>,
     ) -> Result<(), HallError> {
-        self.inner.delayed.remove(&bid.id);
-        self.inner
+        let failed = self
+            .inner
             .db
             .fail_bid(&bid.id, "failed", message, fault)
             .await?;
+        self.inner.delayed.remove(&bid.id);
+        if !failed {
+            tracing::warn!(bid = %bid.id, "a failed decryption found its bid no longer decrypting");
+            return Ok(());
+        }
         self.event(
             &bid.opening_id,
             "bid.failed",
@@ -1560,14 +1627,21 @@ impl Hall {
                 "end decryption before releasing the files".into(),
             ));
         }
-        if self
-            .inner
-            .db
-            .bids(opening_id)
-            .await?
+        let bids = self.inner.db.bids(opening_id).await?;
+        let stuck: Vec<&str> = bids
             .iter()
-            .any(|b| b.state == "decrypting")
-        {
+            .filter(|b| b.state == "decrypting" && self.inner.delayed.contains_key(&b.id))
+            .map(|b| b.id.as_str())
+            .collect();
+        if !stuck.is_empty() {
+            return Err(HallError::WrongState(format!(
+                "the decryption of bid(s) {} keeps failing through the platform: have the \
+                 operator mend it (e.g. free disk space), or give each up with POST \
+                 /api/openings/{opening_id}/bids/{{bid}}/abandon and a reason",
+                stuck.join(", ")
+            )));
+        }
+        if bids.iter().any(|b| b.state == "decrypting") {
             return Err(HallError::WrongState(
                 "some bids are still decrypting; release when they are done".into(),
             ));
@@ -1760,6 +1834,23 @@ impl Hall {
         }
         self.reconcile().await?;
         self.reconcile_digests().await
+    }
+
+    /// Waits, up to `limit`, until no decryption or plaintext digest of this hall is under way;
+    /// false if some still are. For a stopping server, whose tick no longer starts any.
+    pub async fn wait_idle(&self, limit: std::time::Duration) -> bool {
+        let until = Instant::now() + limit;
+        loop {
+            let busy = !self.inner.active.is_empty()
+                || self.inner.digesting.iter().any(|d| d.value().is_none());
+            if !busy {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// Sends coalesced progress of running decryptions (call a few times a second).

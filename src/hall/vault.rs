@@ -19,15 +19,24 @@ pub struct Vault {
 
 impl Vault {
     /// Reads the key at `path`, or creates it there when it does not exist and no opening
-    /// (`sealed_openings` of them) holds a hall key sealed under an earlier one.
-    pub fn open_or_create(path: &Path, sealed_openings: i64) -> Result<Self, HallError> {
+    /// (`sealed_openings` of them) holds a hall key sealed under an earlier one. The folder is
+    /// made if `make_folder` (the default place in the data folder); a folder named in the
+    /// settings must exist (a secrets mount that is not up must not get a key on the local disk).
+    pub fn open_or_create(
+        path: &Path,
+        sealed_openings: i64,
+        make_folder: bool,
+    ) -> Result<Self, HallError> {
         let invalid = || {
             HallError::Setup(format!(
                 "{} is not a master key (32 hex digits): restore the file the server created",
                 path.display()
             ))
         };
-        let key: Zeroizing<[u8; 16]> = if path.exists() {
+        let exists = path
+            .try_exists()
+            .map_err(HallError::io(format!("looking for {}", path.display())))?;
+        let key: Zeroizing<[u8; 16]> = if exists {
             let text = Zeroizing::new(
                 std::fs::read_to_string(path)
                     .map_err(HallError::io(format!("reading {}", path.display())))?,
@@ -45,8 +54,15 @@ impl Vault {
         } else {
             use std::os::unix::fs::OpenOptionsExt;
             let folder = crate::engine::parent_of(path);
-            std::fs::create_dir_all(folder)
-                .map_err(HallError::io(format!("creating {}", folder.display())))?;
+            if make_folder {
+                std::fs::create_dir_all(folder)
+                    .map_err(HallError::io(format!("creating {}", folder.display())))?;
+            } else if !folder.is_dir() {
+                return Err(HallError::Setup(format!(
+                    "the folder of master_key_file, {}, does not exist: mount or create it",
+                    folder.display()
+                )));
+            }
             let key = Zeroizing::new(
                 crypto::random_bytes::<16>().map_err(|e| HallError::Internal(e.to_string()))?,
             );
@@ -106,13 +122,17 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secrets").join("master.key");
-        let sealed = Vault::open_or_create(&path, 0)
+        let Err(error) = Vault::open_or_create(&path, 0, false) else {
+            panic!("a key made in a folder that is not there");
+        };
+        assert!(error.to_string().contains("mount or create it"), "{error}");
+        let sealed = Vault::open_or_create(&path, 0, true)
             .unwrap()
             .seal("hall:x", b"secret")
             .unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let again = Vault::open_or_create(&path, 1).unwrap();
+        let again = Vault::open_or_create(&path, 1, false).unwrap();
         assert_eq!(again.open("hall:x", &sealed).unwrap().as_slice(), b"secret");
         assert!(
             again.open("hall:y", &sealed).is_err(),
@@ -124,7 +144,7 @@ mod tests {
     fn a_missing_key_is_not_replaced_while_openings_need_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("master.key");
-        let Err(error) = Vault::open_or_create(&path, 2) else {
+        let Err(error) = Vault::open_or_create(&path, 2, true) else {
             panic!("a new key was made");
         };
         let said = error.to_string();
@@ -140,7 +160,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("master.key");
         std::fs::write(&path, "not hex").unwrap();
-        let Err(error) = Vault::open_or_create(&path, 0) else {
+        let Err(error) = Vault::open_or_create(&path, 0, true) else {
             panic!("a damaged key was taken");
         };
         assert!(error.to_string().contains("is not a master key"), "{error}");

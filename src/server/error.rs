@@ -25,6 +25,9 @@ impl std::fmt::Display for ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match &self.0 {
+            error if error.disk_full() => StatusCode::INSUFFICIENT_STORAGE,
+            // A bid's file that could not be read or written: the server's trouble.
+            error if error.is_internal() => StatusCode::INTERNAL_SERVER_ERROR,
             HallError::NotFound(_) | HallError::ChallengeUnknown => StatusCode::NOT_FOUND,
             HallError::Unauthorized | HallError::BadLogin => StatusCode::UNAUTHORIZED,
             HallError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -41,27 +44,15 @@ impl ResponseError for ApiError {
             | HallError::ChallengeUsed
             | HallError::WindowClosed
             | HallError::AlreadyDecrypted => StatusCode::CONFLICT,
-            error if error.disk_full() => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        let message = if let HallError::Io { context, .. } = &self.0
-            && self.0.disk_full()
-        {
-            tracing::error!(error = ?self.0, "the disk is full");
-            format!(
-                "the server's disk is full ({context}), so nothing was kept: ask the platform's \
-                 operator to free space, then try again"
-            )
-        } else if self.0.is_internal() {
+        if self.0.is_internal() || self.0.disk_full() {
             tracing::error!(error = ?self.0, "request failed");
-            "something went wrong on the server; the operators have the details in the log"
-                .to_owned()
-        } else {
-            self.0.to_string()
-        };
+        }
+        let message = self.0.public_message();
         let mut answer = HttpResponse::build(self.status_code());
         if let HallError::TooManyAttempts { retry_secs } = &self.0 {
             answer.insert_header(("Retry-After", retry_secs.to_string()));
@@ -87,8 +78,7 @@ mod tests {
         assert_eq!(body["error"], "disk_full");
         let message = body["message"].as_str().unwrap();
         assert!(
-            message.contains("disk is full (storing the upload)")
-                && message.contains("free space, then try again"),
+            message.contains("disk is full") && message.contains("free space, then try again"),
             "{message}"
         );
 
@@ -97,5 +87,19 @@ mod tests {
         )));
         assert_eq!(other.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(other.0.code(), "internal");
+
+        // The same from a bid's file, as decryption meets it: the server's, not the bid's.
+        let decrypting = |kind| {
+            ApiError(HallError::BidRejected(crate::format::BidError::Io {
+                context: "writing plaintext chunk 3".into(),
+                source: std::io::Error::from(kind),
+            }))
+        };
+        let full = decrypting(std::io::ErrorKind::StorageFull);
+        assert!(full.0.disk_full());
+        assert_eq!(full.status_code(), StatusCode::INSUFFICIENT_STORAGE);
+        let broken = decrypting(std::io::ErrorKind::Other);
+        assert_eq!(broken.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!broken.0.public_message().contains("chunk 3"));
     }
 }

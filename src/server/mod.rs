@@ -26,8 +26,24 @@ pub struct Application {
     server: Server,
     hall: Hall,
     lock: ServerLock,
-    background: Vec<tokio::task::JoinHandle<()>>,
+    background: Background,
 }
+
+/// The hall's periodic work: it stops when the server stops, or when a server that was built
+/// is dropped without running.
+struct Background(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// How long a stopping server waits for the decryptions and digests under way to end before it
+/// gives back its lock (a restarted server would take up whatever is left).
+const DRAIN: Duration = Duration::from_secs(30);
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
@@ -45,9 +61,28 @@ impl Application {
         let addr = listener.local_addr()?;
         settings.bind = addr;
         let lock = ServerLock::acquire(&settings.database_url(), &settings.data_dir).await?;
+        match Self::build_locked(listener, settings, clock).await {
+            Ok((server, hall)) => Ok(Self {
+                port: addr.port(),
+                server,
+                background: Background(spawn_background(hall.clone())),
+                hall,
+                lock,
+            }),
+            Err(error) => {
+                lock.release().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn build_locked(
+        listener: TcpListener,
+        settings: Settings,
+        clock: Clock,
+    ) -> anyhow::Result<(Server, Hall)> {
         let db = Db::connect(&settings.database_url()).await?;
         let hall = Hall::new(db, settings, clock, Metrics::new()).await?;
-        let background = spawn_background(hall.clone());
         let data = web::Data::new(hall.clone());
         let server = HttpServer::new(move || {
             App::new()
@@ -81,13 +116,7 @@ impl Application {
         .listen(listener)?
         .shutdown_timeout(10)
         .run();
-        Ok(Self {
-            port: addr.port(),
-            server,
-            hall,
-            lock,
-            background,
-        })
+        Ok((server, hall))
     }
 
     pub fn port(&self) -> u16 {
@@ -111,11 +140,21 @@ impl Application {
     /// Runs until the server is stopped (Ctrl-C or SIGTERM stop it gracefully); then the hall's
     /// periodic work stops and the data folder and database are free for the next server.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
-        for task in &self.background {
-            task.abort();
+        let Self {
+            server,
+            hall,
+            lock,
+            background,
+            ..
+        } = self;
+        let result = server.await;
+        drop(background);
+        if !hall.wait_idle(DRAIN).await {
+            tracing::warn!(
+                "stopping with decryptions or digests still under way; the next start takes them up"
+            );
         }
-        self.lock.release().await;
+        lock.release().await;
         result
     }
 }

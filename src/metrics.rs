@@ -13,6 +13,8 @@ pub struct Metrics {
     pub bids: IntGaugeVec,
     pub answers: IntCounter,
     pub refusals: IntCounter,
+    /// Decryption attempts that failed through the platform (retried).
+    pub platform_failures: IntCounter,
 }
 
 impl Metrics {
@@ -43,6 +45,11 @@ impl Metrics {
             .expect("valid");
         let refusals =
             IntCounter::new("phone_answers_refused_total", "Phone answers refused").expect("valid");
+        let platform_failures = IntCounter::new(
+            "decryption_platform_failures_total",
+            "Decryption attempts that failed through the platform (full disk, I/O error) and are retried",
+        )
+        .expect("valid");
         for c in [
             Box::new(bytes_decrypted.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(decrypt_throughput.clone()),
@@ -52,6 +59,7 @@ impl Metrics {
             Box::new(bids.clone()),
             Box::new(answers.clone()),
             Box::new(refusals.clone()),
+            Box::new(platform_failures.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -65,6 +73,7 @@ impl Metrics {
             bids,
             answers,
             refusals,
+            platform_failures,
         }
     }
 

@@ -1446,6 +1446,7 @@ impl Hall {
     /// says why on the first failure of a run. The agent may give up on it
     /// ([`Self::abandon_decryption`]).
     async fn delay_decryption(&self, bid: &BidRow, error: HallError) -> Result<(), HallError> {
+        self.inner.metrics.platform_failures.inc();
         tracing::error!(bid = %bid.id, %error, "decrypting a bid failed through the platform; it is tried again in {} s", DECRYPT_RETRY_MS / 1000);
         let why = if error.disk_full() {
             "the server's disk is full"

@@ -246,6 +246,23 @@ impl TestApp {
         kaibiao::hall::system_clock()() + self.offset.load(Ordering::SeqCst)
     }
 
+    /// One number of the server's `/metrics` (`kaibiao_` + `name`).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let mut res = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap();
+        let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+        let name = format!("kaibiao_{name} ");
+        text.lines()
+            .find(|l| l.starts_with(&name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}in /metrics"))
+    }
+
     /// Moves the server's clock forward.
     pub fn advance_secs(&self, secs: i64) {
         self.offset.fetch_add(secs * 1000, Ordering::SeqCst);

@@ -505,9 +505,17 @@ async fn a_decryption_the_platform_fails_is_tried_again_or_given_up(backend: Bac
     };
     let (a_id, b_id) = (bid_of(&a), bid_of(&b));
 
-    // Tried again, failing the same way: said once, not at every attempt.
+    // Tried again, failing the same way: counted, but said once, not at every attempt.
+    let failures = "decryption_platform_failures_total";
+    assert_eq!(app.metric(failures).await, 2.0);
     app.advance_secs(11);
-    actix_web::rt::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for _ in 0..300 {
+        if app.metric(failures).await >= 4.0 {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.metric(failures).await, 4.0, "both tried again once");
     let delays =
         |events: &[serde_json::Value]| events.iter().filter(|e| e["kind"] == "bid.delayed").count();
     assert_eq!(delays(&app.public_events(&opening).await), 2);

@@ -12,18 +12,7 @@ crate::on_both_databases!(
 
 /// The server's count of open websockets, from `/metrics`.
 async fn open_websockets(app: &TestApp) -> i64 {
-    let mut res = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap();
-    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
-    text.lines()
-        .find(|l| l.starts_with("kaibiao_websocket_connections "))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .expect("a websocket_connections gauge")
+    app.metric("websocket_connections").await as i64
 }
 
 async fn a_viewer_that_stops_reading_is_dropped_and_the_others_go_on(backend: Backend) {

@@ -72,16 +72,21 @@ fn bench(c: &mut Criterion) {
         std::fs::create_dir_all(&tmp).unwrap();
         targets.push(("-tmpfs", tmp));
     }
-    let mut group = c.benchmark_group("bid");
-    group.sample_size(10);
-    group.throughput(Throughput::Bytes(size as u64));
-    for threads in [1, 2] {
+    // A pool of `threads`, the sealed bid and its file key.
+    let setup = |threads| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
         let bid = SealedBid::open(&sealed).unwrap();
         let key = bid.unwrap_file_key(&enc).unwrap();
+        (pool, bid, key)
+    };
+    let mut group = c.benchmark_group("bid");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(size as u64));
+    for threads in [1, 2] {
+        let (pool, bid, key) = setup(threads);
         group.bench_function(format!("verify/{threads}"), |b| {
             b.iter(|| pool.install(|| bid.verify_chunks(&NoProgress).unwrap()))
         });
@@ -117,12 +122,7 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Bytes(size as u64));
     for threads in [1, 2] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        let bid = SealedBid::open(&sealed).unwrap();
-        let key = bid.unwrap_file_key(&enc).unwrap();
+        let (pool, bid, key) = setup(threads);
         for (suffix, target) in &targets {
             let plain = target.join("plain.out");
             group.bench_function(format!("unseal-no-digest{suffix}/{threads}"), |b| {

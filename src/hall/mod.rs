@@ -1493,13 +1493,7 @@ impl Hall {
                 "say why the bid is given up (1 to 500 characters)".into(),
             ));
         }
-        let bid = self
-            .inner
-            .db
-            .bid(bid_id)
-            .await?
-            .filter(|b| b.opening_id == opening_id)
-            .ok_or(HallError::NotFound("bid"))?;
+        let bid = self.bid_of(opening_id, bid_id).await?;
         if bid.state != "decrypting" || !self.inner.delayed.contains_key(bid_id) {
             return Err(HallError::WrongState(
                 "only a bid whose decryption failed through the platform can be given up".into(),
@@ -1688,6 +1682,16 @@ impl Hall {
         Ok(token)
     }
 
+    /// Bid `bid_id` of opening `opening_id`.
+    async fn bid_of(&self, opening_id: &str, bid_id: &str) -> Result<BidRow, HallError> {
+        self.inner
+            .db
+            .bid(bid_id)
+            .await?
+            .filter(|b| b.opening_id == opening_id)
+            .ok_or(HallError::NotFound("bid"))
+    }
+
     /// A decrypted bid's file for the evaluation system: only after release.
     pub async fn released_file(
         &self,
@@ -1698,13 +1702,7 @@ impl Hall {
         if !matches!(opening.state.as_str(), "released" | "closed") {
             return Err(HallError::NotReleased);
         }
-        let bid = self
-            .inner
-            .db
-            .bid(bid_id)
-            .await?
-            .filter(|b| b.opening_id == opening_id)
-            .ok_or(HallError::NotFound("bid"))?;
+        let bid = self.bid_of(opening_id, bid_id).await?;
         match (bid.state.as_str(), bid.plain_path, bid.plain_sm3) {
             ("decrypted", Some(path), Some(sm3)) => Ok((PathBuf::from(path), sm3)),
             // Its last attempt failed: say so, rather than "retry" to no end.

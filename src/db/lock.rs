@@ -122,7 +122,7 @@ mod tests {
     #[actix_web::test]
     async fn a_second_lock_on_the_same_folder_is_refused_until_the_first_is_released() {
         let dir = tempfile::tempdir().unwrap();
-        let url = "sqlite://unused.db";
+        let url = &format!("sqlite://{}/k.db", dir.path().display());
         let first = ServerLock::acquire(url, dir.path()).await.unwrap();
         let Err(error) = ServerLock::acquire(url, dir.path()).await else {
             panic!("two locks on one folder");

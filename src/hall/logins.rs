@@ -2,9 +2,11 @@
 //! same Rayon pool that decrypts bids and checks phones' answers: unthrottled, anyone could guess
 //! an agent's password without end, or stall a live opening by sending sign-ins. So checks run
 //! one at a time (they never hold more than one pool thread), and after [`FREE_FAILURES`] wrong
-//! passwords in a row an agent's sign-in is refused without a check for a time that doubles with
-//! each further failure (one minute, up to [`MAX_BLOCK_MS`]). A right password ends it; sessions
-//! and API tokens already issued keep working meanwhile.
+//! passwords in a row for one agent from one address, that agent's sign-in from that address is
+//! refused without a check for a time that doubles with each further failure (one minute, up to
+//! [`MAX_BLOCK_MS`]). Counted per address, so that whoever guesses does not lock the agent out
+//! everywhere (behind a reverse proxy every client has the proxy's address: then it is per
+//! agent). A right password ends it; sessions and API tokens already issued keep working.
 
 use dashmap::DashMap;
 
@@ -14,10 +16,12 @@ use super::HallError;
 const FREE_FAILURES: u32 = 5;
 const FIRST_BLOCK_MS: i64 = 60_000;
 const MAX_BLOCK_MS: i64 = 15 * 60_000;
+/// Past this many entries, those no longer held back are forgotten.
+const KEPT: usize = 10_000;
 
 pub(super) struct Logins {
-    /// Per existing agent (unknown names are refused before any check, so this stays as small
-    /// as the agents' list): failures in a row and when the next attempt is allowed.
+    /// Per existing agent and address (unknown names are refused before any check): failures
+    /// in a row and when the next attempt is allowed. Kept under [`KEPT`] entries.
     failures: DashMap<String, (u32, i64)>,
     gate: std::sync::Arc<tokio::sync::Semaphore>,
 }
@@ -30,9 +34,9 @@ impl Logins {
         }
     }
 
-    /// Refuses while `username` is held back at `now_ms`.
-    pub(super) fn check(&self, username: &str, now_ms: i64) -> Result<(), HallError> {
-        match self.failures.get(username).map(|f| f.1) {
+    /// Refuses while `key` (an agent and an address) is held back at `now_ms`.
+    pub(super) fn check(&self, key: &str, now_ms: i64) -> Result<(), HallError> {
+        match self.failures.get(key).map(|f| f.1) {
             Some(until) if until > now_ms => Err(HallError::TooManyAttempts {
                 retry_secs: ((until - now_ms) as u64).div_ceil(1000),
             }),
@@ -49,8 +53,11 @@ impl Logins {
             .expect("the gate is never closed")
     }
 
-    pub(super) fn failed(&self, username: &str, now_ms: i64) {
-        let mut entry = self.failures.entry(username.to_owned()).or_insert((0, 0));
+    pub(super) fn failed(&self, key: &str, now_ms: i64) {
+        if self.failures.len() >= KEPT {
+            self.failures.retain(|_, f| f.1 > now_ms);
+        }
+        let mut entry = self.failures.entry(key.to_owned()).or_insert((0, 0));
         entry.0 += 1;
         if entry.0 >= FREE_FAILURES {
             let doublings = (entry.0 - FREE_FAILURES).min(10);
@@ -58,8 +65,8 @@ impl Logins {
         }
     }
 
-    pub(super) fn succeeded(&self, username: &str) {
-        self.failures.remove(username);
+    pub(super) fn succeeded(&self, key: &str) {
+        self.failures.remove(key);
     }
 }
 

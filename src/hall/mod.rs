@@ -437,16 +437,24 @@ impl Hall {
     }
 
     /// Checks a password and opens a session; returns the session token for the cookie.
-    pub async fn login(&self, username: &str, password: &str) -> Result<String, HallError> {
+    /// `from` names where the attempt comes from (the client's address): failures are counted
+    /// per agent and place.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        from: &str,
+    ) -> Result<String, HallError> {
         let username = username.trim();
         let Some((agent_id, hash)) = self.inner.db.agent_by_username(username).await? else {
             return Err(HallError::BadLogin);
         };
         let logins = &self.inner.logins;
-        logins.check(username, self.now())?;
+        let attempt = format!("{username}\0{from}");
+        logins.check(&attempt, self.now())?;
         let permit = logins.permit().await;
         // Checked again: failures may have come in while this one waited.
-        logins.check(username, self.now())?;
+        logins.check(&attempt, self.now())?;
         let password = zeroize::Zeroizing::new(password.to_owned());
         let ok = on_rayon(move || {
             // Held until the check ends, even if the request is dropped meanwhile.
@@ -462,10 +470,10 @@ impl Hall {
         })
         .await?;
         if !ok {
-            logins.failed(username, self.now());
+            logins.failed(&attempt, self.now());
             return Err(HallError::BadLogin);
         }
-        logins.succeeded(username);
+        logins.succeeded(&attempt);
         self.issue_agent_token(&agent_id, "session", 12 * 3600 * 1000)
             .await
     }

@@ -118,8 +118,18 @@ struct Login {
     password: String,
 }
 
-async fn login(hall: web::Data<Hall>, body: web::Json<Login>) -> Result<HttpResponse> {
-    let token = hall.login(&body.username, &body.password).await?;
+async fn login(
+    hall: web::Data<Hall>,
+    req: HttpRequest,
+    body: web::Json<Login>,
+) -> Result<HttpResponse> {
+    // The peer's address (a reverse proxy's own, behind one): wrong passwords from one place
+    // do not hold the agent back from another.
+    let from = req
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let token = hall.login(&body.username, &body.password, &from).await?;
     let cookie = Cookie::build(SESSION_COOKIE, token)
         .path("/")
         .http_only(true)

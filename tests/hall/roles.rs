@@ -10,8 +10,9 @@ crate::on_both_databases!(
     wrong_passwords_hold_back_the_sign_in
 );
 
-/// Guessing an agent's password is held back after five wrong ones, for a minute that doubles
-/// with each further failure; sessions and tokens issued before keep working.
+/// Guessing an agent's password is held back after five wrong ones from one address, for a
+/// minute that doubles with each further failure; sessions and tokens issued before keep working,
+/// and so does signing in from elsewhere.
 async fn wrong_passwords_hold_back_the_sign_in(backend: Backend) {
     let app = spawn_app(&backend).await;
     let sign_in = |password: &'static str| {
@@ -39,6 +40,16 @@ async fn wrong_passwords_hold_back_the_sign_in(backend: Backend) {
         200,
         "the agent's token still works"
     );
+    // Only where the guesses came from: the agent signs in from another address.
+    let elsewhere = awc::Client::builder()
+        .connector(awc::Connector::new().local_address("127.0.0.2".parse().unwrap()))
+        .finish();
+    let res = elsewhere
+        .post(format!("{}/api/login", app.base))
+        .send_json(&json!({"username": "admin", "password": crate::helpers::ADMIN_PASSWORD}))
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200, "from 127.0.0.2");
     // An unknown name is refused as before, not held back.
     let body = json!({"username": "nobody", "password": "x"});
     assert_eq!(

@@ -20,8 +20,30 @@ const PG_KEY: i64 = 0x006b_6169_6269_616f;
 
 /// Held while a server runs; [`ServerLock::release`] when it stops.
 pub struct ServerLock {
-    _files: Vec<File>,
-    pg: Option<sqlx::PgConnection>,
+    /// The locked files: closing one gives its lock back.
+    files: std::sync::Mutex<Vec<File>>,
+    /// The PostgreSQL database's URL and the connection holding its lock (None once lost).
+    pg: Option<(String, tokio::sync::Mutex<Option<sqlx::PgConnection>>)>,
+}
+
+/// A connection to `url` holding the database's lock; `Lock` if another server holds it.
+async fn lock_database(url: &str) -> Result<sqlx::PgConnection, DbError> {
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .map_err(DbError::Connect)?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(PG_KEY)
+        .fetch_one(&mut conn)
+        .await?;
+    if !got {
+        let _ = conn.close().await;
+        return Err(DbError::Lock(
+            "another kaibiao server is using this PostgreSQL database: stop it first, or give \
+             this one a database of its own"
+                .into(),
+        ));
+    }
+    Ok(conn)
 }
 
 /// Takes the `flock` of `path` (created if missing) for the folder or database `what`.
@@ -80,32 +102,47 @@ impl ServerLock {
             )?);
         }
         let pg = if database_url.starts_with("postgres") {
-            let mut conn = sqlx::PgConnection::connect(database_url)
-                .await
-                .map_err(DbError::Connect)?;
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(PG_KEY)
-                .fetch_one(&mut conn)
-                .await?;
-            if !got {
-                let _ = conn.close().await;
-                return Err(DbError::Lock(
-                    "another kaibiao server is using this PostgreSQL database: stop it first, or \
-                     give this one a database of its own"
-                        .into(),
-                ));
-            }
-            Some(conn)
+            let conn = lock_database(database_url).await?;
+            Some((database_url.to_owned(), tokio::sync::Mutex::new(Some(conn))))
         } else {
             None
         };
-        Ok(Self { _files: files, pg })
+        Ok(Self {
+            files: std::sync::Mutex::new(files),
+            pg,
+        })
+    }
+
+    /// Checks that the database's lock is still held, and takes it again if its connection was
+    /// lost (the database restarted, the network dropped it): a session lock ends with its
+    /// connection, silently. `Lock` if another server took it meanwhile; the server must stop.
+    pub async fn keep(&self) -> Result<(), DbError> {
+        let Some((url, conn)) = &self.pg else {
+            return Ok(());
+        };
+        let mut conn = conn.lock().await;
+        if let Some(held) = conn.as_mut() {
+            if sqlx::query("SELECT 1").execute(&mut *held).await.is_ok() {
+                return Ok(());
+            }
+            *conn = None;
+        }
+        let again = lock_database(url).await?;
+        tracing::warn!("the database lock's connection was lost; the lock is held again");
+        *conn = Some(again);
+        Ok(())
     }
 
     /// Gives the locks back at once (a dropped lock is freed too, the database's when its
     /// connection closes).
-    pub async fn release(self) {
-        if let Some(mut conn) = self.pg {
+    pub async fn release(&self) {
+        self.files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        if let Some((_, conn)) = &self.pg
+            && let Some(mut conn) = conn.lock().await.take()
+        {
             let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
                 .bind(PG_KEY)
                 .execute(&mut conn)

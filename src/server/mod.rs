@@ -25,7 +25,7 @@ pub struct Application {
     port: u16,
     server: Server,
     hall: Hall,
-    lock: ServerLock,
+    lock: std::sync::Arc<ServerLock>,
     background: Background,
 }
 
@@ -45,6 +45,9 @@ impl Drop for Background {
 /// gives back its lock (a restarted server would take up whatever is left).
 const DRAIN: Duration = Duration::from_secs(30);
 
+/// How often the database's lock is checked (one `SELECT 1` on its connection).
+const LOCK_CHECK: Duration = Duration::from_secs(2);
+
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         Self::build_with_clock(settings, system_clock()).await
@@ -62,13 +65,18 @@ impl Application {
         settings.bind = addr;
         let lock = ServerLock::acquire(&settings.database_url(), &settings.data_dir).await?;
         match Self::build_locked(listener, settings, clock).await {
-            Ok((server, hall)) => Ok(Self {
-                port: addr.port(),
-                server,
-                background: Background(spawn_background(hall.clone())),
-                hall,
-                lock,
-            }),
+            Ok((server, hall)) => {
+                let lock = std::sync::Arc::new(lock);
+                let mut tasks = spawn_background(hall.clone());
+                tasks.push(keep_lock(lock.clone(), server.handle()));
+                Ok(Self {
+                    port: addr.port(),
+                    server,
+                    background: Background(tasks),
+                    hall,
+                    lock,
+                })
+            }
             Err(error) => {
                 lock.release().await;
                 Err(error)
@@ -157,6 +165,31 @@ impl Application {
         lock.release().await;
         result
     }
+}
+
+/// Checks every few seconds that the database's lock is still this server's, taking it again
+/// if its connection was lost; stops the server if another took it meanwhile.
+fn keep_lock(
+    lock: std::sync::Arc<ServerLock>,
+    server: ServerHandle,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(LOCK_CHECK);
+        loop {
+            interval.tick().await;
+            match lock.keep().await {
+                Ok(()) => {}
+                Err(error @ crate::db::DbError::Lock(_)) => {
+                    tracing::error!(%error, "the database is another server's now: stopping");
+                    server.stop(true).await;
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot check the database lock; trying again");
+                }
+            }
+        }
+    })
 }
 
 fn spawn_background(hall: Hall) -> Vec<tokio::task::JoinHandle<()>> {

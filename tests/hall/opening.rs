@@ -594,3 +594,47 @@ async fn a_decryption_the_platform_fails_is_tried_again_or_given_up(backend: Bac
     assert_eq!(app.agent("POST", &release, None).await.status, 200);
     app.cleanup().await;
 }
+
+/// On PostgreSQL the database's lock lives on one connection: lost with it (the database
+/// restarted, the network dropped it), it is taken again, so a second server still cannot start.
+#[actix_web::test]
+async fn the_database_lock_is_taken_again_when_its_connection_is_lost() {
+    use sqlx::Connection;
+    let Some(url) = crate::helpers::postgres_url() else {
+        eprintln!("SKIPPED on PostgreSQL: set KAIBIAO_TEST_POSTGRES_URL to run it");
+        return;
+    };
+    let app = spawn_app(&Backend::Postgres(url)).await;
+    let mut conn = sqlx::PgConnection::connect(&app.settings.database_url)
+        .await
+        .unwrap();
+    let holder = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+    let first: i32 = sqlx::query_scalar(holder)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut again = None;
+    for _ in 0..300 {
+        let now: Option<i32> = sqlx::query_scalar(holder)
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+        if now.is_some_and(|p| p != first) {
+            again = now;
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(again.is_some(), "the lock was not taken again");
+    let elsewhere = app.dir.path().join("elsewhere");
+    let said = app.start_error(|s| s.data_dir = elsewhere).await;
+    assert!(said.contains("PostgreSQL database"), "{said}");
+    drop(conn);
+    app.cleanup().await;
+}

@@ -37,6 +37,16 @@ use crate::phone::{Answer, ChallengeView, RecipientView, answer_message};
 /// How long after a failed plaintext digest the tick tries it again.
 const DIGEST_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// A decryption that failed through the platform and waits to be tried again.
+struct Delay {
+    /// When the tick may try again (hall clock, ms).
+    retry_ms: i64,
+    /// What the hall display says meanwhile.
+    message: String,
+    /// Failed attempts so far.
+    attempts: u32,
+}
+
 /// Runs a closure when dropped, unless disarmed: gives a task's claim back however it ends.
 struct OnDrop<F: FnOnce()>(Option<F>);
 
@@ -58,7 +68,8 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
     }
 }
 
-/// How long after a decryption failed through the platform the tick tries it again.
+/// How long after a decryption first failed through the platform the tick tries it again
+/// (doubling with each failure after, to 5 minutes).
 const DECRYPT_RETRY_MS: i64 = 10_000;
 
 /// Whose fault a failed decryption is, and the chunk that failed if the bid's file is to blame.
@@ -221,9 +232,8 @@ struct Inner {
     /// Bids whose plaintext digest a task is computing (`None`), or whose last attempt failed
     /// and is retried after the instant given.
     digesting: DashMap<String, Option<Instant>>,
-    /// Bids whose decryption failed through the platform (a full disk, a read or write error):
-    /// when the tick may try again (hall clock, ms) and what the hall display says meanwhile.
-    delayed: DashMap<String, (i64, String)>,
+    /// Bids whose decryption failed through the platform (a full disk, a read or write error).
+    delayed: DashMap<String, Delay>,
     /// The writer threads and chunk buffers every decryption shares (see [`engine::Writers`]).
     writers: engine::Writers,
     logins: logins::Logins,
@@ -1157,7 +1167,11 @@ impl Hall {
         let now = self.now();
         for id in self.inner.db.bid_ids_in_state("decrypting").await? {
             if self.inner.active.contains_key(&id)
-                || self.inner.delayed.get(&id).is_some_and(|d| d.0 > now)
+                || self
+                    .inner
+                    .delayed
+                    .get(&id)
+                    .is_some_and(|d| d.retry_ms > now)
             {
                 continue;
             }
@@ -1455,25 +1469,32 @@ impl Hall {
     /// ([`Self::abandon_decryption`]).
     async fn delay_decryption(&self, bid: &BidRow, error: HallError) -> Result<(), HallError> {
         self.inner.metrics.platform_failures.inc();
-        tracing::error!(bid = %bid.id, %error, "decrypting a bid failed through the platform; it is tried again in {} s", DECRYPT_RETRY_MS / 1000);
         let why = if error.disk_full() {
             "the server's disk is full"
         } else {
             "a server error; the operators have the details in the log"
         };
         let message = format!(
-            "the platform could not finish decrypting this bid ({why}); it tries again every {} s \
-             — not the bidder's fault",
-            DECRYPT_RETRY_MS / 1000
+            "the platform could not finish decrypting this bid ({why}); it keeps trying — not \
+             the bidder's fault"
         );
+        // 10 s after the first failure, doubling to 5 minutes: a full disk is not refilled
+        // with a large bid's plaintext every few seconds.
+        let attempts = self.inner.delayed.get(&bid.id).map_or(0, |d| d.attempts) + 1;
+        let wait = (DECRYPT_RETRY_MS << (attempts - 1).min(5)).min(5 * 60_000);
+        tracing::error!(bid = %bid.id, %error, attempts, "decrypting a bid failed through the platform; it is tried again in {} s", wait / 1000);
         let first = self
             .inner
             .delayed
             .insert(
                 bid.id.clone(),
-                (self.now() + DECRYPT_RETRY_MS, message.clone()),
+                Delay {
+                    retry_ms: self.now() + wait,
+                    message: message.clone(),
+                    attempts,
+                },
             )
-            .is_none_or(|(_, said)| said != message);
+            .is_none_or(|d| d.message != message);
         if !first {
             return Ok(());
         }
@@ -1789,7 +1810,7 @@ impl Hall {
             if bid.state == "decrypting"
                 && let Some(delay) = self.inner.delayed.get(&bid.id)
             {
-                view["delay"] = json!(delay.1);
+                view["delay"] = json!(delay.message);
             }
             if role >= Role::Evaluator {
                 view["plain_sm3"] = json!(bid.plain_sm3);

@@ -548,7 +548,8 @@ async fn a_decryption_the_platform_fails_is_tried_again_or_given_up(backend: Bac
     assert_eq!(r.status, 200, "{}", r.body);
     std::fs::remove_file(&plain).unwrap();
     std::fs::create_dir(&plain).unwrap();
-    app.advance_secs(11);
+    // The third attempt comes 20 s after the second (the wait doubles).
+    app.advance_secs(21);
     let settled = app.wait_until_settled(&opening).await;
     let state_of = |id: &str| {
         settled["bids"]

@@ -34,6 +34,20 @@
     document.getElementById('detail').hidden = false;
     document.getElementById('detail-title').textContent = s.opening.tender_id + ' ' + s.opening.name + ' — ' + s.opening.state;
     document.getElementById('hall-link').href = '/hall/' + id;
+    // Bids whose decryption keeps failing through the platform: the agent may give each up.
+    const delayed = document.getElementById('delayed');
+    delayed.innerHTML = '';
+    for (const b of s.bids.filter(b => b.state === 'decrypting' && b.delay)) {
+      const p = document.createElement('p');
+      p.innerHTML = '<span class="refusal"></span> <button>放弃解密（平台原因）…</button>';
+      p.firstChild.textContent = b.bidder_name + '：' + b.delay;
+      p.querySelector('button').onclick = async () => {
+        const reason = prompt('放弃原因（记入开标记录；按平台原因视为撤回）');
+        if (!reason) return;
+        try { await api('POST', '/api/openings/' + id + '/bids/' + b.id + '/abandon', { reason }); say('已放弃'); show(id); } catch (err) { say(err.message); }
+      };
+      delayed.appendChild(p);
+    }
     document.getElementById('detail-body').textContent = JSON.stringify({ bidders: s.bidders, bids: s.bids.map(b => ({ bidder: b.bidder_name, state: b.state, sm3: b.sm3, failure: b.failure, digest: b.digest && (b.digest.message || b.digest.state), delay: b.delay })) }, null, 2);
   }
   document.getElementById('login').onsubmit = async e => {

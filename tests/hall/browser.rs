@@ -115,6 +115,26 @@ impl Browser {
         text.as_str().unwrap_or_default().to_owned()
     }
 
+    /// Signs the agent in from the page (the session cookie is the browser's now) and reloads
+    /// it; `window.before_reload` is true until the new page is there.
+    async fn sign_in_and_reload(&mut self) {
+        self.wait_for_value(
+            "the page loaded",
+            "location.href.startsWith('http') && document.readyState",
+            json!("complete"),
+        )
+        .await;
+        let login = self
+            .eval(&format!(
+                "fetch('/api/login', {{method: 'POST', headers: {{'Content-Type': 'application/json'}}, \
+                 body: JSON.stringify({{username: 'admin', password: '{ADMIN_PASSWORD}'}})}}).then(r => r.status)"
+            ))
+            .await;
+        assert_eq!(login, 200, "the agent signs in from the page");
+        self.eval("window.before_reload = true; location.reload()")
+            .await;
+    }
+
     /// Counts from now on the page's calls to `fetch` in `window.fetches`: counted as the call is
     /// made, in the same handler that takes the event, so there is no request in flight to miss.
     async fn count_fetches(&mut self) {
@@ -353,15 +373,7 @@ async fn the_hall_display_follows_the_opening_live_without_reloading() {
     // The agent's own view of the hall also sees the agent's events; one the display has nothing
     // to draw for (the evaluation system's token issued) is taken in its stride, not answered by
     // loading the snapshot again.
-    let login = page
-        .eval(&format!(
-            "fetch('/api/login', {{method: 'POST', headers: {{'Content-Type': 'application/json'}}, \
-             body: JSON.stringify({{username: 'admin', password: '{ADMIN_PASSWORD}'}})}}).then(r => r.status)"
-        ))
-        .await;
-    assert_eq!(login, 200, "the agent logs in from the page");
-    page.eval("window.before_reload = true; location.reload()")
-        .await;
+    page.sign_in_and_reload().await;
     page.wait_for_value(
         "the agent's view, connected",
         "window.before_reload ? 'not reloaded' : document.getElementById('conn-text').innerText",
@@ -388,6 +400,66 @@ async fn the_hall_display_follows_the_opening_live_without_reloading() {
         page.eval("window.fetches").await,
         0,
         "the agent's page fetched nothing again"
+    );
+    drop(page);
+    app.cleanup().await;
+}
+
+/// The agent's console offers to give up a bid whose decryption keeps failing through the
+/// platform, asks why, and the bid is recorded as the platform's fault.
+#[actix_web::test]
+async fn the_console_gives_up_a_bid_the_platform_cannot_decrypt() {
+    let app = spawn_app(&Backend::Sqlite).await;
+    let a = TestBidder::new(app.dir.path(), 1, 50_000);
+    let opening = app.opening_with_bids(&[&a], 30, 1800).await;
+    app.start_after(&opening, 31).await;
+    app.break_decrypted_folder();
+    assert_eq!(app.scan(&opening, &a).await.status, 200);
+    app.wait_until_delayed(&opening, 1).await;
+
+    let url = format!("{}/console", app.base);
+    let Some(mut page) = Browser::open(&app, &url).await else {
+        app.cleanup().await;
+        return;
+    };
+    page.sign_in_and_reload().await;
+    page.wait_for_value(
+        "the list of openings",
+        "!window.before_reload && document.querySelectorAll('#openings button').length",
+        json!(1),
+    )
+    .await;
+    page.eval("document.querySelector('#openings button').click()")
+        .await;
+    page.wait_for_value(
+        "the offer to give the bid up",
+        "document.querySelectorAll('#delayed button').length",
+        json!(1),
+    )
+    .await;
+    let shown = page
+        .eval("document.getElementById('delayed').innerText")
+        .await;
+    assert!(
+        shown.as_str().unwrap().contains("not the bidder's fault"),
+        "{shown}"
+    );
+    page.eval("window.prompt = () => '解密服务器磁盘故障'; document.querySelector('#delayed button').click()")
+        .await;
+    page.wait_for_value(
+        "the bid given up",
+        "document.querySelectorAll('#delayed button').length",
+        json!(0),
+    )
+    .await;
+    let bid = &app.snapshot(&opening).await["bids"][0];
+    assert_eq!(bid["state"], "failed", "{bid}");
+    assert_eq!(bid["fault"], "platform");
+    assert!(
+        bid["failure"]
+            .as_str()
+            .unwrap()
+            .contains("解密服务器磁盘故障")
     );
     drop(page);
     app.cleanup().await;

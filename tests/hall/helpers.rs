@@ -454,6 +454,41 @@ impl TestApp {
         panic!("the opening did not settle within two minutes");
     }
 
+    /// Waits (bounded) until `count` bids are decrypting with a delay shown (their decryption
+    /// failed through the platform); returns the snapshot.
+    pub async fn wait_until_delayed(&self, opening: &str, count: usize) -> Value {
+        let delayed = |s: &Value| {
+            s["bids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|x| x["state"] == "decrypting" && x["delay"].is_string())
+                .count()
+        };
+        for _ in 0..300 {
+            let s = self.snapshot(opening).await;
+            if delayed(&s) == count {
+                return s;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{count} bids were not shown as delayed within 30 s");
+    }
+
+    /// Replaces the folder of decrypted files with a file: every decryption then fails through
+    /// the platform, as on a full disk. Undone by [`TestApp::mend_decrypted_folder`].
+    pub fn break_decrypted_folder(&self) {
+        let plain = self.settings.data_dir.join("plain");
+        std::fs::remove_dir(&plain).unwrap();
+        std::fs::write(&plain, b"not a folder").unwrap();
+    }
+
+    pub fn mend_decrypted_folder(&self) {
+        let plain = self.settings.data_dir.join("plain");
+        std::fs::remove_file(&plain).unwrap();
+        std::fs::create_dir(&plain).unwrap();
+    }
+
     async fn digests_pending(&self, opening: &str) -> bool {
         let r = self
             .agent("GET", &format!("/api/openings/{opening}"), None)

@@ -464,29 +464,11 @@ async fn a_decryption_the_platform_fails_is_tried_again_or_given_up(backend: Bac
     let b = TestBidder::new(app.dir.path(), 2, 100_000);
     let opening = app.opening_with_bids(&[&a, &b], 60, 1800).await;
     app.start_after(&opening, 61).await;
-    let plain = app.settings.data_dir.join("plain");
-    std::fs::remove_dir(&plain).unwrap();
-    std::fs::write(&plain, b"not a folder").unwrap();
+    app.break_decrypted_folder();
     for bidder in [&a, &b] {
         assert_eq!(app.scan(&opening, bidder).await.status, 200);
     }
-    let delayed = |s: &serde_json::Value| {
-        s["bids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|x| x["state"] == "decrypting" && x["delay"].is_string())
-            .count()
-    };
-    let mut snapshot = app.snapshot(&opening).await;
-    for _ in 0..300 {
-        if delayed(&snapshot) == 2 {
-            break;
-        }
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
-        snapshot = app.snapshot(&opening).await;
-    }
-    assert_eq!(delayed(&snapshot), 2, "{snapshot}");
+    let snapshot = app.wait_until_delayed(&opening, 2).await;
     let said = snapshot["bids"][0]["delay"].as_str().unwrap();
     assert!(
         said.contains("could not finish decrypting") && said.contains("not the bidder's fault"),
@@ -546,8 +528,7 @@ async fn a_decryption_the_platform_fails_is_tried_again_or_given_up(backend: Bac
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    std::fs::remove_file(&plain).unwrap();
-    std::fs::create_dir(&plain).unwrap();
+    app.mend_decrypted_folder();
     // The third attempt comes 20 s after the second (the wait doubles).
     app.advance_secs(21);
     let settled = app.wait_until_settled(&opening).await;

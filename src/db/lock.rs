@@ -22,28 +22,63 @@ const PG_KEY: i64 = 0x006b_6169_6269_616f;
 pub struct ServerLock {
     /// The locked files: closing one gives its lock back.
     files: std::sync::Mutex<Vec<File>>,
-    /// The PostgreSQL database's URL and the connection holding its lock (None once lost).
-    pg: Option<(String, tokio::sync::Mutex<Option<sqlx::PgConnection>>)>,
+    /// The PostgreSQL database's URL, and what holds its lock.
+    pg: Option<(String, tokio::sync::Mutex<Holding>)>,
 }
 
-/// A connection to `url` holding the database's lock; `Lock` if another server holds it.
-async fn lock_database(url: &str) -> Result<sqlx::PgConnection, DbError> {
+/// The connection holding the database's lock (None once lost), and the process id of the last
+/// session that held it.
+type Holding = (Option<sqlx::PgConnection>, i32);
+
+/// How long one step of keeping the database's lock may take (a half-open connection would
+/// otherwise block for many minutes).
+const STEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The session holding the database's lock, if any.
+const HOLDER: &str = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+     AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1";
+
+/// The connection holding the database's lock, and its backend's process id.
+struct Held {
+    conn: sqlx::PgConnection,
+    pid: i32,
+}
+
+/// A connection to `url` holding the database's lock; `Lock` if another session holds it,
+/// with that session's process id.
+async fn lock_database(url: &str) -> Result<Held, (DbError, Option<i32>)> {
     let mut conn = sqlx::PgConnection::connect(url)
         .await
-        .map_err(DbError::Connect)?;
+        .map_err(|e| (DbError::Connect(e), None))?;
     let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(PG_KEY)
         .fetch_one(&mut conn)
-        .await?;
+        .await
+        .map_err(|e| (e.into(), None))?;
     if !got {
+        let holder: Option<i32> = sqlx::query_scalar(HOLDER)
+            .bind(PG_KEY >> 32)
+            .bind(PG_KEY & 0xffff_ffff)
+            .fetch_optional(&mut conn)
+            .await
+            .ok()
+            .flatten();
         let _ = conn.close().await;
-        return Err(DbError::Lock(
-            "another kaibiao server is using this PostgreSQL database: stop it first, or give \
-             this one a database of its own"
-                .into(),
+        return Err((
+            DbError::Lock(
+                "another kaibiao server is using this PostgreSQL database: stop it first, or \
+                 give this one a database of its own"
+                    .into(),
+            ),
+            holder,
         ));
     }
-    Ok(conn)
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| (e.into(), None))?;
+    Ok(Held { conn, pid })
 }
 
 /// Takes the `flock` of `path` (created if missing) for the folder or database `what`.
@@ -88,9 +123,10 @@ impl ServerLock {
     pub async fn acquire(database_url: &str, data_dir: &Path) -> Result<Self, DbError> {
         let what = format!("the data folder {}", data_dir.display());
         let mut files = vec![lock_file(&data_dir.join("kaibiao.lock"), &what)?];
+        // The database's own lock too, wherever it is (a lock is the file's, however named):
+        // another server with another data folder could name the same database.
         if database_url.starts_with("sqlite:")
             && let Ok(options) = sqlx::sqlite::SqliteConnectOptions::from_str(database_url)
-            && options.get_filename().parent() != Some(data_dir)
             && options.get_filename() != Path::new(":memory:")
         {
             let db = options.get_filename();
@@ -102,8 +138,9 @@ impl ServerLock {
             )?);
         }
         let pg = if database_url.starts_with("postgres") {
-            let conn = lock_database(database_url).await?;
-            Some((database_url.to_owned(), tokio::sync::Mutex::new(Some(conn))))
+            let held = lock_database(database_url).await.map_err(|e| e.0)?;
+            let state = (Some(held.conn), held.pid);
+            Some((database_url.to_owned(), tokio::sync::Mutex::new(state)))
         } else {
             None
         };
@@ -117,20 +154,44 @@ impl ServerLock {
     /// lost (the database restarted, the network dropped it): a session lock ends with its
     /// connection, silently. `Lock` if another server took it meanwhile; the server must stop.
     pub async fn keep(&self) -> Result<(), DbError> {
-        let Some((url, conn)) = &self.pg else {
+        let Some((url, state)) = &self.pg else {
             return Ok(());
         };
-        let mut conn = conn.lock().await;
-        if let Some(held) = conn.as_mut() {
-            if sqlx::query("SELECT 1").execute(&mut *held).await.is_ok() {
+        let mut state = state.lock().await;
+        if let Some(held) = state.0.as_mut() {
+            let alive = sqlx::query("SELECT 1").execute(&mut *held);
+            if matches!(tokio::time::timeout(STEP, alive).await, Ok(Ok(_))) {
                 return Ok(());
             }
-            *conn = None;
+            state.0 = None;
         }
-        let again = lock_database(url).await?;
-        tracing::warn!("the database lock's connection was lost; the lock is held again");
-        *conn = Some(again);
-        Ok(())
+        match tokio::time::timeout(STEP, lock_database(url)).await {
+            Ok(Ok(held)) => {
+                tracing::warn!("the database lock's connection was lost; the lock is held again");
+                *state = (Some(held.conn), held.pid);
+                Ok(())
+            }
+            // Our own old session, not yet gone (a half-open connection the database has not
+            // noticed): end it, and take the lock at the next check.
+            Ok(Err((DbError::Lock(_), Some(pid)))) if pid == state.1 => {
+                let end = async {
+                    let mut conn = sqlx::PgConnection::connect(url).await?;
+                    sqlx::query("SELECT pg_terminate_backend($1)")
+                        .bind(pid)
+                        .execute(&mut conn)
+                        .await?;
+                    conn.close().await
+                };
+                let _ = tokio::time::timeout(STEP, end).await;
+                Err(DbError::Write(
+                    "the database lock's old session was still there; it was ended".into(),
+                ))
+            }
+            Ok(Err((error, _))) => Err(error),
+            Err(_) => Err(DbError::Write(
+                "taking the database lock again did not answer in time".into(),
+            )),
+        }
     }
 
     /// Gives the locks back at once (a dropped lock is freed too, the database's when its
@@ -140,14 +201,17 @@ impl ServerLock {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
-        if let Some((_, conn)) = &self.pg
-            && let Some(mut conn) = conn.lock().await.take()
+        if let Some((_, state)) = &self.pg
+            && let Some(mut conn) = state.lock().await.0.take()
         {
-            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(PG_KEY)
-                .execute(&mut conn)
-                .await;
-            let _ = conn.close().await;
+            let unlock = async {
+                let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(PG_KEY)
+                    .execute(&mut conn)
+                    .await;
+                let _ = conn.close().await;
+            };
+            let _ = tokio::time::timeout(STEP, unlock).await;
         }
     }
 }

@@ -354,12 +354,12 @@ impl Db {
     }
 
     /// How many openings still need their sealed hall key: those whose bids may yet be decrypted
-    /// (decryption running, or ended with a bid still decrypting).
+    /// (decryption running, or any bid still decrypting, whatever the opening's state).
     pub async fn openings_holding_sealed_keys(&self) -> Result<i64, DbError> {
         Ok(sqlx::query_scalar(
             "SELECT COUNT(*) FROM openings o WHERE o.hall_secret_sealed IS NOT NULL \
-             AND (o.state = 'decrypting' OR (o.state = 'decryption_ended' AND EXISTS \
-             (SELECT 1 FROM bids b WHERE b.opening_id = o.id AND b.state = 'decrypting')))",
+             AND (o.state = 'decrypting' OR EXISTS \
+             (SELECT 1 FROM bids b WHERE b.opening_id = o.id AND b.state = 'decrypting'))",
         )
         .fetch_one(&self.pool)
         .await?)

@@ -1,28 +1,40 @@
 //! Sign-in throttling. Each password check costs ~20 ms of a core and 19 MiB (argon2), on the
 //! same Rayon pool that decrypts bids and checks phones' answers: unthrottled, anyone could guess
 //! an agent's password without end, or stall a live opening by sending sign-ins. So checks run
-//! one at a time (they never hold more than one pool thread), and after [`FREE_FAILURES`] wrong
-//! passwords in a row for one agent from one address, that agent's sign-in from that address is
-//! refused without a check for a time that doubles with each further failure (one minute, up to
-//! [`MAX_BLOCK_MS`]). Counted per address, so that whoever guesses does not lock the agent out
-//! everywhere (behind a reverse proxy every client has the proxy's address: then it is per
-//! agent). A right password ends it; sessions and API tokens already issued keep working.
+//! one at a time (they never hold more than one pool thread), and wrong passwords are counted
+//! twice: per agent and address, where after [`FREE_FAILURES`] in a row that agent's sign-in from
+//! that address is refused without a check for a time that doubles with each further failure
+//! (one minute, up to [`MAX_BLOCK_MS`]); and per agent from anywhere, with a higher allowance
+//! ([`AGENT_FREE_FAILURES`]), so that many addresses do not buy many guesses. Counted per address
+//! first so that one who guesses does not lock the agent out everywhere (behind a reverse proxy
+//! every client has the proxy's address: then it is per agent). A right password ends both
+//! counts; sessions and API tokens already issued keep working.
 
 use dashmap::DashMap;
 
 use super::HallError;
 
-/// Wrong passwords in a row allowed before the sign-in is held back.
+/// Wrong passwords in a row from one address allowed before the sign-in is held back there.
 const FREE_FAILURES: u32 = 5;
+/// Wrong passwords in a row from all addresses allowed before the agent is held back everywhere.
+const AGENT_FREE_FAILURES: u32 = 50;
 const FIRST_BLOCK_MS: i64 = 60_000;
 const MAX_BLOCK_MS: i64 = 15 * 60_000;
-/// Past this many entries, those no longer held back are forgotten.
+/// Past this many entries, those idle for longer than the longest hold are forgotten.
 const KEPT: usize = 10_000;
 
+/// Failures in a row, when the next attempt is allowed, and the last failure (ms).
+#[derive(Default)]
+struct Failures {
+    count: u32,
+    until: i64,
+    last: i64,
+}
+
 pub(super) struct Logins {
-    /// Per existing agent and address (unknown names are refused before any check): failures
-    /// in a row and when the next attempt is allowed. Kept under [`KEPT`] entries.
-    failures: DashMap<String, (u32, i64)>,
+    /// Per existing agent and address, and per agent (`agent\0*`); unknown names are refused
+    /// before any check. Kept under [`KEPT`] entries.
+    failures: DashMap<String, Failures>,
     gate: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
@@ -34,9 +46,20 @@ impl Logins {
         }
     }
 
-    /// Refuses while `key` (an agent and an address) is held back at `now_ms`.
-    pub(super) fn check(&self, key: &str, now_ms: i64) -> Result<(), HallError> {
-        match self.failures.get(key).map(|f| f.1) {
+    fn keys(agent: &str, from: &str) -> [(String, u32); 2] {
+        [
+            (format!("{agent}\0{from}"), FREE_FAILURES),
+            (format!("{agent}\0*"), AGENT_FREE_FAILURES),
+        ]
+    }
+
+    /// Refuses while `agent` is held back, from `from` or everywhere, at `now_ms`.
+    pub(super) fn check(&self, agent: &str, from: &str, now_ms: i64) -> Result<(), HallError> {
+        let until = Self::keys(agent, from)
+            .iter()
+            .filter_map(|(key, _)| self.failures.get(key).map(|f| f.until))
+            .max();
+        match until {
             Some(until) if until > now_ms => Err(HallError::TooManyAttempts {
                 retry_secs: ((until - now_ms) as u64).div_ceil(1000),
             }),
@@ -53,20 +76,26 @@ impl Logins {
             .expect("the gate is never closed")
     }
 
-    pub(super) fn failed(&self, key: &str, now_ms: i64) {
+    pub(super) fn failed(&self, agent: &str, from: &str, now_ms: i64) {
         if self.failures.len() >= KEPT {
-            self.failures.retain(|_, f| f.1 > now_ms);
+            self.failures
+                .retain(|_, f| f.until > now_ms || f.last > now_ms - MAX_BLOCK_MS);
         }
-        let mut entry = self.failures.entry(key.to_owned()).or_insert((0, 0));
-        entry.0 += 1;
-        if entry.0 >= FREE_FAILURES {
-            let doublings = (entry.0 - FREE_FAILURES).min(10);
-            entry.1 = now_ms + (FIRST_BLOCK_MS << doublings).min(MAX_BLOCK_MS);
+        for (key, free) in Self::keys(agent, from) {
+            let mut entry = self.failures.entry(key).or_default();
+            entry.count += 1;
+            entry.last = now_ms;
+            if entry.count >= free {
+                let doublings = (entry.count - free).min(10);
+                entry.until = now_ms + (FIRST_BLOCK_MS << doublings).min(MAX_BLOCK_MS);
+            }
         }
     }
 
-    pub(super) fn succeeded(&self, key: &str) {
-        self.failures.remove(key);
+    pub(super) fn succeeded(&self, agent: &str, from: &str) {
+        for (key, _) in Self::keys(agent, from) {
+            self.failures.remove(&key);
+        }
     }
 }
 
@@ -78,30 +107,43 @@ mod tests {
     fn failures_hold_back_an_agent_for_longer_each_time_until_a_success() {
         let logins = Logins::new();
         for _ in 0..FREE_FAILURES - 1 {
-            logins.failed("a", 0);
-            logins.check("a", 0).unwrap();
+            logins.failed("a", "x", 0);
+            logins.check("a", "x", 0).unwrap();
         }
-        logins.failed("a", 0);
-        let Err(HallError::TooManyAttempts { retry_secs }) = logins.check("a", 0) else {
+        logins.failed("a", "x", 0);
+        let Err(HallError::TooManyAttempts { retry_secs }) = logins.check("a", "x", 0) else {
             panic!("not held back");
         };
         assert_eq!(retry_secs, 60);
-        logins.check("b", 0).unwrap();
-        logins.check("a", 60_000).unwrap();
-        logins.failed("a", 60_000);
-        assert!(
-            logins.check("a", 60_000 + 119_000).is_err(),
-            "two minutes now"
-        );
-        logins.check("a", 60_000 + 120_000).unwrap();
+        logins.check("b", "x", 0).unwrap();
+        logins.check("a", "y", 0).unwrap();
+        logins.check("a", "x", 60_000).unwrap();
+        logins.failed("a", "x", 60_000);
+        assert!(logins.check("a", "x", 179_000).is_err(), "two minutes now");
+        logins.check("a", "x", 180_000).unwrap();
         for _ in 0..20 {
-            logins.failed("a", 0);
+            logins.failed("a", "x", 0);
         }
-        let Err(HallError::TooManyAttempts { retry_secs }) = logins.check("a", 0) else {
+        let Err(HallError::TooManyAttempts { retry_secs }) = logins.check("a", "x", 0) else {
             panic!("not held back");
         };
         assert_eq!(retry_secs, 15 * 60, "at most a quarter of an hour");
-        logins.succeeded("a");
-        logins.check("a", 0).unwrap();
+        logins.succeeded("a", "x");
+        logins.check("a", "x", 0).unwrap();
+    }
+
+    #[test]
+    fn many_addresses_do_not_buy_many_guesses() {
+        let logins = Logins::new();
+        for i in 0..AGENT_FREE_FAILURES {
+            let from = format!("10.0.{}.{}", i / 256, i % 256);
+            logins.check("a", &from, 0).unwrap();
+            logins.failed("a", &from, 0);
+        }
+        assert!(
+            logins.check("a", "10.9.9.9", 0).is_err(),
+            "held back everywhere"
+        );
+        logins.check("b", "10.9.9.9", 0).unwrap();
     }
 }

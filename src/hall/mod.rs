@@ -460,11 +460,10 @@ impl Hall {
             return Err(HallError::BadLogin);
         };
         let logins = &self.inner.logins;
-        let attempt = format!("{username}\0{from}");
-        logins.check(&attempt, self.now())?;
+        logins.check(&agent_id, from, self.now())?;
         let permit = logins.permit().await;
         // Checked again: failures may have come in while this one waited.
-        logins.check(&attempt, self.now())?;
+        logins.check(&agent_id, from, self.now())?;
         let password = zeroize::Zeroizing::new(password.to_owned());
         let ok = on_rayon(move || {
             // Held until the check ends, even if the request is dropped meanwhile.
@@ -480,10 +479,10 @@ impl Hall {
         })
         .await?;
         if !ok {
-            logins.failed(&attempt, self.now());
+            logins.failed(&agent_id, from, self.now());
             return Err(HallError::BadLogin);
         }
-        logins.succeeded(&attempt);
+        logins.succeeded(&agent_id, from);
         self.issue_agent_token(&agent_id, "session", 12 * 3600 * 1000)
             .await
     }
@@ -1181,37 +1180,34 @@ impl Hall {
             let Some(active) = self.claim(&bid) else {
                 continue;
             };
+            // Given back on every way out, also if the tick is stopped at an await below;
+            // handed to the decryption's task when one starts.
+            let mut unclaim = OnDrop::new(|| {
+                self.inner.active.remove(&id);
+            });
             // A task that just ended gave up its claim only after recording the end: read the
             // bid again now that the claim is held.
-            let bid = match self.inner.db.bid(&bid.id).await {
-                Ok(Some(b)) if b.state == "decrypting" && b.answer.is_some() => b,
-                other => {
-                    self.inner.active.remove(&bid.id);
-                    other?;
-                    continue;
-                }
+            let bid = match self.inner.db.bid(&bid.id).await? {
+                Some(b) if b.state == "decrypting" && b.answer.is_some() => b,
+                _ => continue,
             };
             match self.stored_key(&bid).await {
                 Ok(key) => {
                     tracing::info!(bid = %bid.id, "decrypting a bid whose key was accepted but that no task was decrypting");
+                    unclaim.disarm();
                     self.spawn_decryption(bid, key, active);
                 }
                 // The file could not be read: the platform's trouble, tried again later.
                 Err(error @ HallError::BidRejected(BidError::Io { .. })) => {
-                    self.inner.active.remove(&bid.id);
+                    drop(unclaim);
                     self.delay_decryption(&bid, error).await?;
                 }
                 // The stored answer or the file cannot give the key: that will not change.
                 Err(error @ (HallError::WrongCertificate | HallError::BidRejected(_))) => {
-                    let outcome = self.fail_decryption(&bid, error).await;
-                    self.inner.active.remove(&bid.id);
-                    outcome?;
+                    self.fail_decryption(&bid, error).await?;
                 }
                 // The database or the hall key's vault: tried again at the next tick.
-                Err(error) => {
-                    self.inner.active.remove(&bid.id);
-                    return Err(error);
-                }
+                Err(error) => return Err(error),
             }
         }
         Ok(())

@@ -123,12 +123,16 @@ async fn login(
     req: HttpRequest,
     body: web::Json<Login>,
 ) -> Result<HttpResponse> {
-    // The peer's address (a reverse proxy's own, behind one): wrong passwords from one place
-    // do not hold the agent back from another.
-    let from = req
-        .peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_default();
+    // The peer's address (a reverse proxy's own, behind one), an IPv6 one by its /64 (one
+    // client's): wrong passwords from one place do not hold the agent back from another.
+    let from = match req.peer_addr().map(|a| a.ip()) {
+        Some(std::net::IpAddr::V6(ip)) => {
+            let s = ip.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Some(ip) => ip.to_string(),
+        None => String::new(),
+    };
     let token = hall.login(&body.username, &body.password, &from).await?;
     let cookie = Cookie::build(SESSION_COOKIE, token)
         .path("/")

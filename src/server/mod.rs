@@ -27,6 +27,10 @@ pub struct Application {
     hall: Hall,
     lock: std::sync::Arc<ServerLock>,
     background: Background,
+    /// The watch over the database's lock (until the lock is given back), and whether it found
+    /// the database another server's.
+    keeper: Background,
+    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The hall's periodic work: it stops when the server stops, or when a server that was built
@@ -67,12 +71,14 @@ impl Application {
         match Self::build_locked(listener, settings, clock).await {
             Ok((server, hall)) => {
                 let lock = std::sync::Arc::new(lock);
-                let mut tasks = spawn_background(hall.clone());
-                tasks.push(keep_lock(lock.clone(), server.handle()));
+                let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let keeper = keep_lock(lock.clone(), server.handle(), lost.clone());
                 Ok(Self {
                     port: addr.port(),
                     server,
-                    background: Background(tasks),
+                    background: Background(spawn_background(hall.clone())),
+                    keeper: Background(vec![keeper]),
+                    lost,
                     hall,
                     lock,
                 })
@@ -153,16 +159,26 @@ impl Application {
             hall,
             lock,
             background,
+            keeper,
+            lost,
             ..
         } = self;
         let result = server.await;
         drop(background);
-        if !hall.wait_idle(DRAIN).await {
+        let lost = lost.load(std::sync::atomic::Ordering::SeqCst);
+        // Another server has the database now: nothing more of this one's may be written.
+        if !lost && !hall.wait_idle(DRAIN).await {
             tracing::warn!(
                 "stopping with decryptions or digests still under way; the next start takes them up"
             );
         }
+        drop(keeper);
         lock.release().await;
+        if lost {
+            return Err(std::io::Error::other(
+                "stopped: another kaibiao server took the database",
+            ));
+        }
         result
     }
 }
@@ -172,6 +188,7 @@ impl Application {
 fn keep_lock(
     lock: std::sync::Arc<ServerLock>,
     server: ServerHandle,
+    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(LOCK_CHECK);
@@ -181,7 +198,8 @@ fn keep_lock(
                 Ok(()) => {}
                 Err(error @ crate::db::DbError::Lock(_)) => {
                     tracing::error!(%error, "the database is another server's now: stopping");
-                    server.stop(true).await;
+                    lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                    server.stop(false).await;
                     return;
                 }
                 Err(error) => {

@@ -590,8 +590,10 @@ async fn the_database_lock_is_taken_again_when_its_connection_is_lost() {
     let mut conn = sqlx::PgConnection::connect(&app.settings.database_url)
         .await
         .unwrap();
+    // The server's lock: key "kaibiao" in ASCII, 0x006b6169_6269616f.
     let holder = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
-                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                  AND classid::bigint = 7037289 AND objid::bigint = 1651073391";
     let first: i32 = sqlx::query_scalar(holder)
         .fetch_one(&mut conn)
         .await

@@ -187,6 +187,11 @@ impl ServerLock {
                     "the database lock's old session was still there; it was ended".into(),
                 ))
             }
+            // Refused, but no holder was found when asked: the holder just went (likely our own
+            // old session ending). Not another server's yet: try again at the next check.
+            Ok(Err((DbError::Lock(_), None))) => Err(DbError::Write(
+                "the database lock was held by a session that has just ended; trying again".into(),
+            )),
             Ok(Err((error, _))) => Err(error),
             Err(_) => Err(DbError::Write(
                 "taking the database lock again did not answer in time".into(),

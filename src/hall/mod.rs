@@ -1648,17 +1648,24 @@ impl Hall {
             ));
         }
         let bids = self.inner.db.bids(opening_id).await?;
-        let stuck: Vec<&str> = bids
+        let stuck: Vec<&BidRow> = bids
             .iter()
             .filter(|b| b.state == "decrypting" && self.inner.delayed.contains_key(&b.id))
-            .map(|b| b.id.as_str())
             .collect();
         if !stuck.is_empty() {
+            let bidders = self.inner.db.bidders(opening_id).await?;
+            let named: Vec<String> = stuck
+                .iter()
+                .map(|b| {
+                    let name = bidders.iter().find(|x| x.id == b.bidder_id);
+                    format!("{} (bid {})", name.map_or("?", |x| x.name.as_str()), b.id)
+                })
+                .collect();
             return Err(HallError::WrongState(format!(
-                "the decryption of bid(s) {} keeps failing through the platform: have the \
-                 operator mend it (e.g. free disk space), or give each up with POST \
-                 /api/openings/{opening_id}/bids/{{bid}}/abandon and a reason",
-                stuck.join(", ")
+                "the decryption of the bid(s) of {} keeps failing through the platform: have the \
+                 operator mend it (e.g. free disk space), or give each up with a reason (console: \
+                 放弃解密; API: POST /api/openings/{opening_id}/bids/{{bid}}/abandon)",
+                named.join(", ")
             )));
         }
         if bids.iter().any(|b| b.state == "decrypting") {

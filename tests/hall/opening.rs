@@ -510,7 +510,7 @@ async fn a_decryption_the_platform_fails_is_tried_again_or_given_up(backend: Bac
     assert_eq!(r.status, 409, "{}", r.body);
     let said = r.body["message"].as_str().unwrap();
     assert!(
-        said.contains(&a_id) && said.contains(&b_id) && said.contains("abandon"),
+        said.contains(&a_id) && said.contains(&b.name) && said.contains("放弃解密"),
         "{said}"
     );
 

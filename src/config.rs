@@ -1,6 +1,6 @@
 //! Settings: defaults in code, then a TOML file, then `KAIBIAO_*` environment variables.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
@@ -43,6 +43,51 @@ pub struct Settings {
     pub secure_cookies: bool,
     /// `tracing` filter, e.g. `info` or `kaibiao=debug,info`.
     pub log: String,
+    /// Reverse proxies in front of the server (addresses or ranges, e.g. `["127.0.0.1",
+    /// "10.0.0.0/8"]`; `KAIBIAO_TRUSTED_PROXIES='[127.0.0.1]'`). A request from one of them is
+    /// taken to come from the address it puts in `X-Forwarded-For` (the last one that is not
+    /// itself a trusted proxy), so that wrong passwords hold back the client that sent them, not
+    /// everyone behind the proxy. Empty: the header is ignored (anyone could write it).
+    pub trusted_proxies: Vec<IpRange>,
+}
+
+/// An address or a range of addresses (`10.0.0.0/8`, `::1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpRange(pub ipnet::IpNet);
+
+impl IpRange {
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.0.contains(&ip.to_canonical())
+    }
+}
+
+impl std::str::FromStr for IpRange {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let s = s.trim();
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map(IpRange)
+            .map_err(|_| {
+                ConfigError(format!(
+                    "trusted_proxies: {s:?} is neither an address (10.0.0.1) nor a range (10.0.0.0/8)"
+                ))
+            })
+    }
+}
+
+impl serde::Serialize for IpRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for IpRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for Settings {
@@ -60,6 +105,7 @@ impl Default for Settings {
             admin_password: None,
             secure_cookies: false,
             log: "info".into(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -80,6 +126,7 @@ impl std::fmt::Debug for Settings {
                 "admin_password",
                 &self.admin_password.as_ref().map(|_| "<set>"),
             )
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish_non_exhaustive()
     }
 }
@@ -143,6 +190,34 @@ mod tests {
         assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(s.database_url(), "sqlite://./data/kaibiao.db");
         assert_eq!(s.master_key_file(), Path::new("./data/master.key"));
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges() {
+        let s: Settings = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(
+                r#"trusted_proxies = ["127.0.0.1", "10.0.0.0/8", "::1"]"#,
+            ))
+            .extract()
+            .unwrap();
+        let has = |ip: &str| {
+            let ip: IpAddr = ip.parse().unwrap();
+            s.trusted_proxies.iter().any(|r| r.contains(&ip))
+        };
+        assert!(has("127.0.0.1") && has("10.200.0.3") && has("::1") && has("::ffff:10.0.0.1"));
+        assert!(!has("127.0.0.2") && !has("11.0.0.1"));
+        let bad = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(r#"trusted_proxies = ["proxy.local"]"#))
+            .extract::<Settings>()
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("neither an address"), "{bad}");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("KAIBIAO_TRUSTED_PROXIES", "[127.0.0.1, 192.168.0.0/16]");
+            let s = Settings::load(None).unwrap();
+            assert_eq!(s.trusted_proxies.len(), 2);
+            Ok(())
+        });
     }
 
     #[test]

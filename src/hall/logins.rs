@@ -7,8 +7,10 @@
 //! (one minute, up to [`MAX_BLOCK_MS`]); and per agent from anywhere, with a higher allowance
 //! ([`AGENT_FREE_FAILURES`]), so that many addresses do not buy many guesses. Counted per address
 //! first so that one who guesses does not lock the agent out everywhere (behind a reverse proxy
-//! every client has the proxy's address: then it is per agent). A right password ends both
-//! counts; sessions and API tokens already issued keep working.
+//! every client has the proxy's address unless the proxy is named in `trusted_proxies`). A right
+//! password ends both counts; sessions and API tokens already issued keep working. A name that
+//! is no agent's is checked (against [`stand_in_hash`]) and counted the same way, under
+//! `?name`, so that neither the time nor the holding back tells which names exist.
 
 use dashmap::DashMap;
 
@@ -31,9 +33,25 @@ struct Failures {
     last: i64,
 }
 
+/// An argon2 hash with the parameters of the agents' own (`Argon2::default()`), of a random
+/// password nobody knows, made once: what a name that is no agent's is checked against.
+pub(super) fn stand_in_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        use argon2::PasswordHasher;
+        use argon2::password_hash::{SaltString, rand_core::OsRng, rand_core::RngCore};
+        let mut secret = [0u8; 32];
+        OsRng.fill_bytes(&mut secret);
+        argon2::Argon2::default()
+            .hash_password(&secret, &SaltString::generate(&mut OsRng))
+            .expect("argon2 hashes 32 bytes with default parameters")
+            .to_string()
+    })
+}
+
 pub(super) struct Logins {
-    /// Per existing agent and address, and per agent (`agent\0*`); unknown names are refused
-    /// before any check. Kept under [`KEPT`] entries.
+    /// Per agent (or `?name` for a name that is no agent's) and address, and per agent
+    /// (`agent\0*`). Entries idle for longer than the longest hold are forgotten past [`KEPT`].
     failures: DashMap<String, Failures>,
     gate: std::sync::Arc<tokio::sync::Semaphore>,
 }

@@ -456,8 +456,11 @@ impl Hall {
         from: &str,
     ) -> Result<String, HallError> {
         let username = username.trim();
-        let Some((agent_id, hash)) = self.inner.db.agent_by_username(username).await? else {
-            return Err(HallError::BadLogin);
+        // An unknown name is checked against a stand-in hash and counted like a known one, so
+        // that neither the time a refusal takes nor being held back tells which names exist.
+        let (agent_id, hash) = match self.inner.db.agent_by_username(username).await? {
+            Some((id, hash)) => (id, Some(hash)),
+            None => (format!("?{username}"), None),
         };
         let logins = &self.inner.logins;
         logins.check(&agent_id, from, self.now())?;
@@ -469,13 +472,16 @@ impl Hall {
             // Held until the check ends, even if the request is dropped meanwhile.
             let _permit = permit;
             use argon2::PasswordVerifier;
-            argon2::password_hash::PasswordHash::new(&hash)
+            let known = hash.is_some();
+            let hash = hash.as_deref().unwrap_or_else(|| logins::stand_in_hash());
+            let right = argon2::password_hash::PasswordHash::new(hash)
                 .map(|parsed| {
                     argon2::Argon2::default()
                         .verify_password(password.as_bytes(), &parsed)
                         .is_ok()
                 })
-                .unwrap_or(false)
+                .unwrap_or(false);
+            known && right
         })
         .await?;
         if !ok {
@@ -1620,6 +1626,10 @@ impl Hall {
                 "give the reason the opening fails".into(),
             ));
         }
+        // A failed opening's files are never released, so no bid of it may still be writing
+        // plaintext or retrying a decryption the platform failed.
+        self.no_bid_decrypting(opening_id, "fail the opening")
+            .await?;
         if !self
             .inner
             .db
@@ -1647,6 +1657,25 @@ impl Hall {
                 "end decryption before releasing the files".into(),
             ));
         }
+        self.no_bid_decrypting(opening_id, "release the files")
+            .await?;
+        if !self
+            .inner
+            .db
+            .transition_opening(opening_id, "decryption_ended", "released", None)
+            .await?
+        {
+            return Err(HallError::WrongState(
+                "the opening changed meanwhile; reload".into(),
+            ));
+        }
+        self.event(opening_id, "files.released", "public", json!({}))
+            .await
+    }
+
+    /// Refuses `action` while a bid of the opening is still being decrypted, naming the bidders
+    /// whose decryption keeps failing through the platform and how to give them up.
+    async fn no_bid_decrypting(&self, opening_id: &str, action: &str) -> Result<(), HallError> {
         let bids = self.inner.db.bids(opening_id).await?;
         let stuck: Vec<&BidRow> = bids
             .iter()
@@ -1662,29 +1691,18 @@ impl Hall {
                 })
                 .collect();
             return Err(HallError::WrongState(format!(
-                "the decryption of the bid(s) of {} keeps failing through the platform: have the \
-                 operator mend it (e.g. free disk space), or give each up with a reason (console: \
-                 放弃解密; API: POST /api/openings/{opening_id}/bids/{{bid}}/abandon)",
+                "cannot {action}: the decryption of the bid(s) of {} keeps failing through the \
+                 platform: have the operator mend it (e.g. free disk space), or give each up with \
+                 a reason (console: 放弃解密; API: POST /api/openings/{opening_id}/bids/{{bid}}/abandon)",
                 named.join(", ")
             )));
         }
         if bids.iter().any(|b| b.state == "decrypting") {
-            return Err(HallError::WrongState(
-                "some bids are still decrypting; release when they are done".into(),
-            ));
+            return Err(HallError::WrongState(format!(
+                "cannot {action} while some bids are still decrypting; try again when they are done"
+            )));
         }
-        if !self
-            .inner
-            .db
-            .transition_opening(opening_id, "decryption_ended", "released", None)
-            .await?
-        {
-            return Err(HallError::WrongState(
-                "the opening changed meanwhile; reload".into(),
-            ));
-        }
-        self.event(opening_id, "files.released", "public", json!({}))
-            .await
+        Ok(())
     }
 
     pub async fn close(&self, opening_id: &str) -> Result<(), HallError> {

@@ -123,9 +123,9 @@ async fn login(
     req: HttpRequest,
     body: web::Json<Login>,
 ) -> Result<HttpResponse> {
-    // The peer's address (a reverse proxy's own, behind one), an IPv6 one by its /64 (one
-    // client's): wrong passwords from one place do not hold the agent back from another.
-    let from = match req.peer_addr().map(|a| a.ip()) {
+    // Where the attempt comes from, an IPv6 address by its /64 (one client's): wrong passwords
+    // from one place do not hold the agent back from another.
+    let from = match client_address(&req, &hall.settings().trusted_proxies) {
         Some(std::net::IpAddr::V6(ip)) => {
             let s = ip.segments();
             format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
@@ -404,6 +404,37 @@ async fn end_decryption(
 #[derive(serde::Deserialize)]
 struct Reason {
     reason: String,
+}
+
+/// The client's address: the peer's, or behind trusted reverse proxies the last address in
+/// `X-Forwarded-For` that is not one of them (each proxy appends the address it was reached
+/// from; what a client wrote before that is not to be believed). A hop that is not an address
+/// ends the walk at the proxy that passed it on.
+fn client_address(
+    req: &HttpRequest,
+    trusted: &[crate::config::IpRange],
+) -> Option<std::net::IpAddr> {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|r| r.contains(ip));
+    let mut client = req.peer_addr()?.ip().to_canonical();
+    if !is_trusted(&client) {
+        return Some(client);
+    }
+    let hops: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.trim().parse::<std::net::IpAddr>() else {
+            break;
+        };
+        client = ip.to_canonical();
+        if !is_trusted(&client) {
+            break;
+        }
+    }
+    Some(client)
 }
 
 async fn fail_opening(

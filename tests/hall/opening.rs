@@ -513,6 +513,21 @@ async fn a_decryption_the_platform_fails_is_tried_again_or_given_up(backend: Bac
         said.contains(&a_id) && said.contains(&b.name) && said.contains("放弃解密"),
         "{said}"
     );
+    // Nor failed: the bids would go on being retried and written for an opening that is over.
+    let fail = format!("/api/openings/{opening}/fail");
+    let r = app
+        .agent("POST", &fail, Some(json!({"reason": "不足三家"})))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let said = r.body["message"].as_str().unwrap();
+    assert!(
+        said.contains("fail the opening") && said.contains(&a_id),
+        "{said}"
+    );
+    let view = app
+        .agent("GET", &format!("/api/openings/{opening}"), None)
+        .await;
+    assert_eq!(view.body["opening"]["state"], "decryption_ended");
 
     // The agent gives one up, saying why; the other is decrypted once the platform is mended.
     let abandon = |id: &str| format!("/api/openings/{opening}/bids/{id}/abandon");

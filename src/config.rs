@@ -193,6 +193,8 @@ mod tests {
     }
 
     #[test]
+    // `Jail::expect_with` takes figment's own `Result`, whose error is large.
+    #[allow(clippy::result_large_err)]
     fn trusted_proxies_are_addresses_or_ranges() {
         let s: Settings = Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::string(

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub refusals: IntCounter,
     /// Decryption attempts that failed through the platform (retried).
     pub platform_failures: IntCounter,
+    /// Decryptions started again because no task was running them (after a restart).
+    pub decryptions_taken_up: IntCounter,
 }
 
 impl Metrics {
@@ -50,6 +52,11 @@ impl Metrics {
             "Decryption attempts that failed through the platform (full disk, I/O error) and are retried",
         )
         .expect("valid");
+        let decryptions_taken_up = IntCounter::new(
+            "decryptions_taken_up_total",
+            "Decryptions of accepted keys started again because no task was running them (after a restart)",
+        )
+        .expect("valid");
         for c in [
             Box::new(bytes_decrypted.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(decrypt_throughput.clone()),
@@ -60,6 +67,7 @@ impl Metrics {
             Box::new(answers.clone()),
             Box::new(refusals.clone()),
             Box::new(platform_failures.clone()),
+            Box::new(decryptions_taken_up.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -74,6 +82,7 @@ impl Metrics {
             answers,
             refusals,
             platform_failures,
+            decryptions_taken_up,
         }
     }
 

@@ -198,6 +198,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         file: PathBuf,
     }
     let mut bidders = Vec::new();
+    let sealing = std::time::Instant::now();
     for i in 0..args.bidders {
         let name = format!(
             "{}建设工程有限公司{}",
@@ -255,6 +256,10 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         });
     }
 
+    // Uploading checks each bid whole (its digests and signature), which takes about as long as
+    // sealing it did: the deadline leaves that much time again, so large bids are not refused as
+    // late (on a fast machine the demo still starts 20 s after the server).
+    let upload_allowance = 20_000 + 2 * sealing.elapsed().as_millis() as i64;
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         let port = app.port();
@@ -267,8 +272,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .create_opening(&agent, NewOpening {
                 tender_id: "ZB-DEMO-2026-001".into(),
                 name: "某市政道路改造工程施工招标（演示）".into(),
-                deadline_ms: now + 20_000,
-                opening_ms: now + 20_000,
+                deadline_ms: now + upload_allowance,
+                opening_ms: now + upload_allowance,
                 decrypt_limit_secs: 600,
             })
             .await?;

@@ -238,6 +238,10 @@ struct Inner {
     writers: engine::Writers,
     logins: logins::Logins,
     metrics: Metrics,
+    /// The runtime the hall was opened on (the server's main one). Decryptions and digests run
+    /// there, not on the HTTP worker that took the phone's answer: a stopping server's workers
+    /// end first, and their tasks with them, while the server still waits for these to finish.
+    runtime: tokio::runtime::Handle,
 }
 
 /// How many bids' bodies are being decrypted, and a wake-up for when none is.
@@ -340,6 +344,7 @@ impl Hall {
                     4 * rayon::current_num_threads(),
                 )?,
                 logins: logins::Logins::new(),
+                runtime: tokio::runtime::Handle::current(),
                 delayed: DashMap::new(),
                 metrics,
             }),
@@ -1200,6 +1205,7 @@ impl Hall {
             match self.stored_key(&bid).await {
                 Ok(key) => {
                     tracing::info!(bid = %bid.id, "decrypting a bid whose key was accepted but that no task was decrypting");
+                    self.inner.metrics.decryptions_taken_up.inc();
                     unclaim.disarm();
                     self.spawn_decryption(bid, key, active);
                 }
@@ -1238,14 +1244,14 @@ impl Hall {
         // Held until the body is decrypted and on disk (not while it is hashed).
         let decrypting = self.inner.decrypting.enter();
         // The claim goes when the task ends, or is dropped with the runtime it ran on (a
-        // stopping server's worker): then the tick or the next start takes the bid up again.
+        // server whose drain ran out of time): then the next start takes the bid up again.
         let unclaim = OnDrop::new({
             let (hall, id) = (self.clone(), bid.id.clone());
             move || {
                 hall.inner.active.remove(&id);
             }
         });
-        tokio::spawn(async move {
+        self.inner.runtime.spawn(async move {
             let _unclaim = unclaim;
             let out = hall
                 .inner
@@ -1390,14 +1396,14 @@ impl Hall {
         let hall = self.clone();
         let (bid_id, opening_id, path) =
             (bid_id.to_owned(), opening_id.to_owned(), path.to_owned());
-        // Dropped unfinished (with a stopping server's worker), the task gives its claim back.
+        // Dropped unfinished (with the runtime of a stopping server), the task gives its claim back.
         let mut unclaim = OnDrop::new({
             let (hall, id) = (self.clone(), bid_id.clone());
             move || {
                 hall.inner.digesting.remove(&id);
             }
         });
-        tokio::spawn(async move {
+        self.inner.runtime.spawn(async move {
             let outcome = hall.record_digest(&bid_id, &opening_id, path).await;
             unclaim.disarm();
             match outcome {

@@ -167,10 +167,24 @@ impl Application {
         drop(background);
         let lost = lost.load(std::sync::atomic::Ordering::SeqCst);
         // Another server has the database now: nothing more of this one's may be written.
-        if !lost && !hall.wait_idle(DRAIN).await {
-            tracing::warn!(
-                "stopping with decryptions or digests still under way; the next start takes them up"
+        if !lost && !hall.wait_idle(Duration::ZERO).await {
+            tracing::info!(
+                "waiting up to {} s for the decryptions and digests under way to end; \
+                 Ctrl-C again stops at once",
+                DRAIN.as_secs()
             );
+            // The server's own signal handlers are gone with it, and tokio's keep the signals
+            // from killing the process: without this a second Ctrl-C would do nothing.
+            let idle = tokio::select! {
+                idle = hall.wait_idle(DRAIN) => idle,
+                () = stop_signal() => false,
+            };
+            if !idle {
+                tracing::warn!(
+                    "stopping with decryptions or digests still under way; the next start takes \
+                     them up"
+                );
+            }
         }
         drop(keeper);
         lock.release().await;
@@ -181,6 +195,30 @@ impl Application {
         }
         result
     }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    () = interrupt => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => interrupt.await,
+        }
+    }
+    #[cfg(not(unix))]
+    interrupt.await;
 }
 
 /// Checks every few seconds that the database's lock is still this server's, taking it again

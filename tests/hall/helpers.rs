@@ -60,6 +60,8 @@ pub struct TestApp {
     pub settings: Settings,
     /// None once [`TestApp::stop`]ped.
     pub server: Option<Server>,
+    /// The server's hall, in this process: what it did, read after it stopped.
+    pub hall: kaibiao::hall::Hall,
 }
 
 fn clock(offset: Arc<AtomicI64>) -> kaibiao::hall::Clock {
@@ -112,6 +114,7 @@ async fn start(mut settings: Settings, dir: tempfile::TempDir, offset: Arc<Atomi
         .await
         .unwrap();
     let port = app.port();
+    let hall = app.hall().clone();
     settings.bind = format!("127.0.0.1:{port}").parse().unwrap();
     let server = Some(run(app));
     let client = Client::builder().timeout(Duration::from_secs(120)).finish();
@@ -140,6 +143,7 @@ async fn start(mut settings: Settings, dir: tempfile::TempDir, offset: Arc<Atomi
         dir,
         settings,
         server,
+        hall,
     }
 }
 

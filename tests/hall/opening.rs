@@ -314,6 +314,38 @@ async fn a_restarted_server_resumes_the_opening(backend: Backend) {
     app.cleanup().await;
 }
 
+/// A server asked to stop while a bid is being decrypted lets that decryption finish before it
+/// lets go of its data: the task runs on the server's own runtime, not on the HTTP worker that
+/// took the phone's answer (workers stop first, and a task of theirs would be dropped, to be
+/// started again from nothing). On one database: this is about the server's runtimes.
+#[actix_web::test]
+async fn a_stopping_server_finishes_the_decryption_under_way() {
+    let mut app = spawn_app(&Backend::Sqlite).await;
+    let bidder = TestBidder::new(app.dir.path(), 0, 16 << 20);
+    let opening = app.opening_with_bids(&[&bidder], 60, 1800).await;
+    app.start_after(&opening, 61).await;
+    assert_eq!(app.scan(&opening, &bidder).await.status, 200);
+    let hall = app.hall.clone();
+    let was = hall.db().bids(&opening).await.unwrap()[0].state.clone();
+    app.stop().await;
+    let bid = &hall.db().bids(&opening).await.unwrap()[0];
+    assert_eq!(
+        bid.state, "decrypted",
+        "{was} when the server was told to stop"
+    );
+    assert_eq!(
+        hall.metrics().decryptions_taken_up.get(),
+        0,
+        "finished by the task that began it, not started again"
+    );
+    let app = app.restart().await;
+    let view = app
+        .agent("GET", &format!("/api/openings/{opening}"), None)
+        .await;
+    assert_eq!(view.body["bids"][0]["state"], "decrypted");
+    app.cleanup().await;
+}
+
 /// An opening with one bid, decrypted and its digest recorded.
 struct Decrypted {
     bidder: TestBidder,

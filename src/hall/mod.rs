@@ -242,6 +242,9 @@ struct Inner {
     /// there, not on the HTTP worker that took the phone's answer: a stopping server's workers
     /// end first, and their tasks with them, while the server still waits for these to finish.
     runtime: tokio::runtime::Handle,
+    /// The decryption and digest tasks started, so that a stopping server can end those still
+    /// running before another server may take its data (see [`Hall::abort_tasks`]).
+    tasks: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// How many bids' bodies are being decrypted, and a wake-up for when none is.
@@ -345,6 +348,7 @@ impl Hall {
                 )?,
                 logins: logins::Logins::new(),
                 runtime: tokio::runtime::Handle::current(),
+                tasks: Default::default(),
                 delayed: DashMap::new(),
                 metrics,
             }),
@@ -1239,6 +1243,34 @@ impl Hall {
         .await?
     }
 
+    /// Runs `task` on the hall's runtime, among the tasks a stopping server ends.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Finished ones are let go of as new ones come.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn_on(task, &self.inner.runtime);
+    }
+
+    /// Ends the decryptions and digests still running and waits until they are gone (their
+    /// claims given back, nothing more of theirs written to the database); the work under way
+    /// in the pool finishes unheeded. For a server that stops without waiting for them, or that
+    /// lost its database to another: the next server, or this one's tick, takes the bids up.
+    pub async fn abort_tasks(&self) {
+        let mut tasks = std::mem::take(
+            &mut *self
+                .inner
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+
     fn spawn_decryption(&self, bid: BidRow, key: FileKey, active: Arc<Active>) {
         let hall = self.clone();
         // Held until the body is decrypted and on disk (not while it is hashed).
@@ -1251,7 +1283,7 @@ impl Hall {
                 hall.inner.active.remove(&id);
             }
         });
-        self.inner.runtime.spawn(async move {
+        self.spawn(async move {
             let _unclaim = unclaim;
             let out = hall
                 .inner
@@ -1403,7 +1435,7 @@ impl Hall {
                 hall.inner.digesting.remove(&id);
             }
         });
-        self.inner.runtime.spawn(async move {
+        self.spawn(async move {
             let outcome = hall.record_digest(&bid_id, &opening_id, path).await;
             unclaim.disarm();
             match outcome {

@@ -186,6 +186,8 @@ impl Application {
                 );
             }
         }
+        // None may go on writing once the lock is given back (or was lost to another server).
+        hall.abort_tasks().await;
         drop(keeper);
         lock.release().await;
         if lost {

@@ -346,6 +346,34 @@ async fn a_stopping_server_finishes_the_decryption_under_way() {
     app.cleanup().await;
 }
 
+/// Decryptions ended under way (as a server ends them when its wait for them runs out, or when
+/// another server took its database) give their bids back: the tick takes them up again, from
+/// the start, and they are decrypted whole.
+#[actix_web::test]
+async fn a_decryption_ended_under_way_is_taken_up_again() {
+    let app = spawn_app(&Backend::Sqlite).await;
+    let bidder = TestBidder::new(app.dir.path(), 0, 16 << 20);
+    let opening = app.opening_with_bids(&[&bidder], 60, 1800).await;
+    app.start_after(&opening, 61).await;
+    assert_eq!(app.scan(&opening, &bidder).await.status, 200);
+    app.hall.abort_tasks().await;
+    // Ended: nothing of the task's is written after this (16 MiB take far longer than the
+    // moment since the answer).
+    let bids = app.hall.db().bids(&opening).await.unwrap();
+    assert_eq!(bids[0].state, "decrypting");
+    let settled = app.wait_until_settled(&opening).await;
+    assert_eq!(settled["bids"][0]["state"], "decrypted");
+    assert_eq!(app.metric("decryptions_taken_up_total").await, 1.0);
+    let view = app
+        .agent("GET", &format!("/api/openings/{opening}"), None)
+        .await;
+    let plain = view.body["bids"][0]["plain_sm3"]
+        .as_str()
+        .map(str::to_owned);
+    assert_eq!(plain, Some(hex::encode(crypto::sm3(&bidder.data))));
+    app.cleanup().await;
+}
+
 /// An opening with one bid, decrypted and its digest recorded.
 struct Decrypted {
     bidder: TestBidder,

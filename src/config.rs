@@ -215,6 +215,8 @@ mod tests {
             .to_string();
         assert!(bad.contains("neither an address"), "{bad}");
         figment::Jail::expect_with(|jail| {
+            // Not the tests' own KAIBIAO_TEST_POSTGRES_URL, which is no setting.
+            jail.clear_env();
             jail.set_env("KAIBIAO_TRUSTED_PROXIES", "[127.0.0.1, 192.168.0.0/16]");
             let s = Settings::load(None).unwrap();
             assert_eq!(s.trusted_proxies.len(), 2);

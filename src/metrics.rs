@@ -15,7 +15,8 @@ pub struct Metrics {
     pub refusals: IntCounter,
     /// Decryption attempts that failed through the platform (retried).
     pub platform_failures: IntCounter,
-    /// Decryptions started again because no task was running them (after a restart).
+    /// Decryptions started again because no task was running them (after a restart, a task
+    /// ended by a stopping server, or a finished decryption the database failed to record).
     pub decryptions_taken_up: IntCounter,
 }
 
@@ -54,7 +55,7 @@ impl Metrics {
         .expect("valid");
         let decryptions_taken_up = IntCounter::new(
             "decryptions_taken_up_total",
-            "Decryptions of accepted keys started again because no task was running them (after a restart)",
+            "Decryptions of accepted keys started again because no task was running them (after a restart or a lost task)",
         )
         .expect("valid");
         for c in [

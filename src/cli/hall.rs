@@ -257,8 +257,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
 
     // Uploading checks each bid whole (its digests and signature), which takes about as long as
-    // sealing it did: the deadline leaves that much time again, so large bids are not refused as
-    // late (on a fast machine the demo still starts 20 s after the server).
+    // sealing it did: the deadline leaves twice that, so large bids are not refused as late (on a
+    // fast machine the demo still starts 20 s after the server).
     let upload_allowance = 20_000 + 2 * sealing.elapsed().as_millis() as i64;
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;

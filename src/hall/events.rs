@@ -297,6 +297,12 @@ impl EventBus {
             .map_err(|_| HallError::Internal("the event log writer has stopped".into()))?
     }
 
+    /// Returns once everything handed to the writer before this call is stored or failed (the
+    /// writer takes appends in order).
+    pub async fn flush(&self) {
+        let _ = self.send("", None, Vec::new(), 0).await;
+    }
+
     pub fn progress(&self, opening_id: &str, message: ByteString) {
         let _ = sender(&self.channels, opening_id).send(BusMsg::Progress(message));
     }

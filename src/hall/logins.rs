@@ -2,13 +2,14 @@
 //! same Rayon pool that decrypts bids and checks phones' answers: unthrottled, anyone could guess
 //! an agent's password without end, or stall a live opening by sending sign-ins. So checks run
 //! one at a time (they never hold more than one pool thread), and wrong passwords are counted
-//! twice: per agent and address, where after [`FREE_FAILURES`] in a row that agent's sign-in from
+//! three ways: per agent and address, where after [`FREE_FAILURES`] in a row that agent's sign-in from
 //! that address is refused without a check for a time that doubles with each further failure
 //! (one minute, up to [`MAX_BLOCK_MS`]); and per agent from anywhere, with a higher allowance
-//! ([`AGENT_FREE_FAILURES`]), so that many addresses do not buy many guesses. Counted per address
+//! ([`AGENT_FREE_FAILURES`]), so that many addresses do not buy many guesses; and per address
+//! whatever the names ([`ADDRESS_FREE_FAILURES`]), so that many names do not either. Counted per address
 //! first so that one who guesses does not lock the agent out everywhere (behind a reverse proxy
 //! every client has the proxy's address unless the proxy is named in `trusted_proxies`). A right
-//! password ends both counts; sessions and API tokens already issued keep working. A name that
+//! password ends its counts; sessions and API tokens already issued keep working. A name that
 //! is no agent's is checked (against [`stand_in_hash`]) and counted the same way, under
 //! `?name`, so that neither the time nor the holding back tells which names exist.
 
@@ -20,6 +21,9 @@ use super::HallError;
 const FREE_FAILURES: u32 = 5;
 /// Wrong passwords in a row from all addresses allowed before the agent is held back everywhere.
 const AGENT_FREE_FAILURES: u32 = 50;
+/// Wrong passwords in a row from one address, whatever the names, before that address is held
+/// back: one place trying many names (or names that are no agent's) is slowed down too.
+const ADDRESS_FREE_FAILURES: u32 = 20;
 const FIRST_BLOCK_MS: i64 = 60_000;
 const MAX_BLOCK_MS: i64 = 15 * 60_000;
 /// Past this many entries, those idle for longer than the longest hold are forgotten.
@@ -50,8 +54,8 @@ pub(super) fn stand_in_hash() -> &'static str {
 }
 
 pub(super) struct Logins {
-    /// Per agent (or `?name` for a name that is no agent's) and address, and per agent
-    /// (`agent\0*`). Entries idle for longer than the longest hold are forgotten past [`KEPT`].
+    /// Per agent (or `?name` for a name that is no agent's) and address, per agent
+    /// (`agent\0*`) and per address (`*\0address`). Entries idle for longer than the longest hold are forgotten past [`KEPT`].
     failures: DashMap<String, Failures>,
     gate: std::sync::Arc<tokio::sync::Semaphore>,
 }
@@ -64,10 +68,11 @@ impl Logins {
         }
     }
 
-    fn keys(agent: &str, from: &str) -> [(String, u32); 2] {
+    fn keys(agent: &str, from: &str) -> [(String, u32); 3] {
         [
             (format!("{agent}\0{from}"), FREE_FAILURES),
             (format!("{agent}\0*"), AGENT_FREE_FAILURES),
+            (format!("*\0{from}"), ADDRESS_FREE_FAILURES),
         ]
     }
 
@@ -163,5 +168,21 @@ mod tests {
             "held back everywhere"
         );
         logins.check("b", "10.9.9.9", 0).unwrap();
+    }
+
+    #[test]
+    fn many_names_do_not_buy_many_guesses() {
+        let logins = Logins::new();
+        for i in 0..ADDRESS_FREE_FAILURES {
+            let name = format!("?guess{i}");
+            logins.check(&name, "x", 0).unwrap();
+            logins.failed(&name, "x", 0);
+        }
+        assert!(
+            logins.check("?another", "x", 0).is_err(),
+            "the address is held back"
+        );
+        assert!(logins.check("a", "x", 0).is_err(), "for every name");
+        logins.check("a", "y", 0).unwrap();
     }
 }

@@ -243,8 +243,9 @@ struct Inner {
     /// end first, and their tasks with them, while the server still waits for these to finish.
     runtime: tokio::runtime::Handle,
     /// The decryption and digest tasks started, so that a stopping server can end those still
-    /// running before another server may take its data (see [`Hall::abort_tasks`]).
-    tasks: std::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// running before another server may take its data (see [`Hall::stop`]); None once stopped,
+    /// when no more are started.
+    tasks: std::sync::Mutex<Option<tokio::task::JoinSet<()>>>,
 }
 
 /// How many bids' bodies are being decrypted, and a wake-up for when none is.
@@ -324,6 +325,11 @@ impl Hall {
             db.openings_holding_sealed_keys().await?,
             settings.master_key_file.as_os_str().is_empty(),
         )?;
+        // Made now, so that the first sign-in with an unknown name takes no longer than others.
+        on_rayon(|| {
+            logins::stand_in_hash();
+        })
+        .await?;
         let decrypting = Arc::<Decrypting>::default();
         let hall = Self {
             inner: Arc::new(Inner {
@@ -348,7 +354,7 @@ impl Hall {
                 )?,
                 logins: logins::Logins::new(),
                 runtime: tokio::runtime::Handle::current(),
-                tasks: Default::default(),
+                tasks: std::sync::Mutex::new(Some(tokio::task::JoinSet::new())),
                 delayed: DashMap::new(),
                 metrics,
             }),
@@ -465,6 +471,11 @@ impl Hall {
         from: &str,
     ) -> Result<String, HallError> {
         let username = username.trim();
+        // No agent has a longer name (see `create_agent`): refused as it is, not counted, so
+        // that long names cannot fill the counts' memory.
+        if username.len() > 64 {
+            return Err(HallError::BadLogin);
+        }
         // An unknown name is checked against a stand-in hash and counted like a known one, so
         // that neither the time a refusal takes nor being held back tells which names exist.
         let (agent_id, hash) = match self.inner.db.agent_by_username(username).await? {
@@ -1123,6 +1134,14 @@ impl Hall {
             ),
         ];
         let stored = rewrapped.clone();
+        // Claimed before the commit, so that the tick, seeing the bid decrypting, does not take
+        // it up between the two; given back if the answer is not accepted.
+        let claimed = self.claim(&bid);
+        let mut unclaim = OnDrop::new(|| {
+            if claimed.is_some() {
+                self.inner.active.remove(&bid.id);
+            }
+        });
         let accept = BidWrite::Accept {
             nonce: challenge.nonce.clone(),
             bid_id: bid.id.clone(),
@@ -1148,7 +1167,9 @@ impl Hall {
                 _ => return Err(error),
             },
         }
-        if let Some(active) = self.claim(&bid) {
+        unclaim.disarm();
+        drop(unclaim);
+        if let Some(active) = claimed {
             self.spawn_decryption(bid, key, active);
         }
         Ok(summary)
@@ -1243,40 +1264,67 @@ impl Hall {
         .await?
     }
 
-    /// Runs `task` on the hall's runtime, among the tasks a stopping server ends.
+    /// Runs `task` on the hall's runtime, among the tasks a stopping server ends; drops it
+    /// unstarted once the hall is stopped (its claims are given back as it is dropped).
     fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         let mut tasks = self
             .inner
             .tasks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(tasks) = tasks.as_mut() else {
+            return;
+        };
         // Finished ones are let go of as new ones come.
         while tasks.try_join_next().is_some() {}
         tasks.spawn_on(task, &self.inner.runtime);
     }
 
-    /// Ends the decryptions and digests still running and waits until they are gone (their
-    /// claims given back, nothing more of theirs written to the database); the work under way
-    /// in the pool finishes unheeded. For a server that stops without waiting for them, or that
-    /// lost its database to another: the next server, or this one's tick, takes the bids up.
-    pub async fn abort_tasks(&self) {
-        let mut tasks = std::mem::take(
-            &mut *self
+    /// Ends the decryptions and digests running now and waits until they are gone, their
+    /// claims given back (the tick takes the bids up again, from the start); the work under way
+    /// in the pool finishes unheeded. With `close`, no more are started afterwards.
+    async fn end_tasks(&self, close: bool) {
+        let tasks = {
+            let mut tasks = self
                 .inner
                 .tasks
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if close {
+                tasks.take()
+            } else {
+                tasks.replace(tokio::task::JoinSet::new())
+            }
+        };
+        if let Some(mut tasks) = tasks {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+
+    /// Ends the decryptions and digests running now (see [`Self::stop`]); the hall goes on,
+    /// and its tick takes their bids up again. For tests and operators' tools.
+    pub async fn abort_tasks(&self) {
+        self.end_tasks(false).await;
+    }
+
+    /// For a server that stops without waiting any longer for its decryptions and digests (its
+    /// wait ran out, or another server took its database): ends them, starts no more, lets the
+    /// event log's writer store what they had handed it, and closes the database, waiting for
+    /// statements under way; after this nothing of this hall's is written. The next server takes
+    /// the bids up.
+    pub async fn stop(&self) {
+        self.end_tasks(true).await;
+        self.inner.bus.flush().await;
+        self.inner.db.close().await;
     }
 
     fn spawn_decryption(&self, bid: BidRow, key: FileKey, active: Arc<Active>) {
         let hall = self.clone();
         // Held until the body is decrypted and on disk (not while it is hashed).
         let decrypting = self.inner.decrypting.enter();
-        // The claim goes when the task ends, or is dropped with the runtime it ran on (a
-        // server whose drain ran out of time): then the next start takes the bid up again.
+        // The claim goes when the task ends, or when it is ended (see [`Self::end_tasks`]):
+        // then the tick, or the next server, takes the bid up again.
         let unclaim = OnDrop::new({
             let (hall, id) = (self.clone(), bid.id.clone());
             move || {
@@ -1428,7 +1476,7 @@ impl Hall {
         let hall = self.clone();
         let (bid_id, opening_id, path) =
             (bid_id.to_owned(), opening_id.to_owned(), path.to_owned());
-        // Dropped unfinished (with the runtime of a stopping server), the task gives its claim back.
+        // Ended unfinished (see [`Self::end_tasks`]), the task gives its claim back.
         let mut unclaim = OnDrop::new({
             let (hall, id) = (self.clone(), bid_id.clone());
             move || {

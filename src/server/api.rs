@@ -426,7 +426,21 @@ fn client_address(
         .flat_map(|v| v.split(','))
         .collect();
     for hop in hops.iter().rev() {
-        let Ok(ip) = hop.trim().parse::<std::net::IpAddr>() else {
+        // An address, or one with a port as some proxies write it (`1.2.3.4:5`, `[::1]:5`).
+        let hop = hop.trim();
+        let parsed = hop
+            .parse::<std::net::IpAddr>()
+            .or_else(|_| hop.parse::<std::net::SocketAddr>().map(|a| a.ip()))
+            .or_else(|_| {
+                hop.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+            });
+        let Ok(ip) = parsed else {
+            tracing::warn!(
+                hop,
+                "an X-Forwarded-For hop from a trusted proxy is not an address"
+            );
             break;
         };
         client = ip.to_canonical();

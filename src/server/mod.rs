@@ -187,7 +187,7 @@ impl Application {
             }
         }
         // None may go on writing once the lock is given back (or was lost to another server).
-        hall.abort_tasks().await;
+        hall.stop().await;
         drop(keeper);
         lock.release().await;
         if lost {

@@ -96,6 +96,11 @@ async fn behind_a_trusted_proxy_the_client_is_held_back_not_the_proxy() {
     assert_eq!(sign_in("203.0.113.7", ADMIN_PASSWORD).await, 429);
     assert_eq!(sign_in("5.6.7.8, 203.0.113.7", ADMIN_PASSWORD).await, 429);
     assert_eq!(
+        sign_in("203.0.113.7:50123", ADMIN_PASSWORD).await,
+        429,
+        "with a port, as some proxies write it"
+    );
+    assert_eq!(
         sign_in("203.0.113.8", ADMIN_PASSWORD).await,
         200,
         "another client behind the proxy"

@@ -325,11 +325,11 @@ impl Hall {
             db.openings_holding_sealed_keys().await?,
             settings.master_key_file.as_os_str().is_empty(),
         )?;
-        // Made now, so that the first sign-in with an unknown name takes no longer than others.
-        on_rayon(|| {
+        // Made now, in the background, so that the first sign-in with an unknown name takes no
+        // longer than others (it waits for this if it comes first).
+        rayon::spawn(|| {
             logins::stand_in_hash();
-        })
-        .await?;
+        });
         let decrypting = Arc::<Decrypting>::default();
         let hall = Self {
             inner: Arc::new(Inner {

@@ -299,7 +299,11 @@ impl Hall {
         metrics: Metrics,
     ) -> Result<Self, HallError> {
         let hall = Self::open(db, settings, clock, metrics).await?;
-        hall.resume().await?;
+        if let Err(error) = hall.resume().await {
+            // Whatever it had started ends before the server gives its lock back.
+            hall.stop().await;
+            return Err(error);
+        }
         Ok(hall)
     }
 
@@ -1136,11 +1140,12 @@ impl Hall {
         let stored = rewrapped.clone();
         // Claimed before the commit, so that the tick, seeing the bid decrypting, does not take
         // it up between the two; given back if the answer is not accepted.
-        let claimed = self.claim(&bid);
+        // Held already only by another answer for this bid arriving at the same moment.
+        let Some(active) = self.claim(&bid) else {
+            return Err(HallError::ChallengeUsed);
+        };
         let mut unclaim = OnDrop::new(|| {
-            if claimed.is_some() {
-                self.inner.active.remove(&bid.id);
-            }
+            self.inner.active.remove(&bid.id);
         });
         let accept = BidWrite::Accept {
             nonce: challenge.nonce.clone(),
@@ -1169,9 +1174,7 @@ impl Hall {
         }
         unclaim.disarm();
         drop(unclaim);
-        if let Some(active) = claimed {
-            self.spawn_decryption(bid, key, active);
-        }
+        self.spawn_decryption(bid, key, active);
         Ok(summary)
     }
 
@@ -1313,10 +1316,19 @@ impl Hall {
     /// event log's writer store what they had handed it, and closes the database, waiting for
     /// statements under way; after this nothing of this hall's is written. The next server takes
     /// the bids up.
+    /// Waits at most 10 s for the writer and the database (which may be what failed).
     pub async fn stop(&self) {
         self.end_tasks(true).await;
-        self.inner.bus.flush().await;
-        self.inner.db.close().await;
+        let settle = async {
+            self.inner.bus.flush().await;
+            self.inner.db.close().await;
+        };
+        if tokio::time::timeout(std::time::Duration::from_secs(10), settle)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the database did not answer within 10 s of stopping; stopping anyway");
+        }
     }
 
     fn spawn_decryption(&self, bid: BidRow, key: FileKey, active: Arc<Active>) {

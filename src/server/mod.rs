@@ -127,9 +127,15 @@ impl Application {
                 let _ = tcp.set_nodelay(true);
             }
         })
-        .listen(listener)?
-        .shutdown_timeout(10)
-        .run();
+        .listen(listener);
+        let server = match server {
+            Ok(server) => server.shutdown_timeout(10).run(),
+            Err(error) => {
+                // The resumed decryptions end before the lock is given back.
+                hall.stop().await;
+                return Err(error.into());
+            }
+        };
         Ok((server, hall))
     }
 

@@ -68,6 +68,16 @@ impl std::str::FromStr for IpRange {
         let s = s.trim();
         s.parse::<ipnet::IpNet>()
             .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+            // An IPv4 range written as IPv6 (`::ffff:10.0.0.0/104`) is the IPv4 range, as the
+            // addresses it is matched against are made IPv4 too.
+            .map(|net| match net {
+                ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+                    .network()
+                    .to_ipv4_mapped()
+                    .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
+                    .map_or(net, ipnet::IpNet::V4),
+                _ => net,
+            })
             .map(IpRange)
             .map_err(|_| {
                 ConfigError(format!(
@@ -198,7 +208,7 @@ mod tests {
     fn trusted_proxies_are_addresses_or_ranges() {
         let s: Settings = Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::string(
-                r#"trusted_proxies = ["127.0.0.1", "10.0.0.0/8", "::1"]"#,
+                r#"trusted_proxies = ["127.0.0.1", "10.0.0.0/8", "::1", "::ffff:172.16.0.0/108"]"#,
             ))
             .extract()
             .unwrap();
@@ -207,7 +217,8 @@ mod tests {
             s.trusted_proxies.iter().any(|r| r.contains(&ip))
         };
         assert!(has("127.0.0.1") && has("10.200.0.3") && has("::1") && has("::ffff:10.0.0.1"));
-        assert!(!has("127.0.0.2") && !has("11.0.0.1"));
+        assert!(has("172.16.9.9") && has("::ffff:172.16.0.1"));
+        assert!(!has("127.0.0.2") && !has("11.0.0.1") && !has("172.32.0.1"));
         let bad = Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::string(r#"trusted_proxies = ["proxy.local"]"#))
             .extract::<Settings>()

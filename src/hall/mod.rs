@@ -1190,7 +1190,9 @@ impl Hall {
                     total: bid.plaintext_len as u64,
                     done: AtomicU64::new(0),
                     started: Instant::now(),
-                    reported: AtomicU64::new(u64::MAX),
+                    // Nothing said until bytes are done: a claim is taken before the answer is
+                    // committed, and a refused answer's bid must not show a decryption at 0 %.
+                    reported: AtomicU64::new(0),
                 });
                 slot.insert(active.clone());
                 Some(active)

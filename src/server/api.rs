@@ -290,9 +290,15 @@ async fn upload(
         hex::encode(hasher.finalize())
     });
     let written = async {
-        let mut file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(HallError::io("storing the upload"))?;
+        // Written 1 MiB at a time, not as the network's pieces come (8–64 KiB): fewer writes,
+        // and the kernel keeps the file's pages in 1 MiB folios, which cost a fraction as much
+        // to read back or map when the bid is decrypted (README, "Mapping the sealed file").
+        let mut file = tokio::io::BufWriter::with_capacity(
+            1 << 20,
+            tokio::fs::File::create(&tmp)
+                .await
+                .map_err(HallError::io("storing the upload"))?,
+        );
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = chunk
@@ -310,7 +316,11 @@ async fn upload(
                 .map_err(|_| HallError::Internal("the upload's hasher stopped".into()))?;
         }
         drop(to_hasher);
-        file.sync_all()
+        file.flush()
+            .await
+            .map_err(HallError::io("storing the upload"))?;
+        file.get_ref()
+            .sync_all()
             .await
             .map_err(HallError::io("storing the upload"))?;
         hasher

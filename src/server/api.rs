@@ -290,15 +290,15 @@ async fn upload(
         hex::encode(hasher.finalize())
     });
     let written = async {
-        // Written 1 MiB at a time, not as the network's pieces come (8–64 KiB): fewer writes,
-        // and the kernel keeps the file's pages in 1 MiB folios, which cost a fraction as much
-        // to read back or map when the bid is decrypted (README, "Mapping the sealed file").
-        let mut file = tokio::io::BufWriter::with_capacity(
-            1 << 20,
-            tokio::fs::File::create(&tmp)
-                .await
-                .map_err(HallError::io("storing the upload"))?,
-        );
+        // Written in whole 1 MiB pieces at 1 MiB offsets, not as the network's pieces come
+        // (8–64 KiB, of any length): fewer writes, and the file's pages stay in large folios,
+        // which cost a fraction as much to read back or map when the bid is decrypted (README,
+        // "Mapping the sealed file").
+        const PIECE: usize = 1 << 20;
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(HallError::io("storing the upload"))?;
+        let mut piece = Vec::with_capacity(PIECE);
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = chunk
@@ -307,20 +307,32 @@ async fn upload(
             if size > limit {
                 return Err(HallError::TooLarge { size, limit });
             }
-            file.write_all(&chunk)
-                .await
-                .map_err(HallError::io("storing the upload"))?;
+            let mut rest = &chunk[..];
+            while !rest.is_empty() {
+                let take = (PIECE - piece.len()).min(rest.len());
+                piece.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if piece.len() == PIECE {
+                    file.write_all(&piece)
+                        .await
+                        .map_err(HallError::io("storing the upload"))?;
+                    piece.clear();
+                }
+            }
             to_hasher
                 .send(chunk)
                 .await
                 .map_err(|_| HallError::Internal("the upload's hasher stopped".into()))?;
         }
         drop(to_hasher);
+        file.write_all(&piece)
+            .await
+            .map_err(HallError::io("storing the upload"))?;
+        // Reports a failed last write (a full disk), which `sync_all` alone would not.
         file.flush()
             .await
             .map_err(HallError::io("storing the upload"))?;
-        file.get_ref()
-            .sync_all()
+        file.sync_all()
             .await
             .map_err(HallError::io("storing the upload"))?;
         hasher

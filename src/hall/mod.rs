@@ -1317,8 +1317,8 @@ impl Hall {
     /// wait ran out, or another server took its database): ends them, starts no more, lets the
     /// event log's writer store what they had handed it, and closes the database, waiting for
     /// statements under way; after this nothing of this hall's is written. The next server takes
-    /// the bids up.
-    /// Waits at most 10 s for the writer and the database (which may be what failed).
+    /// the bids up. Waits at most 10 s for the writer and the database (which may be what
+    /// failed).
     pub async fn stop(&self) {
         self.end_tasks(true).await;
         let settle = async {

@@ -151,6 +151,16 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// `KAIBIAO_*` variables that are no settings: read where they act (forcing the SM4/SM3 paths),
+/// or by the tests and benches. The server must not refuse to start over them.
+const NOT_SETTINGS: &[&str] = &[
+    "sm4",
+    "sm3",
+    "test_postgres_url",
+    "bench_mib",
+    "bench_tmpfs",
+];
+
 impl Settings {
     /// Defaults, overridden by `file` (if given) and then by `KAIBIAO_*` variables
     /// (`KAIBIAO_BIND`, `KAIBIAO_DATABASE_URL`, …).
@@ -166,7 +176,7 @@ impl Settings {
             figment = figment.merge(Toml::file(path));
         }
         figment
-            .merge(Env::prefixed("KAIBIAO_"))
+            .merge(Env::prefixed("KAIBIAO_").ignore(NOT_SETTINGS))
             .extract()
             .map_err(|e| ConfigError(e.to_string()))
     }
@@ -226,11 +236,16 @@ mod tests {
             .to_string();
         assert!(bad.contains("neither an address"), "{bad}");
         figment::Jail::expect_with(|jail| {
-            // Not the tests' own KAIBIAO_TEST_POSTGRES_URL, which is no setting.
             jail.clear_env();
             jail.set_env("KAIBIAO_TRUSTED_PROXIES", "[127.0.0.1, 192.168.0.0/16]");
+            // Variables that are no settings are let be; a misspelt setting is refused.
+            jail.set_env("KAIBIAO_SM4", "portable");
+            jail.set_env("KAIBIAO_TEST_POSTGRES_URL", "postgres://x@y/z");
             let s = Settings::load(None).unwrap();
             assert_eq!(s.trusted_proxies.len(), 2);
+            jail.set_env("KAIBIAO_TRUSTED_PROXY", "[127.0.0.1]");
+            let refused = Settings::load(None).unwrap_err().to_string();
+            assert!(refused.contains("trusted_proxy"), "{refused}");
             Ok(())
         });
     }

@@ -432,7 +432,7 @@ struct Reason {
 /// `X-Forwarded-For` that is not one of them (each proxy appends the address it was reached
 /// from; what a client wrote before that is not to be believed). A hop that is not an address
 /// ends the walk at the proxy that passed it on.
-fn client_address(
+pub(super) fn client_address(
     req: &HttpRequest,
     trusted: &[crate::config::IpRange],
 ) -> Option<std::net::IpAddr> {

@@ -4,6 +4,7 @@ mod api;
 mod auth;
 mod error;
 mod pages;
+mod span;
 mod ws;
 
 use std::net::TcpListener;
@@ -96,13 +97,15 @@ impl Application {
         clock: Clock,
     ) -> anyhow::Result<(Server, Hall)> {
         let db = Db::connect(&settings.database_url()).await?;
+        let trusted = span::TrustedProxies(settings.trusted_proxies.clone());
         let hall = Hall::new(db, settings, clock, Metrics::new()).await?;
         let data = web::Data::new(hall.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(actix_web::middleware::from_fn(api::observe_latency))
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<span::RequestSpan>::new())
                 .app_data(data.clone())
+                .app_data(trusted.clone())
                 // Bodies read whole (JSON) are small; bid uploads stream and have their own limit.
                 .app_data(web::PayloadConfig::new(1 << 20))
                 .app_data(

@@ -37,12 +37,18 @@ impl RootSpanBuilder for RequestSpan {
             .map(|id| id.to_string())
             .unwrap_or_default();
         let route = request.match_pattern().unwrap_or_else(|| "default".into());
+        let user_agent = request
+            .headers()
+            .get("User-Agent")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
         tracing::info_span!(
             "HTTP request",
             http.method = %request.method(),
             http.route = %route,
             http.target = %request.path(),
             http.client_ip = %client,
+            http.user_agent = %user_agent,
             request_id = %request_id,
             http.status_code = Empty,
             otel.status_code = Empty,
@@ -123,10 +129,15 @@ mod tests {
         assert!(line.contains("http.client_ip=192.0.2.7"), "{line}");
         assert!(!line.contains("203.0.113.9"), "{line}");
         assert!(
-            line.contains("request_id=") && line.contains("handled"),
+            line.contains("handled") && line.contains("http.target=/scan "),
             "{line}"
         );
         assert!(!line.contains("ev_SECRET"), "{line}");
+        let id = line.split("request_id=").nth(1).unwrap_or("");
+        assert!(
+            id.len() > 36 && id.as_bytes()[8] == b'-',
+            "no request id: {line}"
+        );
         // From a trusted proxy, its last untrusted hop is the client.
         let line = logged(
             &["127.0.0.1"],

@@ -212,3 +212,16 @@ fn a_bad_credit_code_is_refused_with_the_reason() {
     let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
     assert!(err.contains("check digit"), "{err}");
 }
+
+/// README's way of making the first agent, with an SM4 path forced as an operator might.
+#[test]
+fn an_agent_is_created_with_the_password_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    kaibiao()
+        .args(["admin", "create-agent", "--username", "ops", "--data-dir"])
+        .arg(dir.path())
+        .env("KAIBIAO_AGENT_PASSWORD", "correct horse battery")
+        .env("KAIBIAO_SM4", "portable")
+        .assert()
+        .success();
+}

@@ -328,10 +328,13 @@ async fn the_hall_display_follows_the_opening_live_without_reloading() {
         rows.matches("待解密").count() == 3 && state == "解密中"
     })
     .await;
-    let qrs = page
-        .eval("document.querySelectorAll('img[alt=\"解密二维码\"]').length")
-        .await;
-    assert_eq!(qrs, 3, "each waiting bid shows its QR code");
+    // Each bid's QR code comes with its challenge, which may arrive just after its state.
+    page.wait_for_value(
+        "each waiting bid's QR code",
+        "document.querySelectorAll('img[alt=\"解密二维码\"]').length",
+        json!(3),
+    )
+    .await;
 
     assert_eq!(app.scan(&opening, &a).await.status, 200);
     let price = format!("¥{:.2}", a.summary.price_fen as f64 / 100.0);

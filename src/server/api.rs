@@ -7,7 +7,7 @@ use actix_web::cookie::{Cookie, SameSite};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::Next;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -125,7 +125,13 @@ async fn login(
 ) -> Result<HttpResponse> {
     // Where the attempt comes from, an IPv6 address by its /64 (one client's): wrong passwords
     // from one place do not hold the agent back from another.
-    let from = match client_address(&req, &hall.settings().trusted_proxies) {
+    // Found once per request, by the request's span (see `span::ClientAddress`).
+    let client = req
+        .extensions()
+        .get::<super::span::ClientAddress>()
+        .map(|c| c.0)
+        .unwrap_or_else(|| client_address(&req, &hall.settings().trusted_proxies, |_| {}));
+    let from = match client {
         Some(std::net::IpAddr::V6(ip)) => {
             let s = ip.segments();
             format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
@@ -431,10 +437,11 @@ struct Reason {
 /// The client's address: the peer's, or behind trusted reverse proxies the last address in
 /// `X-Forwarded-For` that is not one of them (each proxy appends the address it was reached
 /// from; what a client wrote before that is not to be believed). A hop that is not an address
-/// ends the walk at the proxy that passed it on.
+/// ends the walk at the proxy that passed it on, and is handed to `bad_hop`.
 pub(super) fn client_address(
     req: &HttpRequest,
     trusted: &[crate::config::IpRange],
+    bad_hop: impl FnOnce(&str),
 ) -> Option<std::net::IpAddr> {
     let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|r| r.contains(ip));
     let mut client = req.peer_addr()?.ip().to_canonical();
@@ -459,10 +466,7 @@ pub(super) fn client_address(
                     .parse::<std::net::IpAddr>()
             });
         let Ok(ip) = parsed else {
-            tracing::warn!(
-                hop,
-                "an X-Forwarded-For hop from a trusted proxy is not an address"
-            );
+            bad_hop(hop);
             break;
         };
         client = ip.to_canonical();

@@ -16,6 +16,11 @@ use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder};
 
 use crate::config::IpRange;
 
+/// The client's address as the span found it, kept in the request's extensions so that the
+/// sign-in hold uses the same one without walking `X-Forwarded-For` again.
+#[derive(Clone, Copy)]
+pub(super) struct ClientAddress(pub(super) Option<std::net::IpAddr>);
+
 /// The reverse proxies whose `X-Forwarded-For` is believed, as app data.
 #[derive(Clone, Default)]
 pub(super) struct TrustedProxies(pub(super) Vec<IpRange>);
@@ -28,9 +33,12 @@ impl RootSpanBuilder for RequestSpan {
             .app_data::<TrustedProxies>()
             .map(|t| t.0.as_slice())
             .unwrap_or_default();
-        let client = super::api::client_address(request.request(), trusted)
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
+        let mut bad_hop = None;
+        let address = super::api::client_address(request.request(), trusted, |hop| {
+            bad_hop = Some(hop.to_owned());
+        });
+        request.extensions_mut().insert(ClientAddress(address));
+        let client = address.map(|ip| ip.to_string()).unwrap_or_default();
         let request_id = request
             .extensions()
             .get::<RequestId>()
@@ -42,7 +50,7 @@ impl RootSpanBuilder for RequestSpan {
             .get("User-Agent")
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "HTTP request",
             http.method = %request.method(),
             http.route = %route,
@@ -54,7 +62,18 @@ impl RootSpanBuilder for RequestSpan {
             otel.status_code = Empty,
             exception.message = Empty,
             exception.details = Empty,
-        )
+        );
+        if let Some(hop) = bad_hop {
+            // Once per request, with its id: a proxy in `trusted_proxies` that writes something
+            // else than addresses is misconfigured (or not a proxy).
+            span.in_scope(|| {
+                tracing::warn!(
+                    hop,
+                    "an X-Forwarded-For hop from a trusted proxy is not an address"
+                )
+            });
+        }
+        span
     }
 
     fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
@@ -145,5 +164,21 @@ mod tests {
         )
         .await;
         assert!(line.contains("http.client_ip=203.0.113.9"), "{line}");
+        // A hop that is not an address stops the walk at the proxy, said once, in the span.
+        let line = logged(
+            &["127.0.0.1"],
+            from("127.0.0.1:4000", "203.0.113.9, unknown"),
+        )
+        .await;
+        assert!(line.contains("http.client_ip=127.0.0.1"), "{line}");
+        let warnings: Vec<&str> = line
+            .lines()
+            .filter(|l| l.contains("not an address"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{line}");
+        assert!(
+            warnings[0].contains("request_id=") && warnings[0].contains("hop=\"unknown\""),
+            "{line}"
+        );
     }
 }

@@ -2,14 +2,14 @@
 //! same Rayon pool that decrypts bids and checks phones' answers: unthrottled, anyone could guess
 //! an agent's password without end, or stall a live opening by sending sign-ins. So checks run
 //! one at a time (they never hold more than one pool thread), and wrong passwords are counted
-//! three ways: per agent and address, where after [`FREE_FAILURES`] in a row that agent's sign-in from
-//! that address is refused without a check for a time that doubles with each further failure
-//! (one minute, up to [`MAX_BLOCK_MS`]); and per agent from anywhere, with a higher allowance
+//! three ways: per agent and address, where after [`FREE_FAILURES`] in a row that agent's sign-in
+//! from that address is refused without a check for a time that doubles with each further failure
+//! (one minute, up to [`MAX_BLOCK_MS`]); per agent from anywhere, with a higher allowance
 //! ([`AGENT_FREE_FAILURES`]), so that many addresses do not buy many guesses; and per address
-//! whatever the names ([`ADDRESS_FREE_FAILURES`]), so that many names do not either. Counted per address
-//! first so that one who guesses does not lock the agent out everywhere (behind a reverse proxy
-//! every client has the proxy's address unless the proxy is named in `trusted_proxies`). A right
-//! password ends its counts; sessions and API tokens already issued keep working. A name that
+//! whatever the names ([`ADDRESS_FREE_FAILURES`]), so that many names do not either. Counted per
+//! address first so that one who guesses does not lock the agent out everywhere (behind a reverse
+//! proxy every client has the proxy's address unless the proxy is named in `trusted_proxies`). A
+//! right password ends its counts; sessions and API tokens already issued keep working. A name that
 //! is no agent's is checked (against [`stand_in_hash`]) and counted the same way, under
 //! `?name`, so that neither the time nor the holding back tells which names exist.
 
@@ -55,7 +55,8 @@ pub(super) fn stand_in_hash() -> &'static str {
 
 pub(super) struct Logins {
     /// Per agent (or `?name` for a name that is no agent's) and address, per agent
-    /// (`agent\0*`) and per address (`*\0address`). Entries idle for longer than the longest hold are forgotten past [`KEPT`].
+    /// (`agent\0*`) and per address (`*\0address`). Entries idle for longer than the longest
+    /// hold are forgotten past [`KEPT`].
     failures: DashMap<String, Failures>,
     gate: std::sync::Arc<tokio::sync::Semaphore>,
 }

@@ -3,9 +3,9 @@
 //! Why not `tracing-actix-web`'s default span: it names the client by `X-Forwarded-For` from
 //! anyone (`realip_remote_addr`), so a client could write any address into the log lines of its
 //! requests, and it logs the query string, where an evaluator's token may travel (`?token=`, for
-//! clients that cannot set a header: a websocket in a browser). This one names
-//! the client as the sign-in hold does (the peer, or what a proxy named in `trusted_proxies`
-//! says) and logs the path alone.
+//! clients that cannot set a header: a websocket in a browser). This one names the client as the
+//! sign-in hold does (the peer, or what a proxy named in `trusted_proxies` says) and logs the
+//! path alone.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -22,7 +22,7 @@ use crate::config::IpRange;
 pub(super) struct ClientAddress(pub(super) Option<std::net::IpAddr>);
 
 /// The reverse proxies whose `X-Forwarded-For` is believed, as app data.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(super) struct TrustedProxies(pub(super) Vec<IpRange>);
 
 pub(super) struct RequestSpan;

@@ -1,7 +1,9 @@
 //! The kaibiao load harness: runs a real `kaibiao serve` on loopback and measures
 //! 1. M openings × N websocket viewers with server-stamped events at a given rate: delivery
 //!    latency p50/p99/max per opening, delivered frames/s, errors, server RSS per connection,
-//!    with one slow viewer that stops reading;
+//!    with one slow viewer that stops reading (the events are bidder registrations, which only
+//!    the agent is told of before the opening, so these viewers connect with the agent's token;
+//!    the server does the same work per viewer for the public feed);
 //! 2. a QR storm: P phones answering their challenges at once: answer latency p50/p99, answers/s.
 //!
 //! Bounded in count and time, loopback only, stops by itself. Build and run:
@@ -410,12 +412,15 @@ fn bidder_code(n: usize) -> Uscc {
     Uscc::with_check_digit(&format!("91110000{:09}", n)).expect("digits are valid")
 }
 
-/// Connects one websocket from a source address in 127.0.0.0/8 (spreading ports over addresses).
+/// Connects one websocket from a source address in 127.0.0.0/8 (spreading ports over addresses),
+/// as the agent if given its token (the agent's feed), else as anyone (the public feed).
 async fn connect_viewer(
     server: SocketAddr,
     opening: &str,
     n: usize,
+    agent_token: Option<&str>,
 ) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let source = Ipv4Addr::new(
         127,
         0,
@@ -425,13 +430,19 @@ async fn connect_viewer(
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source.into(), 0))?;
     let stream = socket.connect(server).await?;
-    let url = format!("ws://{server}/ws/openings/{opening}");
+    let mut request = format!("ws://{server}/ws/openings/{opening}").into_client_request()?;
+    if let Some(token) = agent_token {
+        request
+            .headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse()?);
+    }
     // Small buffers: the default 128 KiB read buffer per connection would cost the client 1.2 GB
     // at 10,000 viewers and skew the measurement with page faults.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
     Ok(ws)
 }
 
@@ -440,6 +451,10 @@ struct Broadcast {
     connect_errors: usize,
     dropped_early: usize,
     events_generated: u64,
+    /// Events the generators could not store (the server refused or failed the request).
+    events_failed: u64,
+    /// Events received by the viewers that read (one per event per viewer of its opening).
+    events_received: usize,
     frames: u64,
     per_opening: Vec<(u32, u32, u32, usize)>,
     all: (u32, u32, u32),
@@ -470,7 +485,7 @@ async fn broadcast_phase(
     for (o, opening) in openings.iter().enumerate() {
         for _ in 0..args.viewers {
             n += 1;
-            match connect_viewer(server.addr, opening, n).await {
+            match connect_viewer(server.addr, opening, n, Some(&api.token)).await {
                 Ok(ws) => {
                     // Replayed history is not delivery latency: count events stamped after connecting.
                     let connected_ms = now_ms();
@@ -503,11 +518,14 @@ async fn broadcast_phase(
         }
     }
     // One slow viewer in the first opening: connects, then never reads.
-    let slow = connect_viewer(server.addr, &openings[0], n + 1).await.ok();
+    let slow = connect_viewer(server.addr, &openings[0], n + 1, Some(&api.token))
+        .await
+        .ok();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_connected_kib = rss_kib(pid);
 
     let generated = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let mut generators = Vec::new();
     for (o, opening) in openings.iter().enumerate() {
@@ -515,6 +533,7 @@ async fn broadcast_phase(
         let keys = keys.clone();
         let opening = opening.clone();
         let generated = generated.clone();
+        let failed = failed.clone();
         let period = Duration::from_secs_f64(1.0 / args.rate);
         let phase = if args.lockstep {
             Duration::ZERO
@@ -532,6 +551,8 @@ async fn broadcast_phase(
                 let body = json!({"uscc": code.as_str(), "name": format!("负载投标人{o}-{i}"), "sign_keys": [keys.sign_pem], "enc_keys": [keys.enc_pem]});
                 if api.post(&format!("/api/openings/{opening}/bidders"), body).await.is_ok() {
                     generated.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }));
@@ -590,6 +611,8 @@ async fn broadcast_phase(
         connect_errors,
         dropped_early,
         events_generated: generated.load(Ordering::Relaxed),
+        events_failed: failed.load(Ordering::Relaxed),
+        events_received: all.len(),
         frames: frames.load(Ordering::Relaxed),
         slow_opening_p99: per_opening.first().map(|p| p.1).unwrap_or(0),
         per_opening,
@@ -674,7 +697,7 @@ async fn storm_phase(args: &Args, api: &Arc<Api>, keys: &Arc<Keys>) -> anyhow::R
     // The large bid's phone answers while a viewer watches: time from sending the answer to the
     // summary frame on the websocket, and the body's decryption time reported by the server.
     let server_addr: SocketAddr = api.base.trim_start_matches("http://").parse()?;
-    let ws = connect_viewer(server_addr, &opening, 0).await?;
+    let ws = connect_viewer(server_addr, &opening, 0, None).await?;
     let (_, mut read) = ws.split();
     // Let the viewer take its replay (or snapshot) first: only live frames are timed.
     while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(500), read.next()).await
@@ -864,7 +887,7 @@ async fn large_phase(
         prepared.push(api.prepare_answer(url, keys).await?);
     }
     let server_addr: SocketAddr = api.base.trim_start_matches("http://").parse()?;
-    let ws = connect_viewer(server_addr, &opening, 0).await?;
+    let ws = connect_viewer(server_addr, &opening, 0, None).await?;
     let (_, mut read) = ws.split();
     while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(500), read.next()).await
     {
@@ -981,7 +1004,7 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         "args": {"openings": args.openings, "viewers": args.viewers, "rate": args.rate, "lockstep": args.lockstep, "storm_while_decrypting": args.storm_while_decrypting, "seconds": args.seconds, "phones": args.phones, "phone_rate": args.phone_rate},
         "broadcast": {
             "connected": b.connected, "connect_errors": b.connect_errors, "dropped_early": b.dropped_early,
-            "events_generated": b.events_generated, "frames_delivered": b.frames,
+            "events_generated": b.events_generated, "events_failed": b.events_failed, "frames_delivered": b.frames,
             "frames_per_second": b.frames as f64 / args.seconds as f64,
             "latency_ms": {"p50": b.all.0, "p99": b.all.1, "max": b.all.2},
             "per_opening": b.per_opening.iter().map(|p| json!({"p50": p.0, "p99": p.1, "max": p.2, "samples": p.3})).collect::<Vec<_>>(),
@@ -1068,5 +1091,37 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&report)?,
     )?;
     println!("{md}");
+    // A run that lost connections or had answers refused says so by its exit status (after
+    // writing its report), so that CI's short run of the harness fails on it.
+    let mut faults = Vec::new();
+    if b.connect_errors > 0 {
+        faults.push(format!("{} viewers could not connect", b.connect_errors));
+    }
+    if b.events_failed > 0 {
+        faults.push(format!("{} events could not be stored", b.events_failed));
+    }
+    let expected = b.events_generated as usize * args.viewers;
+    if b.connect_errors == 0 && b.events_received < expected {
+        faults.push(format!(
+            "the viewers received {} events of {expected} (each viewer every event of its opening)",
+            b.events_received
+        ));
+    }
+    if b.dropped_early > 0 {
+        faults.push(format!(
+            "{} viewers that read every frame were dropped",
+            b.dropped_early
+        ));
+    }
+    if let Some(s) = &s
+        && s.refused > 0
+    {
+        faults.push(format!("{} phone answers were refused", s.refused));
+    }
+    anyhow::ensure!(
+        faults.is_empty(),
+        "the run had errors (the report above was written): {}",
+        faults.join("; ")
+    );
     Ok(())
 }

@@ -31,6 +31,13 @@
     render();
   }
 
+  // The bidders are published with the start of decryption (or a failed opening): the event
+  // carries the list a public viewer was not shown before the deadline.
+  function publish(d) {
+    if (!d.bids) return;
+    snapshot.bids = d.bids; snapshot.bidders = d.bidders || []; snapshot.bidders_published = true;
+  }
+
   function bid(id) { return snapshot.bids.find(b => b.id === id); }
   function setBid(id, change) { const b = bid(id); if (b) Object.assign(b, change); return !!b; }
 
@@ -41,11 +48,12 @@
     switch (kind) {
       case 'bid.received':
         snapshot.bids = snapshot.bids.filter(b => b.bidder_code !== d.bidder_code);
-        snapshot.bids.push({ id: d.bid_id, bidder_code: d.bidder_code, bidder_name: d.bidder_name, state: 'received', size: d.size, sm3: d.sm3, received_ms: d.received_ms });
+        snapshot.bids.push({ id: d.bid_id, bidder_code: d.bidder_code, bidder_name: d.bidder_name, state: d.state || 'received', size: d.size, sm3: d.sm3, received_ms: d.received_ms });
         return true;
       case 'bid.withdrawn': snapshot.bids = snapshot.bids.filter(b => b.id !== d.bid_id); return true;
       case 'decryption.started':
         Object.assign(o, { state: 'decrypting', decrypt_started_ms: d.started_ms, decrypt_deadline_ms: d.deadline_ms });
+        publish(d);
         snapshot.bids.forEach(b => { if (b.state === 'received') b.state = 'awaiting_key'; });
         return true;
       case 'qr.issued': return setBid(d.bid_id, { qr: { nonce: d.nonce, url: d.url, expires_ms: d.expires_ms } });
@@ -57,10 +65,10 @@
       case 'bid.failed': delete progress[d.bid_id]; return setBid(d.bid_id, { state: 'failed', failure: d.message, fault: d.fault, progress: null });
       case 'decryption.ended':
         o.state = 'decryption_ended';
-        d.not_decrypted.forEach(id => setBid(id, { state: 'not_decrypted', failure: d.failure, fault: 'bidder', qr: null }));
+        d.not_decrypted.forEach(id => setBid(id, { state: 'not_decrypted', failure: d.failure, fault: d.fault || 'bidder', qr: null }));
         snapshot.bids.forEach(b => { b.qr = null; });
         return true;
-      case 'opening.failed': Object.assign(o, { state: 'failed', failure: d.reason }); return true;
+      case 'opening.failed': Object.assign(o, { state: 'failed', failure: d.reason }); publish(d); return true;
       case 'files.released': o.state = 'released'; return true;
       case 'opening.closed': o.state = 'closed'; return true;
       case 'opening.created': case 'bidder.registered': case 'bid.digest': case 'evaluator.token_issued': return true;
@@ -71,6 +79,7 @@
   function render() {
     const o = snapshot.opening;
     document.getElementById('state').textContent = OPENING_STATES[o.state] || o.state;
+    if (snapshot.bidders_published === false) { rows.innerHTML = '<tr><td colspan="5" class="hidden-list">开标前不公开投标人名称和数量，开始解密时公布</td></tr>'; return; }
     if (!snapshot.bids.length) { rows.innerHTML = '<tr><td colspan="5">尚无投标文件</td></tr>'; return; }
     rows.innerHTML = snapshot.bids.map(b => {
       const p = progress[b.id] || b.progress;
@@ -83,7 +92,7 @@
       const note = b.failure || (b.state === 'awaiting_key' && refusals[b.id]) || (b.state === 'decrypting' && b.delay);
       const why = note ? '<div class="refusal">' + esc(note) + '</div>' : '';
       return '<tr data-bid="' + b.id + '"><td><div>' + esc(b.bidder_name) + '</div><div class="rate">' + esc(b.bidder_code) + ' · ' + mib(b.size) + '</div></td>' +
-        '<td><span class="state ' + esc(b.state) + '">' + esc(STATES[b.state] || b.state) + '</span>' + why + '</td>' +
+        '<td><span class="state ' + esc(b.state) + '">' + esc(b.state === 'not_decrypted' && b.fault === 'platform' ? '未解密（平台原因，视为撤回）' : STATES[b.state] || b.state) + '</span>' + why + '</td>' +
         '<td>' + qr + '</td>' +
         '<td><div class="bar"><div style="width:' + pct + '%"></div></div><div class="rate">' + pct + '% ' + rate + '</div></td>' +
         '<td>' + summary + '</td></tr>';

@@ -51,6 +51,9 @@ pub enum PublicIdentity {
         key: PublicKey,
         cert_der: Vec<u8>,
         subject: String,
+        /// The text of each attribute of the subject (CN, O, OU, serialNumber, …, any string
+        /// type, BMPString included), to match the enterprise it was issued to.
+        subject_values: Vec<String>,
     },
 }
 
@@ -58,6 +61,19 @@ impl PublicIdentity {
     pub fn key(&self) -> &PublicKey {
         match self {
             Self::PublicKey { key, .. } | Self::Certificate { key, .. } => key,
+        }
+    }
+
+    /// Whether a certificate was issued to this enterprise: an attribute of its subject holds the
+    /// unified social credit code (Chinese CAs put it in serialNumber, OU, CN or their own
+    /// attribute), or is exactly the enterprise's name (CN or O). A bare public key names no one
+    /// and is taken on the agent's word.
+    pub fn names_enterprise(&self, uscc: &str, name: &str) -> bool {
+        match self {
+            Self::PublicKey { .. } => true,
+            Self::Certificate { subject_values, .. } => subject_values
+                .iter()
+                .any(|v| v.contains(uscc) || v.trim() == name.trim()),
         }
     }
 
@@ -143,10 +159,25 @@ fn identity_from_certificate(
         .map_err(|e| KeyError::PublicKey(e.to_string()))?;
     let key = PublicKey::from_public_key_der(&spki_der)
         .map_err(|e| KeyError::PublicKey(format!("the certificate's key is not SM2: {e}")))?;
+    let subject_values = tbs
+        .subject()
+        .iter()
+        .filter_map(|attribute| {
+            x509_cert::ext::pkix::name::DirectoryString::try_from(&attribute.value)
+                .ok()
+                .map(|s| s.value().into_owned())
+                .or_else(|| {
+                    x509_cert::der::asn1::Ia5StringRef::try_from(&attribute.value)
+                        .ok()
+                        .map(|s| s.as_str().to_owned())
+                })
+        })
+        .collect();
     Ok(PublicIdentity::Certificate {
         key,
         cert_der,
         subject: tbs.subject().to_string(),
+        subject_values,
     })
 }
 

@@ -37,6 +37,30 @@ enum Backend {
     Postgres,
 }
 
+/// What [`Db::end_decryption`] did.
+#[derive(Debug)]
+pub enum Ended {
+    /// Ended; these bids were still waiting for their key.
+    Ended(Vec<String>),
+    /// Decryption was not running.
+    NotRunning,
+    /// Not ended, early: so many bids still wait for their key.
+    KeysAwaited(usize),
+}
+
+/// What became of a bid given to [`Db::put_bid`].
+#[derive(Debug)]
+pub enum Filed {
+    /// Stored; the file of the bid it replaced, if any; whether it waits for its key already.
+    Stored {
+        replaced: Option<String>,
+        awaiting_key: bool,
+    },
+    /// Not stored: the opening no longer takes bids (its state), or the bidder's earlier bid is
+    /// being decrypted.
+    Closed { opening_state: String },
+}
+
 #[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
@@ -395,12 +419,16 @@ impl Db {
     /// Closes the decryption window in one transaction: the opening becomes `decryption_ended`
     /// and bids still waiting for a key become `not_decrypted` through the bidder. Returns those
     /// bids, or `None` if decryption was not running.
+    /// Ends decryption: bids still waiting for their key are not decrypted (`failure`, through
+    /// `fault`). Before the time limit (`early`) only if no bid waits for its key.
     pub async fn end_decryption(
         &self,
         id: &str,
         failure: &str,
-    ) -> Result<Option<Vec<String>>, DbError> {
-        let mut tx = self.pool.begin().await?;
+        fault: &str,
+        early: bool,
+    ) -> Result<Ended, DbError> {
+        let mut tx = self.begin_write().await?.0;
         let done = sqlx::query(
             "UPDATE openings SET state = 'decryption_ended' WHERE id = $1 AND state = 'decrypting'",
         )
@@ -408,7 +436,7 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
-            return Ok(None);
+            return Ok(Ended::NotRunning);
         }
         let rows = sqlx::query("SELECT id FROM bids WHERE opening_id = $1 AND state = 'awaiting_key' ORDER BY received_ms, id")
             .bind(id)
@@ -418,15 +446,22 @@ impl Db {
             .iter()
             .map(|r| r.try_get("id"))
             .collect::<Result<Vec<String>, _>>()?;
-        sqlx::query("UPDATE bids SET state = 'not_decrypted', failure = $1, fault = 'bidder' WHERE opening_id = $2 AND state = 'awaiting_key'")
+        if early && !ids.is_empty() {
+            // Dropped without a commit: nothing changes.
+            return Ok(Ended::KeysAwaited(ids.len()));
+        }
+        sqlx::query("UPDATE bids SET state = 'not_decrypted', failure = $1, fault = $2 WHERE opening_id = $3 AND state = 'awaiting_key'")
             .bind(failure)
+            .bind(fault)
             .bind(id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Some(ids))
+        Ok(Ended::Ended(ids))
     }
 
+    /// Starts decryption and puts every received bid in wait of its key, in one transaction (a
+    /// server killed between the two would otherwise leave bids that never get a QR code).
     pub async fn start_decryption(
         &self,
         id: &str,
@@ -435,15 +470,26 @@ impl Db {
         hall_public: &[u8],
         hall_secret_sealed: &[u8],
     ) -> Result<bool, DbError> {
+        let mut tx = self.begin_write().await?.0;
         let done = sqlx::query("UPDATE openings SET state = 'decrypting', decrypt_started_ms = $1, decrypt_deadline_ms = $2, hall_public = $3, hall_secret_sealed = $4 WHERE id = $5 AND state = 'scheduled'")
             .bind(started)
             .bind(deadline)
             .bind(hall_public.to_vec())
             .bind(hall_secret_sealed.to_vec())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE bids SET state = 'awaiting_key' WHERE opening_id = $1 AND state = 'received'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     // --- bidders ------------------------------------------------------------------------------
@@ -517,18 +563,45 @@ impl Db {
 
     // --- bids ---------------------------------------------------------------------------------
 
-    /// Stores a bid, replacing the bidder's earlier one; returns the replaced bid's file path.
-    pub async fn put_bid(&self, b: &BidRow) -> Result<Option<String>, DbError> {
-        let mut tx = self.pool.begin().await?;
-        let old = sqlx::query("SELECT id, path FROM bids WHERE opening_id = $1 AND bidder_id = $2")
-            .bind(&b.opening_id)
-            .bind(&b.bidder_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let mut old_path = None;
+    /// Stores a bid, replacing the bidder's earlier one, as the opening's state is when it is
+    /// written: an upload received before the deadline whose checks end after decryption started
+    /// waits for its key at once; one that ends after the opening moved on is not stored.
+    pub async fn put_bid(&self, b: &BidRow) -> Result<Filed, DbError> {
+        let mut tx = self.begin_write().await?.0;
+        // On PostgreSQL the opening's row is locked until the bid is in, so starting decryption
+        // (which updates that row) waits for it, or this sees it started. SQLite's write lock,
+        // taken by `begin_write`, orders the two alike.
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let opening_state: Option<String> =
+            sqlx::query_scalar(&format!("SELECT state FROM openings WHERE id = $1{lock}"))
+                .bind(&b.opening_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let opening_state = opening_state.unwrap_or_default();
+        let state = match opening_state.as_str() {
+            "scheduled" => "received",
+            "decrypting" => "awaiting_key",
+            _ => return Ok(Filed::Closed { opening_state }),
+        };
+        let old = sqlx::query(
+            "SELECT id, path, state FROM bids WHERE opening_id = $1 AND bidder_id = $2",
+        )
+        .bind(&b.opening_id)
+        .bind(&b.bidder_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut replaced = None;
         if let Some(old) = old {
             let old_id: String = old.try_get("id")?;
-            old_path = Some(old.try_get("path")?);
+            let old_state: String = old.try_get("state")?;
+            if !matches!(old_state.as_str(), "received" | "awaiting_key") {
+                // Its earlier bid's key was answered already: that bid is the one opened.
+                return Ok(Filed::Closed { opening_state });
+            }
+            replaced = Some(old.try_get("path")?);
             sqlx::query("DELETE FROM challenges WHERE bid_id = $1")
                 .bind(&old_id)
                 .execute(&mut *tx)
@@ -542,7 +615,7 @@ impl Db {
             .bind(&b.id)
             .bind(&b.opening_id)
             .bind(&b.bidder_id)
-            .bind(&b.state)
+            .bind(state)
             .bind(&b.path)
             .bind(b.size)
             .bind(&b.sm3)
@@ -557,13 +630,17 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(old_path)
+        Ok(Filed::Stored {
+            replaced,
+            awaiting_key: state == "awaiting_key",
+        })
     }
 
-    /// Deletes a bid and its challenges; returns its file path if it existed.
+    /// Deletes a bid that does not wait for its key yet, and its challenges; returns its file
+    /// path, or None if there is no such bid (decryption may have started meanwhile).
     pub async fn delete_bid(&self, id: &str) -> Result<Option<String>, DbError> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("SELECT path FROM bids WHERE id = $1")
+        let mut tx = self.begin_write().await?.0;
+        let row = sqlx::query("SELECT path FROM bids WHERE id = $1 AND state = 'received'")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -650,14 +727,8 @@ impl Db {
             .collect()
     }
 
-    /// At the start of decryption every received bid waits for its key; returns those bids.
-    pub async fn await_keys(&self, opening_id: &str) -> Result<Vec<String>, DbError> {
-        sqlx::query(
-            "UPDATE bids SET state = 'awaiting_key' WHERE opening_id = $1 AND state = 'received'",
-        )
-        .bind(opening_id)
-        .execute(&self.pool)
-        .await?;
+    /// The bids waiting for their key.
+    pub async fn awaiting_keys(&self, opening_id: &str) -> Result<Vec<String>, DbError> {
         let rows = sqlx::query("SELECT id FROM bids WHERE opening_id = $1 AND state = 'awaiting_key' ORDER BY received_ms, id")
             .bind(opening_id)
             .fetch_all(&self.pool)

@@ -27,12 +27,18 @@ use vault::Vault;
 
 use crate::config::Settings;
 use crate::crypto::{self, FileKey};
-use crate::db::{BidRow, BidWrite, BidderKeyRow, BidderRow, ChallengeRow, Db, OpeningRow};
+use crate::db::{
+    BidRow, BidWrite, BidderKeyRow, BidderRow, ChallengeRow, Db, Ended, Filed, OpeningRow,
+};
 use crate::domain::{BidSummary, Uscc};
 use crate::engine::{self, DecryptOptions, SealedBid};
 use crate::format::BidError;
 use crate::metrics::Metrics;
 use crate::phone::{Answer, ChallengeView, RecipientView, answer_message};
+
+/// How long a refusal shown on the hall display is remembered, so as not to be shown again for
+/// the same QR code (longer than a QR code lives).
+const REFUSALS_REMEMBERED: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// How long after a failed plaintext digest the tick tries it again.
 const DIGEST_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -97,6 +103,15 @@ fn digest_failure() -> String {
          server's disk",
         DIGEST_RETRY.as_secs()
     )
+}
+
+/// Whether a role may see who takes part in an opening, and with what bids. The tender agent
+/// always; anyone else once the bidders are published (公布投标人), which here is when decryption
+/// starts or the opening fails before it: before that, the Tendering Law (招标投标法 art. 22)
+/// forbids telling anyone the names or the number of the bidders, and the hall display and its
+/// websocket are open to anyone with the opening's address.
+fn bids_published(opening: &OpeningRow, role: Role) -> bool {
+    role == Role::Agent || opening.state != "scheduled"
 }
 
 /// Milliseconds since the Unix epoch; tests substitute a clock they can move.
@@ -237,6 +252,10 @@ struct Inner {
     /// The writer threads and chunk buffers every decryption shares (see [`engine::Writers`]).
     writers: engine::Writers,
     logins: logins::Logins,
+    /// Refusals shown on the hall display, by QR code and reason, until when they are
+    /// remembered: each is shown once, so that anyone who can see a QR code (every viewer)
+    /// cannot fill the display and the event log by posting answers to it.
+    announced_refusals: DashMap<(String, &'static str), Instant>,
     metrics: Metrics,
     /// The runtime the hall was opened on (the server's main one). Decryptions and digests run
     /// there, not on the HTTP worker that took the phone's answer: a stopping server's workers
@@ -299,12 +318,51 @@ impl Hall {
         metrics: Metrics,
     ) -> Result<Self, HallError> {
         let hall = Self::open(db, settings, clock, metrics).await?;
+        hall.remove_leftovers();
         if let Err(error) = hall.resume().await {
             // Whatever it had started ends before the server gives its lock back.
             hall.stop().await;
             return Err(error);
         }
         Ok(hall)
+    }
+
+    /// Removes what a server killed mid-write left behind: partly decrypted plaintext (the
+    /// temporary files of `plain/`, which `resume` decrypts again from the start) and unfinished
+    /// uploads (`uploads/*.part`, never acknowledged to the bidder). Only under the server's lock,
+    /// so no other process is writing them.
+    fn remove_leftovers(&self) {
+        let data = &self.inner.settings.data_dir;
+        let leftovers = [("plain", ".tmp", ""), ("uploads", "", ".part")];
+        let mut removed = 0;
+        for (dir, prefix, suffix) in leftovers {
+            let Ok(entries) = std::fs::read_dir(data.join(dir)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(prefix)
+                    && name.ends_with(suffix)
+                    && entry.file_type().is_ok_and(|t| t.is_file())
+                {
+                    match std::fs::remove_file(entry.path()) {
+                        Ok(()) => removed += 1,
+                        Err(error) => tracing::warn!(
+                            file = %entry.path().display(),
+                            %error,
+                            "could not remove a file a stopped server left half-written"
+                        ),
+                    }
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed files a stopped server left half-written (partial plaintext, unfinished uploads)"
+            );
+        }
     }
 
     /// The hall for an administrative command beside a running server (creating an agent):
@@ -357,6 +415,7 @@ impl Hall {
                     4 * rayon::current_num_threads(),
                 )?,
                 logins: logins::Logins::new(),
+                announced_refusals: DashMap::new(),
                 runtime: tokio::runtime::Handle::current(),
                 tasks: std::sync::Mutex::new(Some(tokio::task::JoinSet::new())),
                 delayed: DashMap::new(),
@@ -660,6 +719,16 @@ impl Hall {
             for pem in pems {
                 let identity = crypto::load_public_pem(pem)
                     .map_err(|e| HallError::Invalid(format!("{usage} key: {e}")))?;
+                // 扫码绑定's rule: the certificate must be this enterprise's.
+                if !identity.names_enterprise(uscc.as_str(), &bidder.name) {
+                    return Err(HallError::Invalid(format!(
+                        "the {usage} certificate was issued to someone else ({}): its subject \
+                         names neither {uscc} nor {} (证书与投标人不符); register the \
+                         certificate the CA issued to this enterprise",
+                        identity.describe(),
+                        bidder.name
+                    )));
+                }
                 let (der, is_cert) = match &identity {
                     crypto::PublicIdentity::PublicKey { spki_der, .. } => (spki_der.clone(), 0),
                     crypto::PublicIdentity::Certificate { cert_der, .. } => (cert_der.clone(), 1),
@@ -683,7 +752,8 @@ impl Hall {
         self.event(
             opening_id,
             "bidder.registered",
-            "public",
+            // Who takes part is not told to anyone before the opening (see `bids_published`).
+            "agent",
             json!({"uscc": bidder.uscc, "name": bidder.name}),
         )
         .await?;
@@ -718,7 +788,12 @@ impl Hall {
         sm3: String,
         received_ms: i64,
     ) -> Result<Receipt, HallError> {
-        let (opening, bidder) = self.before_deadline(opening_id, uscc, received_ms).await?;
+        // An upload whose last byte arrived before the deadline is on time, even if decryption
+        // started while it was being stored or checked (`put_bid` then files it as waiting for
+        // its key).
+        let (opening, bidder) = self
+            .before_deadline(opening_id, uscc, received_ms, &["scheduled", "decrypting"])
+            .await?;
         let path = upload.to_owned();
         let (header, signer_id, size) = on_rayon(move || -> Result<_, BidError> {
             let bid = SealedBid::open(&path)?;
@@ -789,8 +864,19 @@ impl Hall {
             failure: None,
             fault: None,
         };
-        let replaced = match self.inner.db.put_bid(&row).await {
-            Ok(old) => old,
+        let (replaced, awaiting_key) = match self.inner.db.put_bid(&row).await {
+            Ok(Filed::Stored {
+                replaced,
+                awaiting_key,
+            }) => (replaced, awaiting_key),
+            Ok(Filed::Closed { opening_state }) => {
+                let _ = std::fs::remove_file(&final_path);
+                return Err(HallError::WrongState(format!(
+                    "the upload arrived before the deadline, but by the time its checks ended \
+                     the opening was {opening_state} or this bidder's earlier bid was being \
+                     decrypted, so it was not stored; tell the tender agent"
+                )));
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(&final_path);
                 return Err(e.into());
@@ -802,11 +888,17 @@ impl Hall {
         self.event(
             opening_id,
             "bid.received",
-            "public",
-            json!({"bid_id": bid_id, "bidder_code": bidder.uscc, "bidder_name": bidder.name, "size": size,
+            // Public only once decryption started (a bid checked after it began).
+            if awaiting_key { "public" } else { "agent" },
+            json!({"bid_id": bid_id, "state": if awaiting_key { "awaiting_key" } else { "received" }, "bidder_code": bidder.uscc, "bidder_name": bidder.name, "size": size,
                    "sm3": sm3, "received_ms": received_ms, "replaced": replaced.is_some()}),
         )
         .await?;
+        if awaiting_key {
+            // Received before the deadline, checked after decryption started: its QR code now.
+            self.issue_challenges(opening_id, std::slice::from_ref(&bid_id))
+                .await?;
+        }
         Ok(Receipt {
             bid_id,
             opening_id: opening_id.to_owned(),
@@ -819,15 +911,17 @@ impl Hall {
         })
     }
 
-    /// The opening and registered bidder, if bids may still change at `at_ms`.
+    /// The opening and registered bidder, if bids may still change at `at_ms` and the opening is
+    /// in one of `states`.
     async fn before_deadline(
         &self,
         opening_id: &str,
         uscc: &str,
         at_ms: i64,
+        states: &[&str],
     ) -> Result<(OpeningRow, BidderRow), HallError> {
         let opening = self.opening(opening_id).await?;
-        if opening.state != "scheduled" || at_ms >= opening.deadline_ms {
+        if !states.contains(&opening.state.as_str()) || at_ms >= opening.deadline_ms {
             return Err(HallError::AfterDeadline(fmt_time(opening.deadline_ms)));
         }
         let bidder = self
@@ -848,7 +942,9 @@ impl Hall {
         bid_id: &str,
         signature: &str,
     ) -> Result<(), HallError> {
-        let (_, bidder) = self.before_deadline(opening_id, uscc, self.now()).await?;
+        let (opening, bidder) = self
+            .before_deadline(opening_id, uscc, self.now(), &["scheduled"])
+            .await?;
         let bid = self
             .inner
             .db
@@ -867,13 +963,18 @@ impl Hall {
         if !signed {
             return Err(HallError::BadAnswerSignature);
         }
-        if let Some(path) = self.inner.db.delete_bid(&bid.id).await? {
-            let _ = std::fs::remove_file(path);
-        }
+        // Decryption may have started since the check above: then the bid stays.
+        let path = self
+            .inner
+            .db
+            .delete_bid(&bid.id)
+            .await?
+            .ok_or_else(|| HallError::AfterDeadline(fmt_time(opening.deadline_ms)))?;
+        let _ = std::fs::remove_file(path);
         self.event(
             opening_id,
             "bid.withdrawn",
-            "public",
+            "agent",
             json!({"bid_id": bid.id, "bidder_code": bidder.uscc}),
         )
         .await
@@ -916,14 +1017,13 @@ impl Hall {
         self.inner
             .hall_keys
             .insert(opening_id.to_owned(), Arc::new(secret));
-        self.event(
-            opening_id,
-            "decryption.started",
-            "public",
-            json!({"started_ms": now, "deadline_ms": deadline, "hall_key_id": hex::encode(crypto::sm3(&public))}),
-        )
-        .await?;
-        let waiting = self.inner.db.await_keys(opening_id).await?;
+        // The bidders are published (公布投标人) with the start: the event carries the list that
+        // public viewers did not see before.
+        let mut started = json!({"started_ms": now, "deadline_ms": deadline, "hall_key_id": hex::encode(crypto::sm3(&public))});
+        self.add_published_list(opening_id, &mut started).await?;
+        self.event(opening_id, "decryption.started", "public", started)
+            .await?;
+        let waiting = self.inner.db.awaiting_keys(opening_id).await?;
         self.issue_challenges(opening_id, &waiting).await
     }
 
@@ -1065,7 +1165,15 @@ impl Hall {
         let result = self.answer_inner(nonce, answer).await;
         if let Err(error) = &result {
             self.inner.metrics.refusals.inc();
-            if let Ok(Some(challenge)) = self.inner.db.challenge(nonce).await {
+            let first = self
+                .inner
+                .announced_refusals
+                .insert(
+                    (nonce.to_owned(), error.code()),
+                    Instant::now() + REFUSALS_REMEMBERED,
+                )
+                .is_none();
+            if first && let Ok(Some(challenge)) = self.inner.db.challenge(nonce).await {
                 let _ = self
                     .event(
                         &challenge.opening_id,
@@ -1661,8 +1769,35 @@ impl Hall {
 
     async fn fail_decryption(&self, bid: &BidRow, error: HallError) -> Result<(), HallError> {
         let (fault, chunk) = fault_of(&error);
+        // The hall decrypts without checking the signed chunk digests (the upload checked them
+        // all), so a chunk that fails its tag was either sealed so by the bidder, or damaged in
+        // the platform's storage since: its signed digest tells which (art. 31 makes the
+        // difference between revoked and withdrawn).
+        if let (HallError::BidRejected(BidError::ChunkTag { index }), "bidder") = (&error, fault) {
+            let (index, path) = (*index, PathBuf::from(&bid.path));
+            let stored = on_rayon(move || SealedBid::open(&path)?.verify_chunk(index)).await?;
+            if let Err(damage) = stored {
+                tracing::error!(bid = %bid.id, chunk = index, %damage, "a stored bid no longer matches what its bidder signed and the upload checked: the platform's storage damaged it");
+                let message = format!(
+                    "not decrypted through the platform's fault: the stored copy of the bid was \
+                     damaged after its upload (chunk {index} no longer matches the bidder's \
+                     signature); counts as withdrawn (撤回, art. 31), the bidder may claim its \
+                     losses"
+                );
+                return self
+                    .record_failure(bid, &message, "platform", Some(index))
+                    .await;
+            }
+        }
         tracing::warn!(bid = %bid.id, %error, fault, "bid decryption failed");
-        let message = format!("bid file damaged: {error}");
+        let message = if fault == "platform" {
+            format!(
+                "not decrypted through the platform's fault ({error}): counts as withdrawn \
+                 (撤回, art. 31); the bidder may claim its losses"
+            )
+        } else {
+            format!("bid file damaged: {error}")
+        };
         self.record_failure(bid, &message, fault, chunk).await
     }
 
@@ -1693,23 +1828,74 @@ impl Hall {
     }
 
     /// Ends the decryption window: bids still waiting for a key count as not decrypted through
-    /// the bidder (art. 31: revoked, 撤销).
+    /// the bidder (art. 31: revoked, 撤销). Before the time limit only once no bid waits for its
+    /// key: a bidder may scan until the limit, and one cut short would not be at fault.
     pub async fn end_decryption(&self, opening_id: &str) -> Result<(), HallError> {
         const FAILURE: &str =
             "not decrypted by the bidder within the time limit: counts as revoked (撤销, art. 31)";
-        let not_decrypted = self
+        self.close_window(opening_id, FAILURE, "bidder").await
+    }
+
+    async fn close_window(
+        &self,
+        opening_id: &str,
+        failure: &str,
+        fault: &str,
+    ) -> Result<(), HallError> {
+        let opening = self.opening(opening_id).await?;
+        let early = opening.decrypt_deadline_ms.is_some_and(|d| self.now() < d);
+        let not_decrypted = match self
             .inner
             .db
-            .end_decryption(opening_id, FAILURE)
+            .end_decryption(opening_id, failure, fault, early)
             .await?
-            .ok_or_else(|| HallError::WrongState("decryption is not running".into()))?;
+        {
+            Ended::Ended(ids) => ids,
+            Ended::NotRunning => {
+                return Err(HallError::WrongState("decryption is not running".into()));
+            }
+            Ended::KeysAwaited(waiting) => {
+                return Err(HallError::WrongState(format!(
+                    "{waiting} bid(s) still wait for their bidder's key, and the bidders may scan \
+                     until the decryption time limit ({}); end decryption before it only once \
+                     every bid is decrypted or failed, or wait: at the limit the hall ends it \
+                     itself",
+                    fmt_time(opening.decrypt_deadline_ms.unwrap_or_default())
+                )));
+            }
+        };
         self.event(
             opening_id,
             "decryption.ended",
             "public",
-            json!({"not_decrypted": not_decrypted, "failure": FAILURE}),
+            json!({"not_decrypted": not_decrypted, "failure": failure, "fault": fault}),
         )
         .await
+    }
+
+    /// At start: a decryption window whose time limit ran out while no server was running ends
+    /// now, and the bids still waiting for their key count as not decrypted through the
+    /// platform's fault (art. 31: withdrawn, 撤回), since their bidders could not scan then.
+    async fn end_windows_missed_while_down(&self) -> Result<(), HallError> {
+        let now = self.now();
+        for opening in self.inner.db.openings_in_state("decrypting").await? {
+            if let Some(deadline) = opening.decrypt_deadline_ms
+                && now >= deadline
+            {
+                let failure = format!(
+                    "not decrypted through the platform's fault: the hall was not running when \
+                     the decryption time limit ran out ({}), so the bidder could not scan then; \
+                     counts as withdrawn (撤回, art. 31), the bidder may claim its losses",
+                    fmt_time(deadline)
+                );
+                tracing::warn!(opening = %opening.id, "the decryption time limit ran out while the server was not running: the bids still waiting for their key are the platform's fault");
+                match self.close_window(&opening.id, &failure, "platform").await {
+                    Ok(()) | Err(HallError::WrongState(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Records that the opening fails (e.g. fewer than three bids, art. 44).
@@ -1740,13 +1926,26 @@ impl Hall {
                 "the opening changed meanwhile; reload".into(),
             ));
         }
-        self.event(
-            opening_id,
-            "opening.failed",
-            "public",
-            json!({"reason": reason.trim()}),
-        )
-        .await
+        // Failed before decryption started (fewer than three bids, art. 44): the bids it had are
+        // published with the reason.
+        let mut failed = json!({"reason": reason.trim()});
+        if opening.state == "scheduled" {
+            self.add_published_list(opening_id, &mut failed).await?;
+        }
+        self.event(opening_id, "opening.failed", "public", failed)
+            .await
+    }
+
+    /// Adds the bidders and bids as the public sees them once they are published.
+    async fn add_published_list(
+        &self,
+        opening_id: &str,
+        payload: &mut serde_json::Value,
+    ) -> Result<(), HallError> {
+        let published = self.snapshot(opening_id, Role::Public).await?;
+        payload["bidders"] = published["bidders"].clone();
+        payload["bids"] = published["bids"].clone();
+        Ok(())
     }
 
     /// Releases the decrypted files to the evaluation system.
@@ -1893,6 +2092,7 @@ impl Hall {
         role: Role,
     ) -> Result<serde_json::Value, HallError> {
         let opening = self.opening(opening_id).await?;
+        let published = bids_published(&opening, role);
         let bidders = self.inner.db.bidders(opening_id).await?;
         let bids = self.inner.db.bids(opening_id).await?;
         let last_seq = self
@@ -1957,8 +2157,9 @@ impl Hall {
             },
             "server_ms": self.now(),
             "last_seq": last_seq,
-            "bidders": bidders.iter().map(|b| json!({"uscc": b.uscc, "name": b.name, "has_bid": bids.iter().any(|x| x.bidder_id == b.id)})).collect::<Vec<_>>(),
-            "bids": bid_views,
+            "bidders": if published { bidders.iter().map(|b| json!({"uscc": b.uscc, "name": b.name, "has_bid": bids.iter().any(|x| x.bidder_id == b.id)})).collect::<Vec<_>>() } else { Vec::new() },
+            "bids": if published { bid_views } else { Vec::new() },
+            "bidders_published": published,
         }))
     }
 
@@ -1966,6 +2167,10 @@ impl Hall {
     /// whose key was accepted but that no task is decrypting.
     pub async fn tick(&self) -> Result<(), HallError> {
         let now = self.now();
+        let instant = Instant::now();
+        self.inner
+            .announced_refusals
+            .retain(|_, until| *until > instant);
         for opening in self.inner.db.openings_in_state("decrypting").await? {
             if opening.decrypt_deadline_ms.is_some_and(|d| now >= d) {
                 match self.end_decryption(&opening.id).await {
@@ -2022,6 +2227,7 @@ impl Hall {
     /// After a restart: hash decrypted files whose digest was not recorded, and restart
     /// decryptions whose key had been accepted.
     async fn resume(&self) -> Result<(), HallError> {
+        self.end_windows_missed_while_down().await?;
         self.reconcile_digests().await?;
         self.reconcile().await
     }

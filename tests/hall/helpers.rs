@@ -384,7 +384,15 @@ impl TestApp {
         .await
     }
 
+    /// The opening as its agent sees it (before the opening, the public sees no bids).
     pub async fn snapshot(&self, opening: &str) -> Value {
+        self.agent("GET", &format!("/api/openings/{opening}"), None)
+            .await
+            .body
+    }
+
+    /// The opening as anyone sees it, on the hall display.
+    pub async fn public_snapshot(&self, opening: &str) -> Value {
         self.call("GET", &format!("/api/openings/{opening}"), None, None)
             .await
             .body

@@ -8,12 +8,175 @@ use crate::helpers::{Backend, TestBidder, Viewer, spawn_app, spawn_app_with};
 crate::on_both_databases!(
     twenty_bidders_from_upload_to_evaluator_download,
     a_restarted_server_resumes_the_opening,
+    a_restart_removes_what_a_killed_server_left_half_written,
+    a_window_that_ran_out_while_no_server_ran_ends_through_the_platform,
     an_accepted_bid_without_a_task_is_decrypted_by_the_hall,
     a_decrypted_bid_without_its_digest_gets_it_from_the_hall,
     a_digest_that_cannot_be_computed_is_told_to_the_evaluator,
     a_small_bid_is_not_held_up_by_a_large_one,
+    a_bid_received_in_time_and_checked_after_decryption_started_gets_its_qr_code,
     a_decryption_the_platform_fails_is_tried_again_or_given_up
 );
+
+/// An upload received before the deadline is checked (every chunk against the bidder's
+/// signature) before it is stored: seconds for a large bid, during which the agent may start
+/// decryption. Such a bid waits for its key like the others, with its QR code; a replacement
+/// checked after the bidder's earlier bid was answered is refused and changes nothing.
+async fn a_bid_received_in_time_and_checked_after_decryption_started_gets_its_qr_code(
+    backend: Backend,
+) {
+    let app = spawn_app(&backend).await;
+    let early = TestBidder::new(app.dir.path(), 0, 20_000);
+    let late = TestBidder::new(app.dir.path(), 1, 30_000);
+    let opening = app.opening_with_bids(&[&early], 60, 1800).await;
+    app.register(&opening, &late).await;
+    // Both uploads have arrived (before the deadline) and are still being checked.
+    let received = app.now_ms();
+    app.start_after(&opening, 61).await;
+    let arrived = |bidder: &TestBidder, name: &str| {
+        let upload = app.dir.path().join(name);
+        std::fs::copy(&bidder.file, &upload).unwrap();
+        let sm3 = hex::encode(crypto::sm3(&std::fs::read(&upload).unwrap()));
+        (upload, sm3)
+    };
+    let (upload, sm3) = arrived(&late, "late.upload");
+    let receipt = app
+        .hall
+        .receive_bid(&opening, late.uscc.as_str(), upload, &sm3, received)
+        .await
+        .expect("a bid received in time is stored");
+    assert!(!receipt.replaced);
+    let r = app.scan(&opening, &late).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // The early bidder's phone answers; then its replacement, received in time, ends its checks.
+    let r = app.scan(&opening, &early).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let before = app.snapshot(&opening).await["bids"].clone();
+    let (upload, sm3) = arrived(&early, "replacement.upload");
+    let refused = app
+        .hall
+        .receive_bid(
+            &opening,
+            early.uscc.as_str(),
+            upload.clone(),
+            &sm3,
+            received,
+        )
+        .await
+        .expect_err("the answered bid is the one opened");
+    assert!(
+        refused.to_string().contains("tell the tender agent"),
+        "{refused}"
+    );
+    assert!(!upload.exists(), "the refused upload is not kept");
+
+    let settled = app.wait_until_settled(&opening).await;
+    let bids = settled["bids"].as_array().unwrap();
+    assert_eq!(bids.len(), 2);
+    for bid in bids {
+        assert_eq!(bid["state"], "decrypted", "{bid}");
+    }
+    let ids = |bids: &serde_json::Value| {
+        let mut ids: Vec<String> = bids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        ids(&settled["bids"]),
+        ids(&before),
+        "the replacement changed nothing"
+    );
+    let stored = std::fs::read_dir(app.settings.data_dir.join("bids").join(&opening))
+        .unwrap()
+        .count();
+    assert_eq!(stored, 2, "one sealed file per bid");
+    app.assert_chain_valid(&opening).await;
+    app.cleanup().await;
+}
+
+/// A server killed while decrypting leaves a partial plaintext in `plain/`, and one killed during
+/// an upload its unfinished file in `uploads/`: the next start removes both (the decryption is
+/// done again from the start), and nothing else.
+async fn a_restart_removes_what_a_killed_server_left_half_written(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let data = app.settings.data_dir.clone();
+    let partial = data.join("plain").join(".tmpAbC123");
+    let unfinished = data.join("uploads").join("00ff.part");
+    let decrypted = data.join("plain").join("0123456789abcdef.tar");
+    for file in [&partial, &unfinished, &decrypted] {
+        std::fs::write(file, b"some bytes").unwrap();
+    }
+    let app = app.restart().await;
+    assert!(!partial.exists(), "the partial plaintext is removed");
+    assert!(!unfinished.exists(), "the unfinished upload is removed");
+    assert!(decrypted.exists(), "a finished file is kept");
+    app.cleanup().await;
+}
+
+/// A decryption window whose time limit passes while no server runs ends at the next start, and
+/// the bids still waiting for their key are the platform's fault (withdrawn, 撤回: their bidders
+/// could not scan then), not the bidders' (revoked, 撤销) as at a limit the hall saw itself.
+async fn a_window_that_ran_out_while_no_server_ran_ends_through_the_platform(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let scanned = TestBidder::new(app.dir.path(), 1, 20_000);
+    let waiting = TestBidder::new(app.dir.path(), 2, 20_000);
+    let opening = app.opening_with_bids(&[&scanned, &waiting], 60, 1800).await;
+    app.start_after(&opening, 61).await;
+    assert_eq!(app.scan(&opening, &scanned).await.status, 200);
+    app.wait_until_settled(&opening).await;
+    let url = app.qr_url(&opening, &waiting).await.expect("a QR code");
+    let mut view: kaibiao::phone::ChallengeView =
+        serde_json::from_value(app.challenge(&url).await.body).unwrap();
+    let answer = kaibiao::phone::answer_challenge(&view, &waiting.enc, &waiting.sign).unwrap();
+    let mut app = app;
+    app.stop().await;
+    app.advance_secs(1800);
+    let before = app.base.clone();
+    let app = app.restart().await;
+    // The restarted test server listens on another port.
+    view.answer_url = view.answer_url.replacen(&before, &app.base, 1);
+
+    let state = app.snapshot(&opening).await;
+    assert_eq!(state["opening"]["state"], "decryption_ended", "{state}");
+    let bid = |code: &str| {
+        state["bids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["bidder_code"] == code)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(bid(scanned.uscc.as_str())["state"], "decrypted");
+    let missed = bid(waiting.uscc.as_str());
+    assert_eq!(missed["state"], "not_decrypted", "{missed}");
+    assert_eq!(missed["fault"], "platform", "{missed}");
+    assert!(
+        missed["failure"].as_str().unwrap().contains("not running"),
+        "{missed}"
+    );
+    let ended = app.events(&opening).await;
+    let ended = ended
+        .iter()
+        .find(|e| e["kind"] == "decryption.ended")
+        .expect("the end is announced");
+    let payload: serde_json::Value =
+        serde_json::from_str(ended["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(payload["fault"], "platform", "{ended}");
+    // The bidder's phone, late, is refused and changes nothing.
+    let r = app.post_answer(&view, &answer).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.body["error"], "window_closed");
+    let after = app.snapshot(&opening).await;
+    assert_eq!(after["bids"], state["bids"]);
+    app.cleanup().await;
+}
 
 /// Bids decrypting at once take turns on the CPU pool: a one-chunk bid answered just after a
 /// 16 MiB one (1,024 chunks) finishes first, instead of waiting for the large one to end.
@@ -504,7 +667,7 @@ async fn a_digest_that_cannot_be_computed_is_told_to_the_evaluator(backend: Back
             .unwrap()
             .contains("could not be computed")
     );
-    let public = app.snapshot(&opening).await;
+    let public = app.public_snapshot(&opening).await;
     assert!(public["bids"][0].get("digest").is_none(), "{public}");
     app.cleanup().await;
 }

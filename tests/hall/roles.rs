@@ -2,10 +2,12 @@
 
 use serde_json::json;
 
-use crate::helpers::{ADMIN_PASSWORD, Backend, TestBidder, spawn_app, spawn_app_with};
+use crate::helpers::{ADMIN_PASSWORD, Backend, TestBidder, Viewer, spawn_app, spawn_app_with};
 
 crate::on_both_databases!(
     roles_are_enforced,
+    a_certificate_issued_to_another_enterprise_is_refused_at_registration,
+    no_one_but_the_agent_learns_who_bid_before_the_opening,
     the_pages_render,
     wrong_passwords_hold_back_the_sign_in
 );
@@ -133,6 +135,203 @@ async fn sign_in_forwarded(app: &crate::helpers::TestApp, forwarded: &str, passw
         .await
         .unwrap();
     res.status().as_u16()
+}
+
+/// An SM2 certificate made by the `openssl` CLI for `subject`, in PEM; None (the test skips,
+/// loudly) where the command is missing outside CI.
+fn openssl_certificate(dir: &std::path::Path, name: &str, subject: &str) -> Option<String> {
+    let run = |args: &[&str]| match std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+    {
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Some(())
+        }
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!(
+                "SKIPPED: the openssl command is not available ({e}); install it to run this test"
+            );
+            None
+        }
+        Err(e) => panic!("openssl is needed in CI: {e}"),
+    };
+    let key = format!("{name}.key");
+    let cert = format!("{name}.crt");
+    run(&["genpkey", "-algorithm", "SM2", "-out", &key])?;
+    run(&[
+        "req",
+        "-new",
+        "-x509",
+        "-key",
+        &key,
+        "-sm3",
+        "-sigopt",
+        "distid:1234567812345678",
+        "-utf8",
+        "-subj",
+        subject,
+        "-days",
+        "30",
+        "-out",
+        &cert,
+    ])?;
+    Some(std::fs::read_to_string(dir.join(cert)).unwrap())
+}
+
+/// 扫码绑定's rule: a certificate registered for a bidder must have been issued to that
+/// enterprise (its subject holds the unified social credit code, or the enterprise's name).
+/// One issued to another is refused and registers nothing.
+async fn a_certificate_issued_to_another_enterprise_is_refused_at_registration(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let b = TestBidder::new(app.dir.path(), 0, 1_000);
+    let dir = app.dir.path();
+    let code = b.uscc.as_str();
+    let Some(by_code) = openssl_certificate(dir, "by-code", &format!("/CN=张三/OU={code}/O=某CA"))
+    else {
+        app.cleanup().await;
+        return;
+    };
+    let by_name = openssl_certificate(dir, "by-name", &format!("/CN={}", b.name)).unwrap();
+    let other = openssl_certificate(
+        dir,
+        "other",
+        "/CN=另一家建设有限公司/serialNumber=91350100M000100Y43",
+    )
+    .unwrap();
+    let opening = app.create_opening(600, 1800).await;
+    let path = format!("/api/openings/{opening}/bidders");
+    let agent = &app;
+    let register = |sign: &str| {
+        let mut body = b.registration();
+        body["sign_keys"] = json!([sign]);
+        agent.agent("POST", &path, Some(body))
+    };
+    let refused = register(&other).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    let said = refused.body["message"].as_str().unwrap();
+    assert!(
+        said.contains("证书与投标人不符") && said.contains(code),
+        "{said}"
+    );
+    assert_eq!(
+        app.snapshot(&opening).await["bidders"],
+        json!([]),
+        "nothing registered"
+    );
+
+    let accepted = register(&by_code).await;
+    assert_eq!(accepted.status, 201, "{}", accepted.body);
+    let other_opening = app.create_opening(600, 1800).await;
+    let mut body = b.registration();
+    body["enc_keys"] = json!([by_name]);
+    let r = app
+        .agent(
+            "POST",
+            &format!("/api/openings/{other_opening}/bidders"),
+            Some(body),
+        )
+        .await;
+    assert_eq!(
+        r.status, 201,
+        "a certificate naming the enterprise: {}",
+        r.body
+    );
+    app.cleanup().await;
+}
+
+/// Before the opening, the names and the number of the bidders are told to no one but the agent
+/// (招标投标法 art. 22): not by the public snapshot, the public events or a public websocket.
+/// Starting decryption publishes them, in its event; so does failing the opening before it.
+async fn no_one_but_the_agent_learns_who_bid_before_the_opening(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let bidders: Vec<TestBidder> = (0..2)
+        .map(|i| TestBidder::new(app.dir.path(), i, 5_000))
+        .collect();
+    let opening = app
+        .opening_with_bids(&bidders.iter().collect::<Vec<_>>(), 60, 600)
+        .await;
+    let mut viewer = Viewer::connect(&app, &opening, 0, None).await;
+    let names = |text: &str| {
+        bidders
+            .iter()
+            .any(|b| text.contains(&b.name) || text.contains(b.uscc.as_str()))
+    };
+
+    let public = app.public_snapshot(&opening).await;
+    assert_eq!(public["bidders_published"], false);
+    assert_eq!(public["bids"], json!([]));
+    assert_eq!(public["bidders"], json!([]));
+    assert!(!names(&public.to_string()), "{public}");
+    let agent = app.snapshot(&opening).await;
+    assert_eq!(
+        agent["bids"].as_array().unwrap().len(),
+        2,
+        "the agent sees them"
+    );
+    let events = app.public_events(&opening).await;
+    assert!(
+        !names(&serde_json::to_string(&events).unwrap()),
+        "{events:?}"
+    );
+    assert!(
+        app.events(&opening)
+            .await
+            .iter()
+            .any(|e| e["kind"] == "bid.received"),
+        "the agent's feed has the uploads"
+    );
+
+    // The start publishes both bids; the public viewer gets them in the start's event, having
+    // been told nothing of them before.
+    app.start_after(&opening, 61).await;
+    let seen = viewer
+        .events_until(|e| e["kind"] == "decryption.started")
+        .await;
+    let before = &seen[..seen.len() - 1];
+    assert!(
+        !names(&serde_json::to_string(before).unwrap()),
+        "{before:?}"
+    );
+    let started = seen.last().unwrap();
+    let payload: serde_json::Value = match &started["data"] {
+        serde_json::Value::String(s) => serde_json::from_str(s).unwrap(),
+        other => other.clone(),
+    };
+    let published = payload["bids"].as_array().expect("the bids, published");
+    assert_eq!(published.len(), 2);
+    assert!(published.iter().all(|b| b["state"] == "awaiting_key"));
+    assert!(names(&payload.to_string()));
+    viewer.close().await;
+    let public = app.public_snapshot(&opening).await;
+    assert_eq!(public["bidders_published"], true);
+    assert_eq!(public["bids"].as_array().unwrap().len(), 2);
+
+    // An opening failed before decryption (fewer than three bids) publishes what it had.
+    let other = app.opening_with_bids(&[&bidders[0]], 60, 600).await;
+    let r = app
+        .agent(
+            "POST",
+            &format!("/api/openings/{other}/fail"),
+            Some(json!({"reason": "不足三家投标人"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let public = app.public_snapshot(&other).await;
+    assert_eq!(public["bids"].as_array().unwrap().len(), 1);
+    let failed = app
+        .public_events(&other)
+        .await
+        .into_iter()
+        .find(|e| e["kind"] == "opening.failed")
+        .unwrap();
+    assert!(names(&failed.to_string()), "{failed}");
+    app.cleanup().await;
 }
 
 async fn roles_are_enforced(backend: Backend) {

@@ -41,12 +41,16 @@ async fn a_viewer_that_stops_reading_is_dropped_and_the_others_go_on(backend: Ba
     );
 
     // The reader still gets what happens next.
-    let bidder = TestBidder::new(app.dir.path(), 0, 1000);
-    app.register(&opening, &bidder).await;
-    let seen = reader
-        .events_until(|e| e["kind"] == "bidder.registered")
+    let r = app
+        .agent(
+            "POST",
+            &format!("/api/openings/{opening}/fail"),
+            Some(serde_json::json!({"reason": "招标人终止招标"})),
+        )
         .await;
-    assert_eq!(seen.last().unwrap()["kind"], "bidder.registered");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = reader.events_until(|e| e["kind"] == "opening.failed").await;
+    assert_eq!(seen.last().unwrap()["kind"], "opening.failed");
     assert_eq!(open_websockets(&app).await, 1);
     reader.close().await;
     app.cleanup().await;
@@ -135,19 +139,28 @@ async fn a_viewer_far_behind_gets_a_snapshot(backend: Backend) {
     let b = TestBidder::new(app.dir.path(), 1, 1000);
     let opening = app.opening_with_bids(&[&b], 30, 1800).await;
     app.start_after(&opening, 31).await;
-    let url = app.qr_url(&opening, &b).await.unwrap();
-    let view: kaibiao::phone::ChallengeView =
-        serde_json::from_value(app.challenge(&url).await.body).unwrap();
-    let junk = kaibiao::phone::Answer {
-        rewrapped_key: "not base64!".into(),
-        signature: "x".into(),
-    };
-    // Every refused answer is an event on the hall display.
-    for _ in 0..42 {
-        let batch = (0..50).map(|_| app.post_answer(&view, &junk));
-        for r in futures_util::future::join_all(batch).await {
-            assert_eq!(r.status, 422);
-        }
+    // The hall announces a refusal once per QR code and reason, so no run of requests makes
+    // thousands of public events quickly: they are written to the event log directly, as
+    // refusals of other phones would be.
+    let bid_id = app.snapshot(&opening).await["bids"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..21 {
+        let events = (0..100)
+            .map(|i| {
+                (
+                    "bid.refused".to_owned(),
+                    "public".to_owned(),
+                    serde_json::json!({"bid_id": bid_id, "code": "malformed", "message": format!("回执 {i} 格式不对")}),
+                )
+            })
+            .collect();
+        app.hall
+            .bus()
+            .append_all(&opening, events, app.now_ms())
+            .await
+            .unwrap();
     }
     let mut viewer = Viewer::connect(&app, &opening, 0, None).await;
     assert_eq!(

@@ -71,7 +71,7 @@
       case 'opening.failed': Object.assign(o, { state: 'failed', failure: d.reason }); publish(d); return true;
       case 'files.released': o.state = 'released'; return true;
       case 'opening.closed': o.state = 'closed'; return true;
-      case 'opening.created': case 'bidder.registered': case 'bid.digest': case 'evaluator.token_issued': return true;
+      case 'opening.created': case 'bidder.registered': case 'bid.digest': case 'evaluator.token_issued': case 'bid.not_filed': return true;
       default: return false;
     }
   }

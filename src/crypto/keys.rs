@@ -68,12 +68,17 @@ impl PublicIdentity {
     /// unified social credit code (Chinese CAs put it in serialNumber, OU, CN or their own
     /// attribute), or is exactly the enterprise's name (CN or O). A bare public key names no one
     /// and is taken on the agent's word.
+    /// Both are compared folded (full-width forms as half-width, no spaces, upper case), since
+    /// CAs and agents write 有限公司（分公司） and 有限公司(分公司) alike.
     pub fn names_enterprise(&self, uscc: &str, name: &str) -> bool {
         match self {
             Self::PublicKey { .. } => true,
-            Self::Certificate { subject_values, .. } => subject_values
-                .iter()
-                .any(|v| v.contains(uscc) || v.trim() == name.trim()),
+            Self::Certificate { subject_values, .. } => {
+                let (uscc, name) = (fold(uscc), fold(name));
+                subject_values.iter().map(|v| fold(v)).any(|v| {
+                    (!uscc.is_empty() && v.contains(&uscc)) || (!name.is_empty() && v == name)
+                })
+            }
         }
     }
 
@@ -84,6 +89,19 @@ impl PublicIdentity {
             Self::Certificate { subject, .. } => format!("certificate {subject}"),
         }
     }
+}
+
+/// A name or code as compared: full-width ASCII forms (（）Ａ１) as their half-width ones, without
+/// any white space (the ideographic space too), ASCII letters in upper case.
+fn fold(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_whitespace())
+        .map(|c| match c {
+            '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+            _ => c,
+        })
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
 }
 
 /// Fills a buffer from the operating system's random number generator.
@@ -250,6 +268,25 @@ pub fn verify(key: &PublicKey, message: &[u8], signature: &[u8]) -> Result<(), K
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_enterprise_is_named_whatever_width_its_brackets_and_spaces() {
+        let cert = |values: &[&str]| PublicIdentity::Certificate {
+            key: generate_secret_key().public_key(),
+            cert_der: Vec::new(),
+            subject: String::new(),
+            subject_values: values.iter().map(|v| v.to_string()).collect(),
+        };
+        let name = "深圳市测试科技有限公司（南山分公司）";
+        let uscc = "91440300MA5F00000X";
+        assert!(cert(&["深圳市测试科技有限公司(南山分公司)"]).names_enterprise(uscc, name));
+        assert!(cert(&["深圳市测试科技有限公司 （南山分公司） "]).names_enterprise(uscc, name));
+        assert!(cert(&["91440300ma5f00000x"]).names_enterprise(uscc, name));
+        assert!(cert(&["ＳＮ：９１４４０３００ＭＡ５Ｆ０００００Ｘ"]).names_enterprise(uscc, name));
+        assert!(!cert(&["深圳市测试科技有限公司"]).names_enterprise(uscc, name));
+        assert!(!cert(&["91440300MA5F00001Y"]).names_enterprise(uscc, name));
+        assert!(!cert(&[""]).names_enterprise("", ""), "empty names no one");
+    }
 
     #[test]
     fn wrap_unwrap_and_wrong_key() {

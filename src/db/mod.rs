@@ -569,11 +569,14 @@ impl Db {
     pub async fn put_bid(&self, b: &BidRow) -> Result<Filed, DbError> {
         let mut tx = self.begin_write().await?.0;
         // On PostgreSQL the opening's row is locked until the bid is in, so starting decryption
-        // (which updates that row) waits for it, or this sees it started. SQLite's write lock,
-        // taken by `begin_write`, orders the two alike.
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE",
-            Backend::Sqlite => "",
+        // (which updates that row) waits for it, or this sees it started; `NO KEY UPDATE` leaves
+        // the key-share locks of inserts that refer to the opening (events, challenges) free,
+        // so the event writer never waits here. The earlier bid's row is locked too, so a key
+        // accepted for it meanwhile is seen. SQLite's write lock, taken by `begin_write`,
+        // orders all of these alike.
+        let (lock, lock_row) = match self.backend {
+            Backend::Postgres => (" FOR NO KEY UPDATE", " FOR UPDATE"),
+            Backend::Sqlite => ("", ""),
         };
         let opening_state: Option<String> =
             sqlx::query_scalar(&format!("SELECT state FROM openings WHERE id = $1{lock}"))
@@ -586,9 +589,9 @@ impl Db {
             "decrypting" => "awaiting_key",
             _ => return Ok(Filed::Closed { opening_state }),
         };
-        let old = sqlx::query(
-            "SELECT id, path, state FROM bids WHERE opening_id = $1 AND bidder_id = $2",
-        )
+        let old = sqlx::query(&format!(
+            "SELECT id, path, state FROM bids WHERE opening_id = $1 AND bidder_id = $2{lock_row}"
+        ))
         .bind(&b.opening_id)
         .bind(&b.bidder_id)
         .fetch_optional(&mut *tx)
@@ -640,10 +643,17 @@ impl Db {
     /// path, or None if there is no such bid (decryption may have started meanwhile).
     pub async fn delete_bid(&self, id: &str) -> Result<Option<String>, DbError> {
         let mut tx = self.begin_write().await?.0;
-        let row = sqlx::query("SELECT path FROM bids WHERE id = $1 AND state = 'received'")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        // Locked on PostgreSQL, so starting decryption (which moves it on) waits or is seen.
+        let lock_row = match self.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let row = sqlx::query(&format!(
+            "SELECT path FROM bids WHERE id = $1 AND state = 'received'{lock_row}"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -709,8 +719,13 @@ impl Db {
         )
     }
 
+    /// The bids by state, of openings whose bidders are published (decryption started or the
+    /// opening failed): `/metrics` is no way to count an opening's bids before its deadline.
     pub async fn count_bids_by_state(&self) -> Result<Vec<(String, i64)>, DbError> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM bids GROUP BY state")
+        let rows = sqlx::query(
+            "SELECT b.state AS state, COUNT(*) AS n FROM bids b JOIN openings o ON o.id = b.opening_id \
+             WHERE o.state <> 'scheduled' GROUP BY b.state",
+        )
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -864,6 +879,24 @@ impl Db {
             Some(r) => Some((r.try_get("seq")?, r.try_get("hash")?)),
             None => None,
         })
+    }
+
+    /// The sequence number of the opening's last event whose audience is one of the two given
+    /// (pass one twice for a single audience), or 0.
+    pub async fn last_seq_for(
+        &self,
+        opening_id: &str,
+        audiences: [&str; 2],
+    ) -> Result<i64, DbError> {
+        let seq: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(seq) FROM events WHERE opening_id = $1 AND audience IN ($2, $3)",
+        )
+        .bind(opening_id)
+        .bind(audiences[0])
+        .bind(audiences[1])
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(seq.unwrap_or(0))
     }
 
     // --- evaluators ---------------------------------------------------------------------------

@@ -256,6 +256,9 @@ struct Inner {
     /// remembered: each is shown once, so that anyone who can see a QR code (every viewer)
     /// cannot fill the display and the event log by posting answers to it.
     announced_refusals: DashMap<(String, &'static str), Instant>,
+    /// Uploads being checked, by opening: received before the deadline, they are filed even if
+    /// decryption started meanwhile, so the agent may not end decryption before they are.
+    checking: DashMap<String, usize>,
     metrics: Metrics,
     /// The runtime the hall was opened on (the server's main one). Decryptions and digests run
     /// there, not on the HTTP worker that took the phone's answer: a stopping server's workers
@@ -300,6 +303,24 @@ impl Drop for DecryptingGuard {
         if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.idle.notify_waiters();
         }
+    }
+}
+
+/// Counts an upload of an opening as being checked while it lives (see `Inner::checking`).
+struct CheckingGuard {
+    hall: Hall,
+    opening_id: String,
+}
+
+impl Drop for CheckingGuard {
+    fn drop(&mut self) {
+        self.hall
+            .inner
+            .checking
+            .remove_if_mut(&self.opening_id, |_, n| {
+                *n -= 1;
+                *n == 0
+            });
     }
 }
 
@@ -416,6 +437,7 @@ impl Hall {
                 )?,
                 logins: logins::Logins::new(),
                 announced_refusals: DashMap::new(),
+                checking: DashMap::new(),
                 runtime: tokio::runtime::Handle::current(),
                 tasks: std::sync::Mutex::new(Some(tokio::task::JoinSet::new())),
                 delayed: DashMap::new(),
@@ -794,6 +816,15 @@ impl Hall {
         let (opening, bidder) = self
             .before_deadline(opening_id, uscc, received_ms, &["scheduled", "decrypting"])
             .await?;
+        *self
+            .inner
+            .checking
+            .entry(opening_id.to_owned())
+            .or_default() += 1;
+        let _checking = CheckingGuard {
+            hall: self.clone(),
+            opening_id: opening_id.to_owned(),
+        };
         let path = upload.to_owned();
         let (header, signer_id, size) = on_rayon(move || -> Result<_, BidError> {
             let bid = SealedBid::open(&path)?;
@@ -871,10 +902,29 @@ impl Hall {
             }) => (replaced, awaiting_key),
             Ok(Filed::Closed { opening_state }) => {
                 let _ = std::fs::remove_file(&final_path);
+                if opening_state == "decrypting" {
+                    return Err(HallError::WrongState(
+                        "your earlier bid's key was already handed to the hall, so that bid is \
+                         the one opened; this upload was not stored"
+                            .into(),
+                    ));
+                }
+                // On time, but the opening moved on while it was checked (the time limit ran
+                // out, or the opening failed): the platform's fault, recorded for the agent.
+                let _ = self
+                    .event(
+                        opening_id,
+                        "bid.not_filed",
+                        "public",
+                        json!({"bidder_code": bidder.uscc, "bidder_name": bidder.name, "sm3": sm3,
+                               "received_ms": received_ms, "opening_state": opening_state, "fault": "platform"}),
+                    )
+                    .await;
                 return Err(HallError::WrongState(format!(
-                    "the upload arrived before the deadline, but by the time its checks ended \
-                     the opening was {opening_state} or this bidder's earlier bid was being \
-                     decrypted, so it was not stored; tell the tender agent"
+                    "the upload arrived before the deadline, but the opening had moved on \
+                     ({opening_state}) by the time its checks ended, so it was not stored; this \
+                     is recorded in the opening's log as the platform's fault: tell the tender \
+                     agent"
                 )));
             }
             Err(e) => {
@@ -885,19 +935,29 @@ impl Hall {
         if let Some(old) = &replaced {
             let _ = std::fs::remove_file(old);
         }
-        self.event(
-            opening_id,
-            "bid.received",
-            // Public only once decryption started (a bid checked after it began).
-            if awaiting_key { "public" } else { "agent" },
-            json!({"bid_id": bid_id, "state": if awaiting_key { "awaiting_key" } else { "received" }, "bidder_code": bidder.uscc, "bidder_name": bidder.name, "size": size,
-                   "sm3": sm3, "received_ms": received_ms, "replaced": replaced.is_some()}),
-        )
-        .await?;
-        if awaiting_key {
-            // Received before the deadline, checked after decryption started: its QR code now.
-            self.issue_challenges(opening_id, std::slice::from_ref(&bid_id))
-                .await?;
+        // The bid is stored: from here on the bidder gets its receipt whatever else fails (the
+        // hall's tick issues a QR code to any bid waiting for its key without one).
+        if let Err(error) = self
+            .event(
+                opening_id,
+                "bid.received",
+                // Public only once decryption started (a bid checked after it began).
+                if awaiting_key { "public" } else { "agent" },
+                json!({"bid_id": bid_id, "state": if awaiting_key { "awaiting_key" } else { "received" }, "bidder_code": bidder.uscc, "bidder_name": bidder.name, "size": size,
+                       "sm3": sm3, "received_ms": received_ms, "replaced": replaced.is_some()}),
+            )
+            .await
+        {
+            tracing::error!(bid = %bid_id, %error, "a stored bid's receipt event could not be written");
+        }
+        if awaiting_key
+            && let Err(error) = self
+                .issue_challenges(opening_id, std::slice::from_ref(&bid_id))
+                .await
+        {
+            // Received before the deadline, checked after decryption started: its QR code now,
+            // or from the tick.
+            tracing::warn!(bid = %bid_id, %error, "no QR code yet for a bid filed during decryption");
         }
         Ok(Receipt {
             bid_id,
@@ -1165,15 +1225,18 @@ impl Hall {
         let result = self.answer_inner(nonce, answer).await;
         if let Err(error) = &result {
             self.inner.metrics.refusals.inc();
-            let first = self
-                .inner
-                .announced_refusals
-                .insert(
-                    (nonce.to_owned(), error.code()),
-                    Instant::now() + REFUSALS_REMEMBERED,
-                )
-                .is_none();
-            if first && let Ok(Some(challenge)) = self.inner.db.challenge(nonce).await {
+            // Remembered only for a QR code the hall issued, so that posting to made-up ones
+            // holds no memory.
+            if let Ok(Some(challenge)) = self.inner.db.challenge(nonce).await
+                && self
+                    .inner
+                    .announced_refusals
+                    .insert(
+                        (challenge.nonce.clone(), error.code()),
+                        Instant::now() + REFUSALS_REMEMBERED,
+                    )
+                    .is_none()
+            {
                 let _ = self
                     .event(
                         &challenge.opening_id,
@@ -1769,24 +1832,27 @@ impl Hall {
 
     async fn fail_decryption(&self, bid: &BidRow, error: HallError) -> Result<(), HallError> {
         let (fault, chunk) = fault_of(&error);
-        // The hall decrypts without checking the signed chunk digests (the upload checked them
-        // all), so a chunk that fails its tag was either sealed so by the bidder, or damaged in
-        // the platform's storage since: its signed digest tells which (art. 31 makes the
-        // difference between revoked and withdrawn).
-        if let (HallError::BidRejected(BidError::ChunkTag { index }), "bidder") = (&error, fault) {
-            let (index, path) = (*index, PathBuf::from(&bid.path));
-            let stored = on_rayon(move || SealedBid::open(&path)?.verify_chunk(index)).await?;
-            if let Err(damage) = stored {
-                tracing::error!(bid = %bid.id, chunk = index, %damage, "a stored bid no longer matches what its bidder signed and the upload checked: the platform's storage damaged it");
+        // Every upload was checked whole against the bidder's signature, and the hall decrypts
+        // without checking again: a bid that fails now was either sealed so by the bidder, or
+        // damaged in the platform's storage since. The SM3 of its upload receipt tells which
+        // (art. 31 makes the difference between revoked and withdrawn).
+        if fault == "bidder" {
+            let stored = self.inner.digests.of(PathBuf::from(&bid.path)).await;
+            if stored.as_deref().ok() != Some(bid.sm3.as_str()) {
+                let what = match &stored {
+                    Ok(_) => "its SM3 is no longer the one on the bidder's upload receipt",
+                    Err(_) => "it can no longer be read",
+                };
+                tracing::error!(bid = %bid.id, %error, what, "a stored bid is no longer what its bidder uploaded: the platform's storage damaged it");
+                let at = chunk
+                    .map(|i| format!("chunk {i} fails, and "))
+                    .unwrap_or_default();
                 let message = format!(
                     "not decrypted through the platform's fault: the stored copy of the bid was \
-                     damaged after its upload (chunk {index} no longer matches the bidder's \
-                     signature); counts as withdrawn (撤回, art. 31), the bidder may claim its \
-                     losses"
+                     damaged after its upload ({at}{what}); counts as withdrawn (撤回, art. 31), \
+                     the bidder may claim its losses"
                 );
-                return self
-                    .record_failure(bid, &message, "platform", Some(index))
-                    .await;
+                return self.record_failure(bid, &message, "platform", chunk).await;
             }
         }
         tracing::warn!(bid = %bid.id, %error, fault, "bid decryption failed");
@@ -1844,6 +1910,13 @@ impl Hall {
     ) -> Result<(), HallError> {
         let opening = self.opening(opening_id).await?;
         let early = opening.decrypt_deadline_ms.is_some_and(|d| self.now() < d);
+        let checking = self.inner.checking.get(opening_id).map_or(0, |n| *n);
+        if early && checking > 0 {
+            return Err(HallError::WrongState(format!(
+                "{checking} upload(s) received before the deadline are still being checked and \
+                 will wait for their bidder's key; end decryption once they are filed"
+            )));
+        }
         let not_decrypted = match self
             .inner
             .db
@@ -2095,13 +2168,23 @@ impl Hall {
         let published = bids_published(&opening, role);
         let bidders = self.inner.db.bidders(opening_id).await?;
         let bids = self.inner.db.bids(opening_id).await?;
-        let last_seq = self
-            .inner
-            .db
-            .last_event(opening_id)
-            .await?
-            .map(|(s, _)| s)
-            .unwrap_or(0);
+        // Before the bidders are published, the number of the last event the viewer may see:
+        // the log's own last number would count the registrations and uploads.
+        let last_seq = if published {
+            self.inner
+                .db
+                .last_event(opening_id)
+                .await?
+                .map(|(s, _)| s)
+                .unwrap_or(0)
+        } else {
+            let seen = if role.can_see("evaluator") {
+                ["public", "evaluator"]
+            } else {
+                ["public", "public"]
+            };
+            self.inner.db.last_seq_for(opening_id, seen).await?
+        };
         let challenges = self.inner.db.current_challenges(opening_id).await?;
         let mut bid_views = Vec::new();
         for bid in &bids {

@@ -66,7 +66,7 @@ async fn a_bid_received_in_time_and_checked_after_decryption_started_gets_its_qr
         .await
         .expect_err("the answered bid is the one opened");
     assert!(
-        refused.to_string().contains("tell the tender agent"),
+        refused.to_string().contains("already handed to the hall"),
         "{refused}"
     );
     assert!(!upload.exists(), "the refused upload is not kept");

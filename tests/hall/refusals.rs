@@ -194,17 +194,36 @@ async fn a_closed_window_refuses_and_revokes(backend: Backend) {
 async fn a_bid_damaged_in_storage_fails_through_the_platform(backend: Backend) {
     let app = spawn_app(&backend).await;
     let b = TestBidder::new(app.dir.path(), 1, 100_000);
-    let opening = decrypting(&app, &[&b]).await;
-    let bid_id = app.snapshot(&opening).await["bids"][0]["id"]
-        .as_str()
+    let cut = TestBidder::new(app.dir.path(), 2, 100_000);
+    let opening = decrypting(&app, &[&b, &cut]).await;
+    let stored_file = |bidder: &TestBidder, s: &serde_json::Value| {
+        let bid = s["bids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["bidder_code"] == bidder.uscc.as_str())
+            .unwrap()
+            .clone();
+        let id = bid["id"].as_str().unwrap().to_owned();
+        let path = app
+            .settings
+            .data_dir
+            .join("bids")
+            .join(&opening)
+            .join(format!("{id}.kbid"));
+        (bid, path)
+    };
+    let before = app.snapshot(&opening).await;
+    let stored = stored_file(&b, &before).1;
+    // The other bid loses its last bytes (its signed trailer) on the platform's disk.
+    let truncated = stored_file(&cut, &before).1;
+    let len = std::fs::metadata(&truncated).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&truncated)
         .unwrap()
-        .to_owned();
-    let stored = app
-        .settings
-        .data_dir
-        .join("bids")
-        .join(&opening)
-        .join(format!("{bid_id}.kbid"));
+        .set_len(len - 10)
+        .unwrap();
     let sealed = kaibiao::engine::SealedBid::open(&stored).unwrap();
     let at = sealed.body_offset() + 2 * sealed.header().chunk_stride() + 7;
     drop(sealed);
@@ -213,13 +232,22 @@ async fn a_bid_damaged_in_storage_fails_through_the_platform(backend: Backend) {
     std::fs::write(&stored, &bytes).unwrap();
 
     assert_eq!(app.scan(&opening, &b).await.status, 200);
+    let _ = app.scan(&opening, &cut).await;
     let s = app.wait_until_settled(&opening).await;
-    let bid = &s["bids"][0];
+    let bid = stored_file(&b, &s).0;
     assert_eq!(bid["state"], "failed", "{bid}");
     assert_eq!(bid["fault"], "platform", "{bid}");
     let failure = bid["failure"].as_str().unwrap();
     assert!(
         failure.contains("chunk 2") && failure.contains("撤回"),
+        "{bid}"
+    );
+    let bid = stored_file(&cut, &s).0;
+    assert_eq!(bid["state"], "failed", "{bid}");
+    assert_eq!(bid["fault"], "platform", "{bid}");
+    let failure = bid["failure"].as_str().unwrap();
+    assert!(
+        failure.contains("upload receipt") && failure.contains("撤回"),
         "{bid}"
     );
     let plain = app.settings.data_dir.join("plain");

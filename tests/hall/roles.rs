@@ -274,6 +274,19 @@ async fn no_one_but_the_agent_learns_who_bid_before_the_opening(backend: Backend
         2,
         "the agent sees them"
     );
+    // Nor do the numbers count them: the public snapshot's last event number is the last
+    // public event's (the log's own counts registrations and uploads), and /metrics counts no
+    // bid of an opening before its start.
+    assert_eq!(public["last_seq"], 1, "{public}");
+    assert!(agent["last_seq"].as_i64().unwrap() > 1, "{agent}");
+    let mut res = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap();
+    let metrics = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    assert!(!metrics.contains("kaibiao_bids{"), "{metrics}");
     let events = app.public_events(&opening).await;
     assert!(
         !names(&serde_json::to_string(&events).unwrap()),
@@ -311,6 +324,8 @@ async fn no_one_but_the_agent_learns_who_bid_before_the_opening(backend: Backend
     let public = app.public_snapshot(&opening).await;
     assert_eq!(public["bidders_published"], true);
     assert_eq!(public["bids"].as_array().unwrap().len(), 2);
+    assert_eq!(public["last_seq"], app.snapshot(&opening).await["last_seq"]);
+    assert_eq!(app.metric("bids{state=\"awaiting_key\"}").await, 2.0);
 
     // An opening failed before decryption (fewer than three bids) publishes what it had.
     let other = app.opening_with_bids(&[&bidders[0]], 60, 600).await;

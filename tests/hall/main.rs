@@ -2,6 +2,7 @@
 //! HTTP and websocket — each test runs on SQLite and, when KAIBIAO_TEST_POSTGRES_URL is set, on
 //! PostgreSQL.
 
+mod audit;
 mod browser;
 mod helpers;
 mod opening;

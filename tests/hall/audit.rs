@@ -1,0 +1,181 @@
+//! What the record and the law guarantee after the fact: the event log shows any change made
+//! behind the hall's back, a failed opening (art. 44) releases no file, and an evaluator's token
+//! opens its own opening's files only.
+
+use serde_json::json;
+
+use crate::helpers::{Backend, TestApp, TestBidder, spawn_app};
+
+crate::on_both_databases!(
+    a_changed_or_removed_event_breaks_the_chain,
+    a_failed_opening_releases_no_file,
+    an_evaluator_token_opens_only_its_own_opening
+);
+
+async fn verify(app: &TestApp, opening: &str) -> serde_json::Value {
+    let r = app
+        .agent(
+            "GET",
+            &format!("/api/openings/{opening}/events/verify"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+}
+
+/// An opening whose bids are all decrypted, the decryption ended.
+async fn decrypted(app: &TestApp, bidders: &[&TestBidder]) -> String {
+    let opening = app.opening_with_bids(bidders, 60, 1800).await;
+    app.start_after(&opening, 61).await;
+    for b in bidders {
+        assert_eq!(app.scan(&opening, b).await.status, 200);
+    }
+    app.wait_until_settled(&opening).await;
+    let r = app.act(&opening, "end-decryption").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    opening
+}
+
+async fn a_changed_or_removed_event_breaks_the_chain(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let b = TestBidder::new(app.dir.path(), 1, 20_000);
+    let opening = decrypted(&app, &[&b]).await;
+    let count = app.events(&opening).await.len() as i64;
+    assert_eq!(
+        verify(&app, &opening).await,
+        json!({"valid": true, "events": count})
+    );
+
+    // The bid's summary, as the hall display showed it, edited in the database.
+    let summary = app
+        .events(&opening)
+        .await
+        .into_iter()
+        .find(|e| e["kind"] == "bid.summary")
+        .expect("the summary was announced");
+    let seq = summary["seq"].as_i64().unwrap();
+    let price = b.summary.price_fen.to_string();
+    let edit = format!(
+        "UPDATE events SET payload = replace(payload, '{price}', '1{price}') \
+         WHERE opening_id = $1 AND seq = {seq}"
+    );
+    app.sql(&edit, &opening).await;
+    assert_eq!(
+        verify(&app, &opening).await,
+        json!({"valid": false, "first_bad_seq": seq})
+    );
+    let undo = format!(
+        "UPDATE events SET payload = replace(payload, '1{price}', '{price}') \
+         WHERE opening_id = $1 AND seq = {seq}"
+    );
+    app.sql(&undo, &opening).await;
+    assert_eq!(verify(&app, &opening).await["valid"], true);
+
+    // An event removed from the middle of the log.
+    app.sql(
+        &format!(
+            "DELETE FROM events WHERE opening_id = $1 AND seq = {}",
+            seq - 1
+        ),
+        &opening,
+    )
+    .await;
+    assert_eq!(
+        verify(&app, &opening).await,
+        json!({"valid": false, "first_bad_seq": seq})
+    );
+    app.cleanup().await;
+}
+
+/// Art. 44: an opening with fewer than three bids fails; its decrypted files never reach the
+/// evaluators, and it cannot be released afterwards.
+async fn a_failed_opening_releases_no_file(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let b = TestBidder::new(app.dir.path(), 1, 20_000);
+    let opening = decrypted(&app, &[&b]).await;
+    let tokens = format!("/api/openings/{opening}/evaluator-tokens");
+    let token = app.agent("POST", &tokens, None).await.body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app
+        .agent(
+            "POST",
+            &format!("/api/openings/{opening}/fail"),
+            Some(json!({"reason": "投标人少于3个，开标失败（第四十四条）"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let release = app.act(&opening, "release").await;
+    assert_eq!(release.status, 409, "{}", release.body);
+    let snapshot = app.snapshot(&opening).await;
+    assert_eq!(snapshot["opening"]["state"], "failed");
+    let bid = snapshot["bids"][0]["id"].as_str().unwrap().to_owned();
+    let list = app.call("GET", "/api/eval/bids", None, Some(&token)).await;
+    assert_eq!(list.body["released"], false, "{}", list.body);
+    let file = app
+        .call(
+            "GET",
+            &format!("/api/eval/bids/{bid}/file"),
+            None,
+            Some(&token),
+        )
+        .await;
+    assert_eq!(file.status, 403, "{}", file.body);
+    assert!(
+        !app.events(&opening)
+            .await
+            .iter()
+            .any(|e| e["kind"] == "files.released")
+    );
+    app.cleanup().await;
+}
+
+/// An evaluator's token is scoped to one opening: another opening's released files stay closed
+/// to it.
+async fn an_evaluator_token_opens_only_its_own_opening(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let a = TestBidder::new(app.dir.path(), 1, 20_000);
+    let b = TestBidder::new(app.dir.path(), 2, 20_000);
+    let mine = decrypted(&app, &[&a]).await;
+    let theirs = decrypted(&app, &[&b]).await;
+    for opening in [&mine, &theirs] {
+        let r = app.act(opening, "release").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let token = app
+        .agent(
+            "POST",
+            &format!("/api/openings/{mine}/evaluator-tokens"),
+            None,
+        )
+        .await
+        .body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let own = app.snapshot(&mine).await["bids"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let foreign = app.snapshot(&theirs).await["bids"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let file = |bid: &str| format!("/api/eval/bids/{bid}/file");
+    let r = app.call("GET", &file(&own), None, Some(&token)).await;
+    assert_eq!(r.status, 200, "its own opening's file");
+    let r = app.call("GET", &file(&foreign), None, Some(&token)).await;
+    assert!(matches!(r.status, 403 | 404), "{} {}", r.status, r.body);
+    let list = app.call("GET", "/api/eval/bids", None, Some(&token)).await;
+    let listed: Vec<_> = list.body["bids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(!listed.contains(&foreign), "{}", list.body);
+    app.cleanup().await;
+}

@@ -9,7 +9,8 @@ use crate::helpers::{Backend, TestApp, TestBidder, spawn_app};
 crate::on_both_databases!(
     a_changed_or_removed_event_breaks_the_chain,
     a_failed_opening_releases_no_file,
-    an_evaluator_token_opens_only_its_own_opening
+    an_evaluator_token_opens_only_its_own_opening,
+    no_bid_key_is_stored_in_the_clear
 );
 
 async fn verify(app: &TestApp, opening: &str) -> serde_json::Value {
@@ -177,5 +178,87 @@ async fn an_evaluator_token_opens_only_its_own_opening(backend: Backend) {
         .map(|x| x["id"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert!(!listed.contains(&foreign), "{}", list.body);
+    app.cleanup().await;
+}
+
+/// The data key of a bid, once its bidder's phone handed it to the hall, is kept sealed: after
+/// the whole opening, no file the server wrote (database included) and no row of its database
+/// holds it in the clear, as bytes, hex or base64.
+async fn no_bid_key_is_stored_in_the_clear(backend: Backend) {
+    use base64::Engine;
+    let app = spawn_app(&backend).await;
+    let b = TestBidder::new(app.dir.path(), 1, 50_000);
+    let opening = app.opening_with_bids(&[&b], 60, 1800).await;
+    app.start_after(&opening, 61).await;
+    let url = app.qr_url(&opening, &b).await.unwrap();
+    let view: kaibiao::phone::ChallengeView =
+        serde_json::from_value(app.challenge(&url).await.body).unwrap();
+    let wrapped = base64::engine::general_purpose::STANDARD
+        .decode(&view.recipients[0].wrapped_key)
+        .unwrap();
+    let key = kaibiao::crypto::unwrap_key(&b.enc, &wrapped).unwrap();
+    let answer = kaibiao::phone::answer_challenge(&view, &b.enc, &b.sign).unwrap();
+    assert_eq!(app.post_answer(&view, &answer).await.status, 200);
+    app.wait_until_settled(&opening).await;
+    for action in ["end-decryption", "release"] {
+        assert_eq!(app.act(&opening, action).await.status, 200);
+    }
+
+    let needles: Vec<Vec<u8>> = vec![
+        key.to_vec(),
+        hex::encode(*key).into_bytes(),
+        hex::encode_upper(*key).into_bytes(),
+        base64::engine::general_purpose::STANDARD
+            .encode(*key)
+            .into_bytes(),
+    ];
+    let holds = |hay: &[u8]| {
+        needles
+            .iter()
+            .any(|n| hay.windows(n.len()).any(|w| w == n.as_slice()))
+    };
+    let mut files = vec![app.dir.path().to_path_buf()];
+    let mut scanned = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if path != b.file {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(!holds(&bytes), "{} holds the bid's key", path.display());
+            scanned += 1;
+        }
+    }
+    assert!(
+        scanned >= 3,
+        "the data folder was scanned ({scanned} files)"
+    );
+    if app.settings.database_url.starts_with("postgres") {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&app.settings.database_url)
+            .await
+            .unwrap();
+        for table in [
+            "openings",
+            "bidders",
+            "bidder_keys",
+            "bids",
+            "challenges",
+            "events",
+            "evaluator_tokens",
+        ] {
+            let rows: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT CAST(row_to_json(t) AS TEXT) FROM {table} t"
+            ))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            for row in rows {
+                assert!(
+                    !holds(row.as_bytes()),
+                    "a row of {table} holds the key: {row}"
+                );
+            }
+        }
+    }
     app.cleanup().await;
 }

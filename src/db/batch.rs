@@ -21,6 +21,9 @@ pub enum BidWrite {
     Finish { bid_id: String, plain_path: String },
     /// Records the SM3 of a decrypted file.
     PlainSm3 { bid_id: String, sm3: String },
+    /// Takes staged events off the stage (see `super::StagedEvent`), as the log stores them.
+    /// False (and nothing changed) if they were published already.
+    Unstage { ids: Vec<i64> },
 }
 
 pub(super) async fn apply(
@@ -67,6 +70,19 @@ pub(super) async fn apply(
                 .bind(bid_id)
                 .execute(&mut **tx)
                 .await?;
+            Ok(true)
+        }
+        BidWrite::Unstage { ids } => {
+            // Staged and published together, so the first tells for all.
+            for (i, id) in ids.iter().enumerate() {
+                let done = sqlx::query("DELETE FROM staged_events WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
+                if i == 0 && done.rows_affected() != 1 {
+                    return Ok(false);
+                }
+            }
             Ok(true)
         }
     }

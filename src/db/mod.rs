@@ -40,8 +40,8 @@ enum Backend {
 /// What [`Db::end_decryption`] did.
 #[derive(Debug)]
 pub enum Ended {
-    /// Ended; these bids were still waiting for their key.
-    Ended(Vec<String>),
+    /// Ended; these bids were still waiting for their key. With the events staged.
+    Ended(Vec<String>, Vec<StagedEvent>),
     /// Decryption was not running.
     NotRunning,
     /// Not ended, early: so many bids still wait for their key.
@@ -55,10 +55,61 @@ pub enum Filed {
     Stored {
         replaced: Option<String>,
         awaiting_key: bool,
+        staged: Vec<StagedEvent>,
     },
     /// Not stored: the opening no longer takes bids (its state), or the bidder's earlier bid is
     /// being decrypted.
     Closed { opening_state: String },
+}
+
+/// An event to record: kind, audience, payload.
+pub type NewEvent = (String, String, serde_json::Value);
+
+/// An event written in the transaction of the state change it reports, and moved into the event
+/// log by the log's writer afterwards (`BidWrite::Unstage` in the same transaction as the log's
+/// row): a server killed in between publishes it at its next start, so no state change is ever
+/// without its event.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StagedEvent {
+    pub id: i64,
+    pub opening_id: String,
+    pub kind: String,
+    pub audience: String,
+    pub payload: String,
+    pub ts_ms: i64,
+}
+
+/// Stages `events` of an opening in a state change's transaction.
+async fn stage(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    opening_id: &str,
+    events: Vec<NewEvent>,
+    ts_ms: i64,
+) -> Result<Vec<StagedEvent>, DbError> {
+    let mut staged = Vec::with_capacity(events.len());
+    for (kind, audience, payload) in events {
+        let payload = payload.to_string();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO staged_events (opening_id, kind, audience, payload, ts_ms) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(opening_id)
+        .bind(&kind)
+        .bind(&audience)
+        .bind(&payload)
+        .bind(ts_ms)
+        .fetch_one(&mut **tx)
+        .await?;
+        staged.push(StagedEvent {
+            id,
+            opening_id: opening_id.to_owned(),
+            kind,
+            audience,
+            payload,
+            ts_ms,
+        });
+    }
+    Ok(staged)
 }
 
 #[derive(Clone)]
@@ -339,7 +390,12 @@ impl Db {
 
     // --- openings -----------------------------------------------------------------------------
 
-    pub async fn insert_opening(&self, o: &OpeningRow) -> Result<(), DbError> {
+    pub async fn insert_opening(
+        &self,
+        o: &OpeningRow,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<StagedEvent>, DbError> {
+        let mut tx = self.begin_write().await?.0;
         sqlx::query(&format!("INSERT INTO openings ({OPENING_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"))
             .bind(&o.id)
             .bind(&o.tender_id)
@@ -355,9 +411,11 @@ impl Db {
             .bind(o.failure.clone())
             .bind(&o.created_by)
             .bind(o.created_ms)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        let staged = stage(&mut tx, &o.id, events, o.created_ms).await?;
+        tx.commit().await?;
+        Ok(staged)
     }
 
     pub async fn opening(&self, id: &str) -> Result<Option<OpeningRow>, DbError> {
@@ -399,21 +457,30 @@ impl Db {
     }
 
     /// Moves an opening from one state to another; false if it was no longer in `from`.
+    /// With its events staged, or None.
     pub async fn transition_opening(
         &self,
         id: &str,
         from: &str,
         to: &str,
         failure: Option<&str>,
-    ) -> Result<bool, DbError> {
+        events: Vec<NewEvent>,
+        now: i64,
+    ) -> Result<Option<Vec<StagedEvent>>, DbError> {
+        let mut tx = self.begin_write().await?.0;
         let done = sqlx::query("UPDATE openings SET state = $1, failure = COALESCE($2, failure) WHERE id = $3 AND state = $4")
             .bind(to)
             .bind(failure)
             .bind(id)
             .bind(from)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let staged = stage(&mut tx, id, events, now).await?;
+        tx.commit().await?;
+        Ok(Some(staged))
     }
 
     /// Closes the decryption window in one transaction: the opening becomes `decryption_ended`
@@ -427,6 +494,8 @@ impl Db {
         failure: &str,
         fault: &str,
         early: bool,
+        now: i64,
+        events: impl FnOnce(&[String]) -> Vec<NewEvent>,
     ) -> Result<Ended, DbError> {
         let mut tx = self.begin_write().await?.0;
         let done = sqlx::query(
@@ -456,8 +525,9 @@ impl Db {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        let staged = stage(&mut tx, id, events(&ids), now).await?;
         tx.commit().await?;
-        Ok(Ended::Ended(ids))
+        Ok(Ended::Ended(ids, staged))
     }
 
     /// Starts decryption and puts every received bid in wait of its key, in one transaction (a
@@ -469,7 +539,8 @@ impl Db {
         deadline: i64,
         hall_public: &[u8],
         hall_secret_sealed: &[u8],
-    ) -> Result<bool, DbError> {
+        events: Vec<NewEvent>,
+    ) -> Result<Option<Vec<StagedEvent>>, DbError> {
         let mut tx = self.begin_write().await?.0;
         let done = sqlx::query("UPDATE openings SET state = 'decrypting', decrypt_started_ms = $1, decrypt_deadline_ms = $2, hall_public = $3, hall_secret_sealed = $4 WHERE id = $5 AND state = 'scheduled'")
             .bind(started)
@@ -480,7 +551,7 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         if done.rows_affected() != 1 {
-            return Ok(false);
+            return Ok(None);
         }
         sqlx::query(
             "UPDATE bids SET state = 'awaiting_key' WHERE opening_id = $1 AND state = 'received'",
@@ -488,14 +559,21 @@ impl Db {
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        let staged = stage(&mut tx, id, events, started).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(staged))
     }
 
     // --- bidders ------------------------------------------------------------------------------
 
-    pub async fn insert_bidder(&self, b: &BidderRow, keys: &[BidderKeyRow]) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+    pub async fn insert_bidder(
+        &self,
+        b: &BidderRow,
+        keys: &[BidderKeyRow],
+        events: Vec<NewEvent>,
+        now: i64,
+    ) -> Result<Vec<StagedEvent>, DbError> {
+        let mut tx = self.begin_write().await?.0;
         sqlx::query("INSERT INTO bidders (id, opening_id, uscc, name) VALUES ($1, $2, $3, $4)")
             .bind(&b.id)
             .bind(&b.opening_id)
@@ -513,8 +591,9 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
         }
+        let staged = stage(&mut tx, &b.opening_id, events, now).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(staged)
     }
 
     pub async fn bidders(&self, opening_id: &str) -> Result<Vec<BidderRow>, DbError> {
@@ -566,7 +645,13 @@ impl Db {
     /// Stores a bid, replacing the bidder's earlier one, as the opening's state is when it is
     /// written: an upload received before the deadline whose checks end after decryption started
     /// waits for its key at once; one that ends after the opening moved on is not stored.
-    pub async fn put_bid(&self, b: &BidRow) -> Result<Filed, DbError> {
+    /// `events` are staged with it, told whether it waits for its key and replaced another.
+    pub async fn put_bid(
+        &self,
+        b: &BidRow,
+        events: impl FnOnce(bool, bool) -> Vec<NewEvent>,
+        now: i64,
+    ) -> Result<Filed, DbError> {
         let mut tx = self.begin_write().await?.0;
         // On PostgreSQL the opening's row is locked until the bid is in, so starting decryption
         // (which updates that row) waits for it, or this sees it started; `NO KEY UPDATE` leaves
@@ -632,16 +717,26 @@ impl Db {
             .bind(b.fault.clone())
             .execute(&mut *tx)
             .await?;
+        let awaiting_key = state == "awaiting_key";
+        let events = events(awaiting_key, replaced.is_some());
+        let staged = stage(&mut tx, &b.opening_id, events, now).await?;
         tx.commit().await?;
         Ok(Filed::Stored {
             replaced,
-            awaiting_key: state == "awaiting_key",
+            awaiting_key,
+            staged,
         })
     }
 
     /// Deletes a bid that does not wait for its key yet, and its challenges; returns its file
     /// path, or None if there is no such bid (decryption may have started meanwhile).
-    pub async fn delete_bid(&self, id: &str) -> Result<Option<String>, DbError> {
+    pub async fn delete_bid(
+        &self,
+        opening_id: &str,
+        id: &str,
+        events: Vec<NewEvent>,
+        now: i64,
+    ) -> Result<Option<(String, Vec<StagedEvent>)>, DbError> {
         let mut tx = self.begin_write().await?.0;
         // Locked on PostgreSQL, so starting decryption (which moves it on) waits or is seen.
         let lock_row = match self.backend {
@@ -665,8 +760,9 @@ impl Db {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        let staged = stage(&mut tx, opening_id, events, now).await?;
         tx.commit().await?;
-        Ok(Some(row.try_get("path")?))
+        Ok(Some((row.try_get("path")?, staged)))
     }
 
     pub async fn bids(&self, opening_id: &str) -> Result<Vec<BidRow>, DbError> {
@@ -762,13 +858,19 @@ impl Db {
         Ok(WriteTx(tx))
     }
 
+    /// With its events staged, or None if the bid was not being decrypted.
+    #[allow(clippy::too_many_arguments)]
     pub async fn fail_bid(
         &self,
+        opening_id: &str,
         id: &str,
         state: &str,
         failure: &str,
         fault: &str,
-    ) -> Result<bool, DbError> {
+        events: Vec<NewEvent>,
+        now: i64,
+    ) -> Result<Option<Vec<StagedEvent>>, DbError> {
+        let mut tx = self.begin_write().await?.0;
         // Only a bid being decrypted fails: one that finished meanwhile stays as it is.
         let done = sqlx::query(
             "UPDATE bids SET state = $1, failure = $2, fault = $3 WHERE id = $4 \
@@ -778,16 +880,39 @@ impl Db {
         .bind(failure)
         .bind(fault)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let staged = stage(&mut tx, opening_id, events, now).await?;
+        tx.commit().await?;
+        Ok(Some(staged))
+    }
+
+    /// Staged events not yet in the log, oldest first; only those staged before `before_ms` if
+    /// given (younger ones are still being published by whoever staged them).
+    pub async fn staged_events(&self, before_ms: Option<i64>) -> Result<Vec<StagedEvent>, DbError> {
+        Ok(sqlx::query_as(
+            "SELECT id, opening_id, kind, audience, payload, ts_ms FROM staged_events \
+             WHERE ts_ms < $1 ORDER BY id",
+        )
+        .bind(before_ms.unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     // --- challenges ---------------------------------------------------------------------------
 
-    /// Inserts challenges in one transaction.
-    pub async fn insert_challenges(&self, rows: &[ChallengeRow]) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+    /// Inserts challenges of an opening and stages their events, in one transaction.
+    pub async fn insert_challenges(
+        &self,
+        opening_id: &str,
+        rows: &[ChallengeRow],
+        events: Vec<NewEvent>,
+        now: i64,
+    ) -> Result<Vec<StagedEvent>, DbError> {
+        let mut tx = self.begin_write().await?.0;
         for c in rows {
             sqlx::query("INSERT INTO challenges (nonce, opening_id, bid_id, expires_ms, used, created_ms) VALUES ($1, $2, $3, $4, $5, $6)")
                 .bind(&c.nonce)
@@ -799,8 +924,9 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
         }
+        let staged = stage(&mut tx, opening_id, events, now).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(staged)
     }
 
     /// Bids of an opening that wait for a key but have no unused, unexpired challenge.
@@ -906,16 +1032,20 @@ impl Db {
         hash: &str,
         opening_id: &str,
         now: i64,
-    ) -> Result<(), DbError> {
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<StagedEvent>, DbError> {
+        let mut tx = self.begin_write().await?.0;
         sqlx::query(
             "INSERT INTO evaluator_tokens (token_hash, opening_id, created_ms) VALUES ($1, $2, $3)",
         )
         .bind(hash)
         .bind(opening_id)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        let staged = stage(&mut tx, opening_id, events, now).await?;
+        tx.commit().await?;
+        Ok(staged)
     }
 
     pub async fn evaluator_opening(&self, hash: &str) -> Result<Option<String>, DbError> {

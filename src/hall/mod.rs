@@ -29,6 +29,7 @@ use crate::config::Settings;
 use crate::crypto::{self, FileKey};
 use crate::db::{
     BidRow, BidWrite, BidderKeyRow, BidderRow, ChallengeRow, Db, Ended, Filed, OpeningRow,
+    StagedEvent,
 };
 use crate::domain::{BidSummary, Uscc};
 use crate::engine::{self, DecryptOptions, SealedBid};
@@ -73,6 +74,17 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
         }
     }
 }
+
+/// An event to record.
+fn ev(kind: &str, audience: &str, payload: serde_json::Value) -> crate::db::NewEvent {
+    (kind.to_owned(), audience.to_owned(), payload)
+}
+
+/// A staged payload's marker: the published list of bidders and bids is added at publishing.
+const WITH_PUBLISHED_LIST: &str = "_with_published_list";
+
+/// How long a state change's caller has to publish its staged events before the tick does.
+const STAGED_GRACE_MS: i64 = 5_000;
 
 /// How long after a decryption first failed through the platform the tick tries it again
 /// (doubling with each failure after, to 5 minutes).
@@ -508,6 +520,59 @@ impl Hall {
         Ok(())
     }
 
+    /// Moves events staged with a state change into the log (see [`crate::db::StagedEvent`]),
+    /// one commit for each opening's run of them, taking them off the stage in the same
+    /// transaction; any published meanwhile by the tick are skipped. The state change is
+    /// committed already, so a failure here is not the caller's: it is logged, and the tick
+    /// publishes them later.
+    async fn publish(&self, staged: Vec<StagedEvent>) {
+        for run in staged.chunk_by(|a, b| a.opening_id == b.opening_id) {
+            let opening_id = &run[0].opening_id;
+            let mut events = Vec::with_capacity(run.len());
+            for s in run {
+                let mut payload: serde_json::Value =
+                    serde_json::from_str(&s.payload).unwrap_or_default();
+                // The bidders and bids as the public sees them once published, at publishing.
+                if let Some(map) = payload.as_object_mut()
+                    && map.remove(WITH_PUBLISHED_LIST).is_some()
+                    && let Err(error) = self.add_published_list(opening_id, &mut payload).await
+                {
+                    tracing::error!(opening = %opening_id, %error, "the published list of bidders could not be read; the tick tries again");
+                    return;
+                }
+                events.push((s.kind.clone(), s.audience.clone(), payload));
+            }
+            let unstage = BidWrite::Unstage {
+                ids: run.iter().map(|s| s.id).collect(),
+            };
+            if let Err(error) = self
+                .inner
+                .bus
+                .commit(opening_id, unstage, events, run[0].ts_ms)
+                .await
+            {
+                tracing::error!(opening = %opening_id, %error, "staged events could not be stored in the log yet; the tick tries again");
+                return;
+            }
+        }
+    }
+
+    /// Publishes the events that were staged and not published: all of them at start (a server
+    /// stopped in between), and from the tick those older than a few seconds (whoever staged
+    /// them failed to publish them).
+    async fn publish_leftovers(&self, all: bool) -> Result<(), HallError> {
+        let before = (!all).then(|| self.now() - STAGED_GRACE_MS);
+        let staged = self.inner.db.staged_events(before).await?;
+        if !staged.is_empty() {
+            tracing::warn!(
+                events = staged.len(),
+                "publishing events staged with state changes whose publishing did not finish"
+            );
+            self.publish(staged).await;
+        }
+        Ok(())
+    }
+
     // --- agents -------------------------------------------------------------------------------
 
     pub async fn create_agent(&self, username: &str, password: &str) -> Result<(), HallError> {
@@ -684,15 +749,14 @@ impl Hall {
             created_by: agent_id.to_owned(),
             created_ms: now,
         };
-        self.inner.db.insert_opening(&row).await?;
-        self.event(
-            &row.id,
-            "opening.created",
-            "public",
-            json!({"tender_id": row.tender_id, "name": row.name, "deadline_ms": row.deadline_ms,
-                   "opening_ms": row.opening_ms, "decrypt_limit_secs": row.decrypt_limit_secs}),
-        )
-        .await?;
+        let created = json!({"tender_id": row.tender_id, "name": row.name, "deadline_ms": row.deadline_ms,
+                             "opening_ms": row.opening_ms, "decrypt_limit_secs": row.decrypt_limit_secs});
+        let staged = self
+            .inner
+            .db
+            .insert_opening(&row, vec![ev("opening.created", "public", created)])
+            .await?;
+        self.publish(staged).await;
         Ok(row)
     }
 
@@ -770,15 +834,18 @@ impl Hall {
                 }
             }
         }
-        self.inner.db.insert_bidder(&bidder, &keys).await?;
-        self.event(
-            opening_id,
+        // Who takes part is not told to anyone before the opening (see `bids_published`).
+        let registered = ev(
             "bidder.registered",
-            // Who takes part is not told to anyone before the opening (see `bids_published`).
             "agent",
             json!({"uscc": bidder.uscc, "name": bidder.name}),
-        )
-        .await?;
+        );
+        let staged = self
+            .inner
+            .db
+            .insert_bidder(&bidder, &keys, vec![registered], self.now())
+            .await?;
+        self.publish(staged).await;
         Ok(bidder)
     }
 
@@ -895,11 +962,25 @@ impl Hall {
             failure: None,
             fault: None,
         };
-        let (replaced, awaiting_key) = match self.inner.db.put_bid(&row).await {
+        let received = |awaiting_key: bool, replaced: bool| {
+            vec![ev(
+                "bid.received",
+                // Public only once decryption started (a bid checked after it began).
+                if awaiting_key { "public" } else { "agent" },
+                json!({"bid_id": bid_id, "state": if awaiting_key { "awaiting_key" } else { "received" }, "bidder_code": bidder.uscc, "bidder_name": bidder.name, "size": size,
+                       "sm3": sm3, "received_ms": received_ms, "replaced": replaced}),
+            )]
+        };
+        let filed = self.inner.db.put_bid(&row, received, self.now()).await;
+        let (replaced, awaiting_key) = match filed {
             Ok(Filed::Stored {
                 replaced,
                 awaiting_key,
-            }) => (replaced, awaiting_key),
+                staged,
+            }) => {
+                self.publish(staged).await;
+                (replaced, awaiting_key)
+            }
             Ok(Filed::Closed { opening_state }) => {
                 let _ = std::fs::remove_file(&final_path);
                 if opening_state == "decrypting" {
@@ -937,19 +1018,6 @@ impl Hall {
         }
         // The bid is stored: from here on the bidder gets its receipt whatever else fails (the
         // hall's tick issues a QR code to any bid waiting for its key without one).
-        if let Err(error) = self
-            .event(
-                opening_id,
-                "bid.received",
-                // Public only once decryption started (a bid checked after it began).
-                if awaiting_key { "public" } else { "agent" },
-                json!({"bid_id": bid_id, "state": if awaiting_key { "awaiting_key" } else { "received" }, "bidder_code": bidder.uscc, "bidder_name": bidder.name, "size": size,
-                       "sm3": sm3, "received_ms": received_ms, "replaced": replaced.is_some()}),
-            )
-            .await
-        {
-            tracing::error!(bid = %bid_id, %error, "a stored bid's receipt event could not be written");
-        }
         if awaiting_key
             && let Err(error) = self
                 .issue_challenges(opening_id, std::slice::from_ref(&bid_id))
@@ -1024,20 +1092,20 @@ impl Hall {
             return Err(HallError::BadAnswerSignature);
         }
         // Decryption may have started since the check above: then the bid stays.
-        let path = self
-            .inner
-            .db
-            .delete_bid(&bid.id)
-            .await?
-            .ok_or_else(|| HallError::AfterDeadline(fmt_time(opening.deadline_ms)))?;
-        let _ = std::fs::remove_file(path);
-        self.event(
-            opening_id,
+        let withdrawn = ev(
             "bid.withdrawn",
             "agent",
             json!({"bid_id": bid.id, "bidder_code": bidder.uscc}),
-        )
-        .await
+        );
+        let (path, staged) = self
+            .inner
+            .db
+            .delete_bid(opening_id, &bid.id, vec![withdrawn], self.now())
+            .await?
+            .ok_or_else(|| HallError::AfterDeadline(fmt_time(opening.deadline_ms)))?;
+        let _ = std::fs::remove_file(path);
+        self.publish(staged).await;
+        Ok(())
     }
 
     /// Starts decryption: refused before the opening time. Makes the hall key and a QR per bid.
@@ -1064,31 +1132,33 @@ impl Hall {
             .vault
             .seal(&format!("hall:{opening_id}"), &secret.to_bytes())?;
         let deadline = now + opening.decrypt_limit_secs * 1000;
-        if !self
+        // The bidders are published (公布投标人) with the start: the event carries the list that
+        // public viewers did not see before.
+        let started = json!({"started_ms": now, "deadline_ms": deadline, "hall_key_id": hex::encode(crypto::sm3(&public)),
+                             WITH_PUBLISHED_LIST: true});
+        let staged = self
             .inner
             .db
-            .start_decryption(opening_id, now, deadline, &public, &sealed)
+            .start_decryption(
+                opening_id,
+                now,
+                deadline,
+                &public,
+                &sealed,
+                vec![ev("decryption.started", "public", started)],
+            )
             .await?
-        {
-            return Err(HallError::WrongState(
-                "decryption was started already".into(),
-            ));
-        }
+            .ok_or_else(|| HallError::WrongState("decryption was started already".into()))?;
         self.inner
             .hall_keys
             .insert(opening_id.to_owned(), Arc::new(secret));
-        // The bidders are published (公布投标人) with the start: the event carries the list that
-        // public viewers did not see before.
-        let mut started = json!({"started_ms": now, "deadline_ms": deadline, "hall_key_id": hex::encode(crypto::sm3(&public))});
-        self.add_published_list(opening_id, &mut started).await?;
-        self.event(opening_id, "decryption.started", "public", started)
-            .await?;
+        self.publish(staged).await;
         let waiting = self.inner.db.awaiting_keys(opening_id).await?;
         self.issue_challenges(opening_id, &waiting).await
     }
 
-    /// Issues a fresh challenge (QR code) for each bid, with one commit for the challenges and
-    /// one for their events.
+    /// Issues a fresh challenge (QR code) for each bid, the challenges and their events staged
+    /// in one commit.
     async fn issue_challenges(
         &self,
         opening_id: &str,
@@ -1110,15 +1180,20 @@ impl Hall {
                 created_ms: now,
             });
         }
-        self.inner.db.insert_challenges(&rows).await?;
         let events = rows
             .iter()
             .map(|row| {
                 let payload = json!({"bid_id": row.bid_id, "nonce": row.nonce, "url": self.qr_url(&row.nonce), "expires_ms": row.expires_ms});
-                ("qr.issued".to_owned(), "public".to_owned(), payload)
+                ev("qr.issued", "public", payload)
             })
             .collect();
-        self.inner.bus.append_all(opening_id, events, now).await
+        let staged = self
+            .inner
+            .db
+            .insert_challenges(opening_id, &rows, events, now)
+            .await?;
+        self.publish(staged).await;
+        Ok(())
     }
 
     /// The hall's private key of an opening, from the cache or unsealed from the database.
@@ -1874,23 +1949,31 @@ impl Hall {
         fault: &str,
         chunk: Option<u64>,
     ) -> Result<(), HallError> {
-        let failed = self
-            .inner
-            .db
-            .fail_bid(&bid.id, "failed", message, fault)
-            .await?;
-        self.inner.delayed.remove(&bid.id);
-        if !failed {
-            tracing::warn!(bid = %bid.id, "a failed decryption found its bid no longer decrypting");
-            return Ok(());
-        }
-        self.event(
-            &bid.opening_id,
+        let failed = ev(
             "bid.failed",
             "public",
             json!({"bid_id": bid.id, "message": message, "fault": fault, "chunk": chunk}),
-        )
-        .await
+        );
+        let staged = self
+            .inner
+            .db
+            .fail_bid(
+                &bid.opening_id,
+                &bid.id,
+                "failed",
+                message,
+                fault,
+                vec![failed],
+                self.now(),
+            )
+            .await?;
+        self.inner.delayed.remove(&bid.id);
+        let Some(staged) = staged else {
+            tracing::warn!(bid = %bid.id, "a failed decryption found its bid no longer decrypting");
+            return Ok(());
+        };
+        self.publish(staged).await;
+        Ok(())
     }
 
     /// Ends the decryption window: bids still waiting for a key count as not decrypted through
@@ -1917,13 +2000,20 @@ impl Hall {
                  will wait for their bidder's key; end decryption once they are filed"
             )));
         }
-        let not_decrypted = match self
+        let ended = |not_decrypted: &[String]| {
+            vec![ev(
+                "decryption.ended",
+                "public",
+                json!({"not_decrypted": not_decrypted, "failure": failure, "fault": fault}),
+            )]
+        };
+        let staged = match self
             .inner
             .db
-            .end_decryption(opening_id, failure, fault, early)
+            .end_decryption(opening_id, failure, fault, early, self.now(), ended)
             .await?
         {
-            Ended::Ended(ids) => ids,
+            Ended::Ended(_, staged) => staged,
             Ended::NotRunning => {
                 return Err(HallError::WrongState("decryption is not running".into()));
             }
@@ -1937,13 +2027,8 @@ impl Hall {
                 )));
             }
         };
-        self.event(
-            opening_id,
-            "decryption.ended",
-            "public",
-            json!({"not_decrypted": not_decrypted, "failure": failure, "fault": fault}),
-        )
-        .await
+        self.publish(staged).await;
+        Ok(())
     }
 
     /// At start: a decryption window whose time limit ran out while no server was running ends
@@ -1989,24 +2074,27 @@ impl Hall {
         // plaintext or retrying a decryption the platform failed.
         self.no_bid_decrypting(opening_id, "fail the opening")
             .await?;
-        if !self
-            .inner
-            .db
-            .transition_opening(opening_id, &opening.state, "failed", Some(reason.trim()))
-            .await?
-        {
-            return Err(HallError::WrongState(
-                "the opening changed meanwhile; reload".into(),
-            ));
-        }
         // Failed before decryption started (fewer than three bids, art. 44): the bids it had are
         // published with the reason.
         let mut failed = json!({"reason": reason.trim()});
         if opening.state == "scheduled" {
-            self.add_published_list(opening_id, &mut failed).await?;
+            failed[WITH_PUBLISHED_LIST] = json!(true);
         }
-        self.event(opening_id, "opening.failed", "public", failed)
-            .await
+        let staged = self
+            .inner
+            .db
+            .transition_opening(
+                opening_id,
+                &opening.state,
+                "failed",
+                Some(reason.trim()),
+                vec![ev("opening.failed", "public", failed)],
+                self.now(),
+            )
+            .await?
+            .ok_or_else(|| HallError::WrongState("the opening changed meanwhile; reload".into()))?;
+        self.publish(staged).await;
+        Ok(())
     }
 
     /// Adds the bidders and bids as the public sees them once they are published.
@@ -2031,18 +2119,21 @@ impl Hall {
         }
         self.no_bid_decrypting(opening_id, "release the files")
             .await?;
-        if !self
+        let staged = self
             .inner
             .db
-            .transition_opening(opening_id, "decryption_ended", "released", None)
+            .transition_opening(
+                opening_id,
+                "decryption_ended",
+                "released",
+                None,
+                vec![ev("files.released", "public", json!({}))],
+                self.now(),
+            )
             .await?
-        {
-            return Err(HallError::WrongState(
-                "the opening changed meanwhile; reload".into(),
-            ));
-        }
-        self.event(opening_id, "files.released", "public", json!({}))
-            .await
+            .ok_or_else(|| HallError::WrongState("the opening changed meanwhile; reload".into()))?;
+        self.publish(staged).await;
+        Ok(())
     }
 
     /// Refuses `action` while a bid of the opening is still being decrypted, naming the bidders
@@ -2078,29 +2169,41 @@ impl Hall {
     }
 
     pub async fn close(&self, opening_id: &str) -> Result<(), HallError> {
-        if !self
+        let staged = self
             .inner
             .db
-            .transition_opening(opening_id, "released", "closed", None)
+            .transition_opening(
+                opening_id,
+                "released",
+                "closed",
+                None,
+                vec![ev("opening.closed", "public", json!({}))],
+                self.now(),
+            )
             .await?
-        {
-            return Err(HallError::WrongState(
-                "only an opening whose files are released can be closed".into(),
-            ));
-        }
-        self.event(opening_id, "opening.closed", "public", json!({}))
-            .await
+            .ok_or_else(|| {
+                HallError::WrongState(
+                    "only an opening whose files are released can be closed".into(),
+                )
+            })?;
+        self.publish(staged).await;
+        Ok(())
     }
 
     pub async fn issue_evaluator_token(&self, opening_id: &str) -> Result<String, HallError> {
         self.opening(opening_id).await?;
         let token = format!("ev_{}", random_hex::<32>()?);
-        self.inner
+        let staged = self
+            .inner
             .db
-            .insert_evaluator_token(&token_hash(&token), opening_id, self.now())
+            .insert_evaluator_token(
+                &token_hash(&token),
+                opening_id,
+                self.now(),
+                vec![ev("evaluator.token_issued", "agent", json!({}))],
+            )
             .await?;
-        self.event(opening_id, "evaluator.token_issued", "agent", json!({}))
-            .await?;
+        self.publish(staged).await;
         Ok(token)
     }
 
@@ -2254,6 +2357,7 @@ impl Hall {
         self.inner
             .announced_refusals
             .retain(|_, until| *until > instant);
+        self.publish_leftovers(false).await?;
         for opening in self.inner.db.openings_in_state("decrypting").await? {
             if opening.decrypt_deadline_ms.is_some_and(|d| now >= d) {
                 match self.end_decryption(&opening.id).await {
@@ -2310,6 +2414,7 @@ impl Hall {
     /// After a restart: hash decrypted files whose digest was not recorded, and restart
     /// decryptions whose key had been accepted.
     async fn resume(&self) -> Result<(), HallError> {
+        self.publish_leftovers(true).await?;
         self.end_windows_missed_while_down().await?;
         self.reconcile_digests().await?;
         self.reconcile().await

@@ -10,7 +10,8 @@ crate::on_both_databases!(
     a_changed_or_removed_event_breaks_the_chain,
     a_failed_opening_releases_no_file,
     an_evaluator_token_opens_only_its_own_opening,
-    no_bid_key_is_stored_in_the_clear
+    no_bid_key_is_stored_in_the_clear,
+    a_state_change_whose_event_was_not_published_gets_it_at_the_next_start
 );
 
 async fn verify(app: &TestApp, opening: &str) -> serde_json::Value {
@@ -260,5 +261,49 @@ async fn no_bid_key_is_stored_in_the_clear(backend: Backend) {
             }
         }
     }
+    app.cleanup().await;
+}
+
+/// Each state change stages its event in its own transaction, and the log's writer takes it off
+/// the stage as it stores it. A server killed between the two (here: the release committed, its
+/// event only staged) publishes the event at its next start, once: no state change is ever
+/// without its event in the chained log.
+async fn a_state_change_whose_event_was_not_published_gets_it_at_the_next_start(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let b = TestBidder::new(app.dir.path(), 1, 20_000);
+    let opening = decrypted(&app, &[&b]).await;
+    let mut app = app;
+    app.stop().await;
+    app.sql(
+        "UPDATE openings SET state = 'released' WHERE id = $1",
+        &opening,
+    )
+    .await;
+    app.sql(
+        "INSERT INTO staged_events (opening_id, kind, audience, payload, ts_ms) \
+         VALUES ($1, 'files.released', 'public', '{}', 0)",
+        &opening,
+    )
+    .await;
+    let released = |events: &[serde_json::Value]| {
+        events
+            .iter()
+            .filter(|e| e["kind"] == "files.released")
+            .count()
+    };
+    let app = app.restart().await;
+    let events = app.events(&opening).await;
+    assert_eq!(released(&events), 1, "{events:?}");
+    assert_eq!(events.last().unwrap()["kind"], "files.released");
+    app.assert_chain_valid(&opening).await;
+    let app = app.restart().await;
+    assert_eq!(released(&app.events(&opening).await), 1, "published once");
+    // And the state changes of a normal run leave nothing staged: the release's event is the
+    // only one after it, the close's likewise.
+    assert_eq!(app.act(&opening, "close").await.status, 200);
+    let events = app.events(&opening).await;
+    assert_eq!(events.last().unwrap()["kind"], "opening.closed");
+    let app = app.restart().await;
+    assert_eq!(app.events(&opening).await.len(), events.len());
     app.cleanup().await;
 }

@@ -52,8 +52,17 @@ pub struct SealArgs {
 pub struct UnsealArgs {
     bid: PathBuf,
     /// A recipient's SM2 encryption private key (PKCS#8 PEM).
+    #[arg(
+        long,
+        required_unless_present = "file_key",
+        conflicts_with = "file_key"
+    )]
+    key: Option<PathBuf>,
+    /// The bid's file key itself (32 hex digits), as the hall gives it to the evaluation system
+    /// once the files are released: to check that the released plaintext is what the bidder
+    /// sealed and signed (the key must match the commitment in the signed header).
     #[arg(long)]
-    key: PathBuf,
+    file_key: Option<String>,
     /// Folder to unpack the bid into (must not exist, or be empty); with `--archive`, the file
     /// to write (must not exist).
     #[arg(long)]
@@ -280,8 +289,17 @@ pub fn verify(path: &Path, threads: Option<usize>) -> anyhow::Result<ExitCode> {
 
 pub fn unseal(args: UnsealArgs) -> anyhow::Result<ExitCode> {
     let bid = SealedBid::open(&args.bid)?;
-    let key = load_private(&args.key)?;
-    let file_key = bid.unwrap_file_key(&key)?;
+    let file_key = match (&args.key, &args.file_key) {
+        (Some(key), _) => bid.unwrap_file_key(&load_private(key)?)?,
+        (None, Some(hex_key)) => {
+            let raw: [u8; 16] = hex::decode(hex_key.trim())
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .context("--file-key takes the bid's 16-byte file key as 32 hex digits")?;
+            bid.accept_file_key(raw)?
+        }
+        (None, None) => bail!("give --key (a recipient's private key) or --file-key"),
+    };
     let summary = bid.open_summary(&file_key)?;
     println!("bidder         {}", summary.bidder_name);
     println!(

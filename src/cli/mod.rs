@@ -38,7 +38,8 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
-    /// Decrypt a sealed bid with a recipient's private key (the offline / backup path).
+    /// Decrypt a sealed bid with a recipient's private key (the offline / backup path), or with
+    /// its file key as released to the evaluation system (to check the released plaintext).
     Unseal(bidtool::UnsealArgs),
     /// Run the hall server (SQLite under ./data and 127.0.0.1:8080 unless told otherwise).
     Serve(hall::ServeArgs),

@@ -2243,6 +2243,19 @@ impl Hall {
         }
     }
 
+    /// A decrypted bid's file key (hex), for the evaluation system once the files are released:
+    /// with it and the sealed bid anyone can check that the released plaintext is what the
+    /// bidder sealed and signed (`kaibiao unseal --file-key`); the key opens nothing else, and
+    /// after the release nothing of this bid is secret any more.
+    pub async fn released_file_key(&self, bid: &BidRow) -> Result<Option<String>, HallError> {
+        let opening = self.opening(&bid.opening_id).await?;
+        if !matches!(opening.state.as_str(), "released" | "closed") || bid.state != "decrypted" {
+            return Ok(None);
+        }
+        let key = self.stored_key(bid).await?;
+        Ok(Some(hex::encode(key.raw())))
+    }
+
     /// The bidder's signature proof of a bid, for the evaluation system.
     pub async fn bid_proof(&self, bid: &BidRow) -> Result<serde_json::Value, HallError> {
         let path = PathBuf::from(&bid.path);

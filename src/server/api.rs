@@ -557,6 +557,7 @@ async fn eval_bids(hall: web::Data<Hall>, evaluator: Evaluator) -> Result<HttpRe
             "state": bid.state, "sealed_size": bid.size, "sealed_sm3": bid.sm3, "plaintext_len": bid.plaintext_len,
             "plain_sm3": bid.plain_sm3, "summary": summary, "failure": bid.failure, "fault": bid.fault,
             "proof": hall.bid_proof(&bid).await?,
+            "file_key": hall.released_file_key(&bid).await?,
             "download": (released && bid.state == "decrypted").then(|| format!("/api/eval/bids/{}/file", bid.id)),
         }));
     }

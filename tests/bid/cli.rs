@@ -110,6 +110,38 @@ fn keygen_seal_inspect_verify_unseal() {
     let err = String::from_utf8_lossy(&again.get_output().stderr).into_owned();
     assert!(err.contains("already exists"), "{err}");
 
+    // With the file key alone, as the hall releases it to the evaluators: the same archive; a
+    // key that does not match the signed header's commitment opens nothing.
+    let sealed = kaibiao::engine::SealedBid::open(&d.join("bid.kbid")).unwrap();
+    let pem = std::fs::read_to_string(d.join("keys/enc.key.pem")).unwrap();
+    let enc = kaibiao::crypto::load_private_pem(&pem).unwrap();
+    let file_key = hex::encode(sealed.unwrap_file_key(&enc).unwrap().raw());
+    let with_file_key = |key: &str, out: &str| {
+        let args = [
+            "unseal",
+            "bid.kbid",
+            "--file-key",
+            key,
+            "--archive",
+            "--out",
+            out,
+        ];
+        kaibiao().current_dir(d).args(args).assert()
+    };
+    with_file_key(&file_key, "by-file-key.tar").success();
+    assert_eq!(
+        std::fs::read(d.join("bid.tar")).unwrap(),
+        std::fs::read(d.join("by-file-key.tar")).unwrap()
+    );
+    let wrong = format!("{:032x}", u128::from_str_radix(&file_key, 16).unwrap() ^ 1);
+    let refused = with_file_key(&wrong, "wrong.tar").failure();
+    let err = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
+    assert!(err.contains("error:"), "{err}");
+    assert!(!d.join("wrong.tar").exists());
+    let refused = with_file_key("not hex", "bad.tar").failure();
+    let err = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
+    assert!(err.contains("32 hex digits"), "{err}");
+
     // A damaged file: verify fails with a reason naming the chunk, unseal leaves nothing behind.
     let mut bytes = std::fs::read(d.join("bid.kbid")).unwrap();
     let n = bytes.len();

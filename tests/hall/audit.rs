@@ -11,7 +11,8 @@ crate::on_both_databases!(
     a_failed_opening_releases_no_file,
     an_evaluator_token_opens_only_its_own_opening,
     no_bid_key_is_stored_in_the_clear,
-    a_state_change_whose_event_was_not_published_gets_it_at_the_next_start
+    a_state_change_whose_event_was_not_published_gets_it_at_the_next_start,
+    the_released_plaintext_is_proven_to_be_what_the_bidder_signed
 );
 
 async fn verify(app: &TestApp, opening: &str) -> serde_json::Value {
@@ -305,5 +306,81 @@ async fn a_state_change_whose_event_was_not_published_gets_it_at_the_next_start(
     assert_eq!(events.last().unwrap()["kind"], "opening.closed");
     let app = app.restart().await;
     assert_eq!(app.events(&opening).await.len(), events.len());
+    app.cleanup().await;
+}
+
+/// Once the files are released, the evaluation system gets each bid's file key with its proof:
+/// with the sealed bid as uploaded (its signature by the bidder's registered key) and that key
+/// (which must match the commitment in the signed header), anyone recomputes the plaintext and
+/// finds the released file. Before the release no key is given.
+async fn the_released_plaintext_is_proven_to_be_what_the_bidder_signed(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let b = TestBidder::new(app.dir.path(), 1, 300_000);
+    let opening = decrypted(&app, &[&b]).await;
+    let token = app
+        .agent(
+            "POST",
+            &format!("/api/openings/{opening}/evaluator-tokens"),
+            None,
+        )
+        .await
+        .body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let list = app.call("GET", "/api/eval/bids", None, Some(&token)).await;
+    assert_eq!(list.body["bids"][0]["file_key"], serde_json::Value::Null);
+    assert_eq!(app.act(&opening, "release").await.status, 200);
+    let list = app.call("GET", "/api/eval/bids", None, Some(&token)).await;
+    let entry = &list.body["bids"][0];
+    let raw: [u8; 16] = hex::decode(entry["file_key"].as_str().expect("the file key"))
+        .unwrap()
+        .try_into()
+        .unwrap();
+
+    let download = |path: String| {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            let mut res = app
+                .client
+                .get(format!("{}{path}", app.base))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status().as_u16(), 200, "{path}");
+            res.body().limit(64 << 20).await.unwrap().to_vec()
+        }
+    };
+    let id = entry["id"].as_str().unwrap();
+    let sealed = download(format!("/api/eval/bids/{id}/sealed")).await;
+    let released = download(format!("/api/eval/bids/{id}/file")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sealed_path = dir.path().join("bid.kbid");
+    std::fs::write(&sealed_path, &sealed).unwrap();
+    let bid = kaibiao::engine::SealedBid::open(&sealed_path).unwrap();
+    bid.verify_chunks(&kaibiao::engine::NoProgress).unwrap();
+    assert_eq!(
+        kaibiao::crypto::key_id(bid.signer().key()),
+        kaibiao::crypto::key_id(&b.sign.public_key()),
+        "signed by the bidder"
+    );
+    let key = bid
+        .accept_file_key(raw)
+        .expect("the key matches the commitment");
+    let plain = dir.path().join("plain");
+    bid.decrypt_to(
+        &key,
+        &plain,
+        kaibiao::engine::DecryptOptions::default(),
+        &kaibiao::engine::NoProgress,
+    )
+    .unwrap();
+    assert!(
+        std::fs::read(&plain).unwrap() == released,
+        "the released file"
+    );
+    assert!(released == b.data, "the bidder's data");
     app.cleanup().await;
 }

@@ -250,15 +250,20 @@ impl TestApp {
         kaibiao::hall::system_clock()() + self.offset.load(Ordering::SeqCst)
     }
 
-    /// One number of the server's `/metrics` (`kaibiao_` + `name`).
-    pub async fn metric(&self, name: &str) -> f64 {
+    /// The server's `/metrics`, as anyone gets them.
+    pub async fn metrics_text(&self) -> String {
         let mut res = self
             .client
             .get(format!("{}/metrics", self.base))
             .send()
             .await
             .unwrap();
-        let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+        String::from_utf8(res.body().await.unwrap().to_vec()).unwrap()
+    }
+
+    /// One number of the server's `/metrics` (`kaibiao_` + `name`).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
         let name = format!("kaibiao_{name} ");
         text.lines()
             .find(|l| l.starts_with(&name))

@@ -279,13 +279,7 @@ async fn no_one_but_the_agent_learns_who_bid_before_the_opening(backend: Backend
     // bid of an opening before its start.
     assert_eq!(public["last_seq"], 1, "{public}");
     assert!(agent["last_seq"].as_i64().unwrap() > 1, "{agent}");
-    let mut res = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap();
-    let metrics = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    let metrics = app.metrics_text().await;
     assert!(!metrics.contains("kaibiao_bids{"), "{metrics}");
     let events = app.public_events(&opening).await;
     assert!(

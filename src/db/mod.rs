@@ -904,7 +904,10 @@ impl Db {
 
     // --- challenges ---------------------------------------------------------------------------
 
-    /// Inserts challenges of an opening and stages their events, in one transaction.
+    /// Inserts challenges of an opening and stages their events (one per challenge, in the same
+    /// order), in one transaction; skips, with its event, a challenge whose bid no longer waits
+    /// for its key or has a live challenge already (issued meanwhile by another caller: the tick,
+    /// the start, a bid filed during decryption), so no bid ever shows two valid QR codes.
     pub async fn insert_challenges(
         &self,
         opening_id: &str,
@@ -913,7 +916,30 @@ impl Db {
         now: i64,
     ) -> Result<Vec<StagedEvent>, DbError> {
         let mut tx = self.begin_write().await?.0;
-        for c in rows {
+        let lock_row = match self.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let mut issued = Vec::with_capacity(events.len());
+        for (c, event) in rows.iter().zip(events) {
+            let waiting = sqlx::query(&format!(
+                "SELECT id FROM bids WHERE id = $1 AND state = 'awaiting_key'{lock_row}"
+            ))
+            .bind(&c.bid_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+            let live = sqlx::query(
+                "SELECT nonce FROM challenges WHERE bid_id = $1 AND used = 0 AND expires_ms > $2",
+            )
+            .bind(&c.bid_id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+            if !waiting || live {
+                continue;
+            }
             sqlx::query("INSERT INTO challenges (nonce, opening_id, bid_id, expires_ms, used, created_ms) VALUES ($1, $2, $3, $4, $5, $6)")
                 .bind(&c.nonce)
                 .bind(&c.opening_id)
@@ -923,8 +949,9 @@ impl Db {
                 .bind(c.created_ms)
                 .execute(&mut *tx)
                 .await?;
+            issued.push(event);
         }
-        let staged = stage(&mut tx, opening_id, events, now).await?;
+        let staged = stage(&mut tx, opening_id, issued, now).await?;
         tx.commit().await?;
         Ok(staged)
     }

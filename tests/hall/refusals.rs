@@ -17,6 +17,7 @@ crate::on_both_databases!(
     upload_after_the_deadline_is_refused_and_changes_nothing,
     decryption_before_the_opening_time_is_refused,
     a_forged_or_foreign_upload_is_refused,
+    a_bid_never_shows_two_valid_qr_codes,
 );
 
 /// An opening with the given bidders uploaded and decryption started.
@@ -458,6 +459,65 @@ async fn a_bidder_withdraws_before_the_deadline_only(backend: Backend) {
             .unwrap()
             .len(),
         1
+    );
+    app.cleanup().await;
+}
+
+/// A QR code issued for a bid that has a valid one already (two callers at once: the tick, the
+/// start, a bid filed during decryption), or no longer waits for its key, is not issued: no
+/// second valid code, no event.
+async fn a_bid_never_shows_two_valid_qr_codes(backend: Backend) {
+    use kaibiao::db::ChallengeRow;
+    let app = spawn_app(&backend).await;
+    let b = TestBidder::new(app.dir.path(), 1, 20_000);
+    let opening = decrypting(&app, &[&b]).await;
+    let shown = app.qr_url(&opening, &b).await.unwrap();
+    let bid_id = app.snapshot(&opening).await["bids"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let events_before = app.events(&opening).await.len();
+    let now = app.now_ms();
+    let second = |nonce: &str| ChallengeRow {
+        nonce: nonce.into(),
+        opening_id: opening.clone(),
+        bid_id: bid_id.clone(),
+        expires_ms: now + 60_000,
+        used: 0,
+        created_ms: now,
+    };
+    let event = || {
+        vec![(
+            "qr.issued".to_owned(),
+            "public".to_owned(),
+            serde_json::json!({"bid_id": bid_id}),
+        )]
+    };
+    let db = app.hall.db();
+    let staged = db
+        .insert_challenges(&opening, &[second(&"a".repeat(32))], event(), now)
+        .await
+        .unwrap();
+    assert!(staged.is_empty(), "{staged:?}");
+    assert!(db.challenge(&"a".repeat(32)).await.unwrap().is_none());
+    assert_eq!(app.qr_url(&opening, &b).await.unwrap(), shown);
+
+    // Once its key is in, none at all, even with the old one expired.
+    assert_eq!(app.scan(&opening, &b).await.status, 200);
+    app.wait_until_settled(&opening).await;
+    let later = now + 120_000;
+    let staged = db
+        .insert_challenges(&opening, &[second(&"b".repeat(32))], event(), later)
+        .await
+        .unwrap();
+    assert!(staged.is_empty(), "{staged:?}");
+    assert!(db.challenge(&"b".repeat(32)).await.unwrap().is_none());
+    let events = app.events(&opening).await;
+    assert!(
+        events[events_before..]
+            .iter()
+            .all(|e| e["kind"] != "qr.issued"),
+        "no QR code announced"
     );
     app.cleanup().await;
 }

@@ -54,10 +54,48 @@ pub enum PhoneError {
         "this bid was not sealed to this encryption certificate (非正确的加密证书); use the certificate the bid was made with"
     )]
     WrongCertificate,
+    #[error(
+        "the hall key in this challenge is not the one on the QR code: something between the phone and the hall may have replaced it; do not answer, tell the tender agent"
+    )]
+    HallKeyMismatch,
     #[error("the challenge is malformed: {0}")]
     Malformed(String),
     #[error("{0}")]
     Key(#[from] KeyError),
+}
+
+/// The tag of a hall key that a QR code carries (`?k=`): the first 128 bits of the SM3 of the
+/// hall's SPKI DER. The phone checks the challenge's hall key against it, so that without TLS,
+/// or with its TLS intercepted, the file key is re-wrapped to the hall on the display and to no
+/// one who answered the phone's request in its place.
+pub fn hall_key_tag(hall_public_der: &[u8]) -> String {
+    hex::encode(&crypto::sm3(hall_public_der)[..16])
+}
+
+/// The hall key tag in what a QR code holds, if any.
+pub fn qr_hall_key_tag(payload: &str) -> Option<&str> {
+    let query = payload.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or_default();
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("k="))
+        .filter(|tag| !tag.is_empty())
+}
+
+/// Checks a challenge's hall key against the tag of the QR code it came from (a QR code without
+/// one, e.g. a bare nonce typed in, is taken as it is).
+pub fn check_hall_key(view: &ChallengeView, qr_payload: &str) -> Result<(), PhoneError> {
+    let Some(expected) = qr_hall_key_tag(qr_payload) else {
+        return Ok(());
+    };
+    let der = B64
+        .decode(&view.hall_public_key)
+        .map_err(|e| PhoneError::Malformed(format!("hall key: {e}")))?;
+    if hall_key_tag(&der).eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(PhoneError::HallKeyMismatch)
+    }
 }
 
 /// The message the phone signs.
@@ -121,4 +159,26 @@ pub fn challenge_url(payload: &str, server: Option<&str>) -> String {
         .unwrap_or("http://127.0.0.1:8080")
         .trim_end_matches('/');
     format!("{server}/api/phone/challenges/{payload}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_qr_codes_hall_key_tag_is_read_from_its_query() {
+        let tag = "00112233445566778899aabbccddeeff";
+        let url = format!("https://hall.example/m/abc?k={tag}");
+        assert_eq!(qr_hall_key_tag(&url), Some(tag));
+        assert_eq!(qr_hall_key_tag(&format!("{url}#top")), Some(tag));
+        assert_eq!(
+            qr_hall_key_tag(&format!("https://h/m/abc?x=1&k={tag}")),
+            Some(tag)
+        );
+        assert_eq!(qr_hall_key_tag("https://h/m/abc"), None);
+        assert_eq!(qr_hall_key_tag("https://h/m/abc?k="), None);
+        assert_eq!(qr_hall_key_tag("abc"), None, "a bare nonce");
+        // The URL the phone fetches keeps the tag.
+        assert_eq!(qr_hall_key_tag(&challenge_url(&url, None)), Some(tag));
+    }
 }

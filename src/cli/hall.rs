@@ -120,6 +120,7 @@ pub async fn scan(
     }
     let view: ChallengeView =
         serde_json::from_slice(&body).context("the hall's answer is not a challenge")?;
+    phone::check_hall_key(&view, url)?;
     let answer: Answer = phone::answer_challenge(&view, enc, sign)?;
     let mut res = client
         .post(&view.answer_url)

@@ -501,9 +501,11 @@ impl Hall {
         }
     }
 
-    /// The URL a decryption QR code holds.
-    pub fn qr_url(&self, nonce: &str) -> String {
-        format!("{}/m/{nonce}", self.public_url())
+    /// The URL a decryption QR code holds: the challenge's, with the tag of the opening's hall
+    /// key for the phone to check (see [`crate::phone::hall_key_tag`]).
+    pub fn qr_url(&self, opening: &OpeningRow, nonce: &str) -> String {
+        let tag = crate::phone::hall_key_tag(opening.hall_public.as_deref().unwrap_or_default());
+        format!("{}/m/{nonce}?k={tag}", self.public_url())
     }
 
     async fn event(
@@ -1167,6 +1169,7 @@ impl Hall {
         if bid_ids.is_empty() {
             return Ok(());
         }
+        let opening = self.opening(opening_id).await?;
         let now = self.now();
         let expires_ms = now + self.inner.settings.challenge_ttl_secs as i64 * 1000;
         let mut rows = Vec::with_capacity(bid_ids.len());
@@ -1183,7 +1186,7 @@ impl Hall {
         let events = rows
             .iter()
             .map(|row| {
-                let payload = json!({"bid_id": row.bid_id, "nonce": row.nonce, "url": self.qr_url(&row.nonce), "expires_ms": row.expires_ms});
+                let payload = json!({"bid_id": row.bid_id, "nonce": row.nonce, "url": self.qr_url(&opening, &row.nonce), "expires_ms": row.expires_ms});
                 ev("qr.issued", "public", payload)
             })
             .collect();
@@ -2307,7 +2310,7 @@ impl Hall {
             let bidder = bidders.iter().find(|b| b.id == bid.bidder_id);
             let qr = if bid.state == "awaiting_key" && opening.state == "decrypting" {
                 challenges.get(&bid.id).map(|c| {
-                    json!({"nonce": c.nonce, "url": self.qr_url(&c.nonce), "expires_ms": c.expires_ms})
+                    json!({"nonce": c.nonce, "url": self.qr_url(&opening, &c.nonce), "expires_ms": c.expires_ms})
                 })
             } else {
                 None

@@ -398,7 +398,8 @@ async fn qr_svg(hall: web::Data<Hall>, path: web::Path<(String, String)>) -> Res
         .current_challenge(&bid.id)
         .await?
         .ok_or(HallError::NotFound("QR code"))?;
-    let code = qrcode::QrCode::new(hall.qr_url(&challenge.nonce).as_bytes())
+    let opening = hall.opening(&opening_id).await?;
+    let code = qrcode::QrCode::new(hall.qr_url(&opening, &challenge.nonce).as_bytes())
         .map_err(|e| HallError::Internal(format!("QR encoding: {e}")))?;
     let svg = code
         .render::<qrcode::render::svg::Color>()

@@ -18,6 +18,7 @@ crate::on_both_databases!(
     decryption_before_the_opening_time_is_refused,
     a_forged_or_foreign_upload_is_refused,
     a_bid_never_shows_two_valid_qr_codes,
+    a_phone_refuses_a_hall_key_that_is_not_the_qr_codes,
 );
 
 /// An opening with the given bidders uploaded and decryption started.
@@ -43,7 +44,7 @@ async fn an_expired_qr_code_is_refused_and_replaced(backend: Backend) {
     assert_eq!(r.status, 410, "{}", r.body);
     assert_eq!(r.body["error"], "qr_expired");
     let fresh = app.qr_url(&opening, &b).await.unwrap();
-    assert!(!fresh.ends_with(&view.nonce), "a new QR code is shown");
+    assert!(!fresh.contains(&view.nonce), "a new QR code is shown");
     let events = app.events(&opening).await;
     assert!(events.iter().any(
         |e| e["kind"] == "bid.refused" && e["payload"].as_str().unwrap().contains("qr_expired")
@@ -519,5 +520,48 @@ async fn a_bid_never_shows_two_valid_qr_codes(backend: Backend) {
             .all(|e| e["kind"] != "qr.issued"),
         "no QR code announced"
     );
+    app.cleanup().await;
+}
+
+/// The QR code carries the tag of the opening's hall key; a phone checks the challenge it
+/// fetched against it, so a hall key put in the challenge's place on the way (no TLS, or TLS
+/// intercepted) gets no file key re-wrapped to it.
+async fn a_phone_refuses_a_hall_key_that_is_not_the_qr_codes(backend: Backend) {
+    use base64::Engine;
+    use sm2::pkcs8::EncodePublicKey;
+    let app = spawn_app(&backend).await;
+    let b = TestBidder::new(app.dir.path(), 1, 20_000);
+    let opening = decrypting(&app, &[&b]).await;
+    let url = app.qr_url(&opening, &b).await.unwrap();
+    let view = view_for(&app, &opening, &b).await;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let hall_der = b64.decode(&view.hall_public_key).unwrap();
+    assert_eq!(
+        phone::qr_hall_key_tag(&url),
+        Some(phone::hall_key_tag(&hall_der).as_str()),
+        "{url}"
+    );
+    phone::check_hall_key(&view, &url).expect("the hall's own key");
+    phone::check_hall_key(&view, &view.nonce).expect("a bare nonce carries no tag");
+
+    let mut forged = view.clone();
+    let other = crypto::generate_secret_key().public_key();
+    forged.hall_public_key = b64.encode(other.to_public_key_der().unwrap().as_bytes());
+    let refused = phone::check_hall_key(&forged, &url).unwrap_err();
+    assert!(matches!(refused, phone::PhoneError::HallKeyMismatch));
+    assert!(refused.to_string().contains("do not answer"), "{refused}");
+    // The QR code drawn for the hall display holds the same URL.
+    let mut res = app
+        .client
+        .get(format!(
+            "{}/api/openings/{opening}/bids/{}/qr.svg",
+            app.base, view.bid_id
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let svg = res.body().await.unwrap();
+    assert!(svg.starts_with(b"<?xml") || svg.starts_with(b"<svg"));
     app.cleanup().await;
 }

@@ -73,15 +73,22 @@ pub(super) async fn apply(
             Ok(true)
         }
         BidWrite::Unstage { ids } => {
-            // Staged and published together, so the first tells for all.
-            for (i, id) in ids.iter().enumerate() {
-                let done = sqlx::query("DELETE FROM staged_events WHERE id = $1")
+            // All of them still staged, or none is taken (another publisher took some: its
+            // transaction, or an earlier append of this one, stored their events).
+            for id in ids {
+                let staged = sqlx::query("SELECT id FROM staged_events WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                if staged.is_none() {
+                    return Ok(false);
+                }
+            }
+            for id in ids {
+                sqlx::query("DELETE FROM staged_events WHERE id = $1")
                     .bind(id)
                     .execute(&mut **tx)
                     .await?;
-                if i == 0 && done.rows_affected() != 1 {
-                    return Ok(false);
-                }
             }
             Ok(true)
         }

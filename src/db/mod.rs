@@ -79,6 +79,29 @@ pub struct StagedEvent {
     pub ts_ms: i64,
 }
 
+const BIDDERS_OF: &str =
+    "SELECT id, opening_id, uscc, name FROM bidders WHERE opening_id = $1 ORDER BY uscc";
+
+fn bids_of() -> String {
+    format!("SELECT {BID_COLS} FROM bids WHERE opening_id = $1 ORDER BY received_ms, id")
+}
+
+/// An opening's bidders and bids as a transaction sees them.
+async fn lists(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    opening_id: &str,
+) -> Result<(Vec<BidderRow>, Vec<BidRow>), DbError> {
+    let bidders = sqlx::query_as(BIDDERS_OF)
+        .bind(opening_id)
+        .fetch_all(&mut **tx)
+        .await?;
+    let bids = sqlx::query_as(&bids_of())
+        .bind(opening_id)
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok((bidders, bids))
+}
+
 /// Stages `events` of an opening in a state change's transaction.
 async fn stage(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
@@ -464,7 +487,7 @@ impl Db {
         from: &str,
         to: &str,
         failure: Option<&str>,
-        events: Vec<NewEvent>,
+        events: impl FnOnce(&[BidderRow], &[BidRow]) -> Vec<NewEvent>,
         now: i64,
     ) -> Result<Option<Vec<StagedEvent>>, DbError> {
         let mut tx = self.begin_write().await?.0;
@@ -478,7 +501,8 @@ impl Db {
         if done.rows_affected() != 1 {
             return Ok(None);
         }
-        let staged = stage(&mut tx, id, events, now).await?;
+        let (bidders, bids) = lists(&mut tx, id).await?;
+        let staged = stage(&mut tx, id, events(&bidders, &bids), now).await?;
         tx.commit().await?;
         Ok(Some(staged))
     }
@@ -539,7 +563,7 @@ impl Db {
         deadline: i64,
         hall_public: &[u8],
         hall_secret_sealed: &[u8],
-        events: Vec<NewEvent>,
+        events: impl FnOnce(&[BidderRow], &[BidRow]) -> Vec<NewEvent>,
     ) -> Result<Option<Vec<StagedEvent>>, DbError> {
         let mut tx = self.begin_write().await?.0;
         let done = sqlx::query("UPDATE openings SET state = 'decrypting', decrypt_started_ms = $1, decrypt_deadline_ms = $2, hall_public = $3, hall_secret_sealed = $4 WHERE id = $5 AND state = 'scheduled'")
@@ -559,7 +583,8 @@ impl Db {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        let staged = stage(&mut tx, id, events, started).await?;
+        let (bidders, bids) = lists(&mut tx, id).await?;
+        let staged = stage(&mut tx, id, events(&bidders, &bids), started).await?;
         tx.commit().await?;
         Ok(Some(staged))
     }
@@ -597,12 +622,10 @@ impl Db {
     }
 
     pub async fn bidders(&self, opening_id: &str) -> Result<Vec<BidderRow>, DbError> {
-        Ok(sqlx::query_as(
-            "SELECT id, opening_id, uscc, name FROM bidders WHERE opening_id = $1 ORDER BY uscc",
-        )
-        .bind(opening_id)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(BIDDERS_OF)
+            .bind(opening_id)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     pub async fn bidder_by_uscc(
@@ -766,12 +789,10 @@ impl Db {
     }
 
     pub async fn bids(&self, opening_id: &str) -> Result<Vec<BidRow>, DbError> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {BID_COLS} FROM bids WHERE opening_id = $1 ORDER BY received_ms, id"
-        ))
-        .bind(opening_id)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(&bids_of())
+            .bind(opening_id)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// The ids of the bids of every opening in `state`.
@@ -902,6 +923,22 @@ impl Db {
         .await?)
     }
 
+    /// An opening's staged events up to `up_to` (an id), oldest first.
+    pub async fn staged_events_of(
+        &self,
+        opening_id: &str,
+        up_to: i64,
+    ) -> Result<Vec<StagedEvent>, DbError> {
+        Ok(sqlx::query_as(
+            "SELECT id, opening_id, kind, audience, payload, ts_ms FROM staged_events \
+             WHERE opening_id = $1 AND id <= $2 ORDER BY id",
+        )
+        .bind(opening_id)
+        .bind(up_to)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     // --- challenges ---------------------------------------------------------------------------
 
     /// Inserts challenges of an opening and stages their events (one per challenge, in the same
@@ -916,10 +953,16 @@ impl Db {
         now: i64,
     ) -> Result<Vec<StagedEvent>, DbError> {
         let mut tx = self.begin_write().await?.0;
-        let lock_row = match self.backend {
-            Backend::Postgres => " FOR UPDATE",
-            Backend::Sqlite => "",
+        let (lock, lock_row) = match self.backend {
+            Backend::Postgres => (" FOR NO KEY UPDATE", " FOR UPDATE"),
+            Backend::Sqlite => ("", ""),
         };
+        // The opening's row first, as every change of its bids' states takes it first (start,
+        // end, a bid filed): one order of locks, no deadlock on PostgreSQL.
+        sqlx::query(&format!("SELECT id FROM openings WHERE id = $1{lock}"))
+            .bind(opening_id)
+            .fetch_optional(&mut *tx)
+            .await?;
         let mut issued = Vec::with_capacity(events.len());
         for (c, event) in rows.iter().zip(events) {
             let waiting = sqlx::query(&format!(

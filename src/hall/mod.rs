@@ -75,16 +75,48 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
     }
 }
 
+/// A bid as everyone who may see it is shown it (the snapshot adds its QR code and progress).
+fn bid_view(bid: &BidRow, bidder: Option<&BidderRow>) -> serde_json::Value {
+    let summary: Option<serde_json::Value> = bid
+        .summary
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok());
+    json!({
+        "id": bid.id, "bidder_code": bidder.map(|b| b.uscc.clone()), "bidder_name": bidder.map(|b| b.name.clone()),
+        "state": bid.state, "size": bid.size, "plaintext_len": bid.plaintext_len, "sm3": bid.sm3,
+        "received_ms": bid.received_ms, "summary": summary, "qr": null, "failure": bid.failure,
+        "fault": bid.fault, "progress": null,
+    })
+}
+
+/// The bidders as published, each with whether it has a bid.
+fn bidder_list(bidders: &[BidderRow], bids: &[BidRow]) -> Vec<serde_json::Value> {
+    bidders
+        .iter()
+        .map(|b| json!({"uscc": b.uscc, "name": b.name, "has_bid": bids.iter().any(|x| x.bidder_id == b.id)}))
+        .collect()
+}
+
+/// Adds to an event the bidders and bids as they are published (公布投标人), read in the
+/// transaction of the state change that publishes them.
+fn add_published_list(payload: &mut serde_json::Value, bidders: &[BidderRow], bids: &[BidRow]) {
+    payload["bidders"] = json!(bidder_list(bidders, bids));
+    payload["bids"] = json!(
+        bids.iter()
+            .map(|bid| bid_view(bid, bidders.iter().find(|b| b.id == bid.bidder_id)))
+            .collect::<Vec<_>>()
+    );
+}
+
 /// An event to record.
 fn ev(kind: &str, audience: &str, payload: serde_json::Value) -> crate::db::NewEvent {
     (kind.to_owned(), audience.to_owned(), payload)
 }
 
-/// A staged payload's marker: the published list of bidders and bids is added at publishing.
-const WITH_PUBLISHED_LIST: &str = "_with_published_list";
-
-/// How long a state change's caller has to publish its staged events before the tick does.
-const STAGED_GRACE_MS: i64 = 5_000;
+/// How long a state change's caller has to publish its staged events before the tick does
+/// (well past SQLite's 5 s wait for a busy database, which may come between the stamp and the
+/// commit).
+const STAGED_GRACE_MS: i64 = 30_000;
 
 /// How long after a decryption first failed through the platform the tick tries it again
 /// (doubling with each failure after, to 5 minutes).
@@ -522,41 +554,58 @@ impl Hall {
         Ok(())
     }
 
-    /// Moves events staged with a state change into the log (see [`crate::db::StagedEvent`]),
-    /// one commit for each opening's run of them, taking them off the stage in the same
-    /// transaction; any published meanwhile by the tick are skipped. The state change is
-    /// committed already, so a failure here is not the caller's: it is logged, and the tick
-    /// publishes them later.
+    /// Moves events staged with state changes into the log (see [`crate::db::StagedEvent`]):
+    /// for each opening, every event of it staged up to the last of `staged`, oldest first (so
+    /// one left behind by a failed publish goes before later ones), one commit for each
+    /// transaction's events, which takes them off the stage in the transaction that stores them.
+    /// Events another publisher took meanwhile are not stored twice: their commit does not hold,
+    /// and what is left is read again. The state changes are committed already, so a failure
+    /// here is not the caller's: it is logged, and the tick publishes what is left.
     async fn publish(&self, staged: Vec<StagedEvent>) {
-        for run in staged.chunk_by(|a, b| a.opening_id == b.opening_id) {
-            let opening_id = &run[0].opening_id;
-            let mut events = Vec::with_capacity(run.len());
-            for s in run {
-                let mut payload: serde_json::Value =
-                    serde_json::from_str(&s.payload).unwrap_or_default();
-                // The bidders and bids as the public sees them once published, at publishing.
-                if let Some(map) = payload.as_object_mut()
-                    && map.remove(WITH_PUBLISHED_LIST).is_some()
-                    && let Err(error) = self.add_published_list(opening_id, &mut payload).await
-                {
-                    tracing::error!(opening = %opening_id, %error, "the published list of bidders could not be read; the tick tries again");
-                    return;
-                }
-                events.push((s.kind.clone(), s.audience.clone(), payload));
-            }
-            let unstage = BidWrite::Unstage {
-                ids: run.iter().map(|s| s.id).collect(),
-            };
-            if let Err(error) = self
-                .inner
-                .bus
-                .commit(opening_id, unstage, events, run[0].ts_ms)
-                .await
-            {
-                tracing::error!(opening = %opening_id, %error, "staged events could not be stored in the log yet; the tick tries again");
-                return;
+        let mut openings: Vec<(&str, i64)> = Vec::new();
+        for s in &staged {
+            match openings.iter_mut().find(|(o, _)| *o == s.opening_id) {
+                Some((_, up_to)) => *up_to = (*up_to).max(s.id),
+                None => openings.push((&s.opening_id, s.id)),
             }
         }
+        for (opening_id, up_to) in openings {
+            if let Err(error) = self.publish_opening(opening_id, up_to).await {
+                tracing::error!(opening = %opening_id, %error, "staged events could not be stored in the log yet; the tick tries again");
+            }
+        }
+    }
+
+    async fn publish_opening(&self, opening_id: &str, up_to: i64) -> Result<(), HallError> {
+        // Each round stores what is staged or finds another publisher took some; bounded, as
+        // every round that does not hold means someone else stored events.
+        for _ in 0..10 {
+            let staged = self.inner.db.staged_events_of(opening_id, up_to).await?;
+            if staged.is_empty() {
+                return Ok(());
+            }
+            for run in staged.chunk_by(|a, b| a.ts_ms == b.ts_ms) {
+                let events = run
+                    .iter()
+                    .map(|s| {
+                        let payload = serde_json::from_str(&s.payload).unwrap_or_default();
+                        (s.kind.clone(), s.audience.clone(), payload)
+                    })
+                    .collect();
+                let unstage = BidWrite::Unstage {
+                    ids: run.iter().map(|s| s.id).collect(),
+                };
+                if !self
+                    .inner
+                    .bus
+                    .commit(opening_id, unstage, events, run[0].ts_ms)
+                    .await?
+                {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Publishes the events that were staged and not published: all of them at start (a server
@@ -879,12 +928,7 @@ impl Hall {
         sm3: String,
         received_ms: i64,
     ) -> Result<Receipt, HallError> {
-        // An upload whose last byte arrived before the deadline is on time, even if decryption
-        // started while it was being stored or checked (`put_bid` then files it as waiting for
-        // its key).
-        let (opening, bidder) = self
-            .before_deadline(opening_id, uscc, received_ms, &["scheduled", "decrypting"])
-            .await?;
+        // Counted before anything is awaited, so an early end of decryption sees it.
         *self
             .inner
             .checking
@@ -894,6 +938,12 @@ impl Hall {
             hall: self.clone(),
             opening_id: opening_id.to_owned(),
         };
+        // An upload whose last byte arrived before the deadline is on time, even if decryption
+        // started while it was being stored or checked (`put_bid` then files it as waiting for
+        // its key).
+        let (opening, bidder) = self
+            .before_deadline(opening_id, uscc, received_ms, &["scheduled", "decrypting"])
+            .await?;
         let path = upload.to_owned();
         let (header, signer_id, size) = on_rayon(move || -> Result<_, BidError> {
             let bid = SealedBid::open(&path)?;
@@ -1136,19 +1186,17 @@ impl Hall {
         let deadline = now + opening.decrypt_limit_secs * 1000;
         // The bidders are published (公布投标人) with the start: the event carries the list that
         // public viewers did not see before.
-        let started = json!({"started_ms": now, "deadline_ms": deadline, "hall_key_id": hex::encode(crypto::sm3(&public)),
-                             WITH_PUBLISHED_LIST: true});
+        let hall_key_id = hex::encode(crypto::sm3(&public));
+        let started = |bidders: &[BidderRow], bids: &[BidRow]| {
+            let mut started =
+                json!({"started_ms": now, "deadline_ms": deadline, "hall_key_id": hall_key_id});
+            add_published_list(&mut started, bidders, bids);
+            vec![ev("decryption.started", "public", started)]
+        };
         let staged = self
             .inner
             .db
-            .start_decryption(
-                opening_id,
-                now,
-                deadline,
-                &public,
-                &sealed,
-                vec![ev("decryption.started", "public", started)],
-            )
+            .start_decryption(opening_id, now, deadline, &public, &sealed, started)
             .await?
             .ok_or_else(|| HallError::WrongState("decryption was started already".into()))?;
         self.inner
@@ -2079,10 +2127,13 @@ impl Hall {
             .await?;
         // Failed before decryption started (fewer than three bids, art. 44): the bids it had are
         // published with the reason.
-        let mut failed = json!({"reason": reason.trim()});
-        if opening.state == "scheduled" {
-            failed[WITH_PUBLISHED_LIST] = json!(true);
-        }
+        let failed = |bidders: &[BidderRow], bids: &[BidRow]| {
+            let mut failed = json!({"reason": reason.trim()});
+            if opening.state == "scheduled" {
+                add_published_list(&mut failed, bidders, bids);
+            }
+            vec![ev("opening.failed", "public", failed)]
+        };
         let staged = self
             .inner
             .db
@@ -2091,24 +2142,12 @@ impl Hall {
                 &opening.state,
                 "failed",
                 Some(reason.trim()),
-                vec![ev("opening.failed", "public", failed)],
+                failed,
                 self.now(),
             )
             .await?
             .ok_or_else(|| HallError::WrongState("the opening changed meanwhile; reload".into()))?;
         self.publish(staged).await;
-        Ok(())
-    }
-
-    /// Adds the bidders and bids as the public sees them once they are published.
-    async fn add_published_list(
-        &self,
-        opening_id: &str,
-        payload: &mut serde_json::Value,
-    ) -> Result<(), HallError> {
-        let published = self.snapshot(opening_id, Role::Public).await?;
-        payload["bidders"] = published["bidders"].clone();
-        payload["bids"] = published["bids"].clone();
         Ok(())
     }
 
@@ -2130,7 +2169,7 @@ impl Hall {
                 "decryption_ended",
                 "released",
                 None,
-                vec![ev("files.released", "public", json!({}))],
+                |_: &[BidderRow], _: &[BidRow]| vec![ev("files.released", "public", json!({}))],
                 self.now(),
             )
             .await?
@@ -2180,7 +2219,7 @@ impl Hall {
                 "released",
                 "closed",
                 None,
-                vec![ev("opening.closed", "public", json!({}))],
+                |_: &[BidderRow], _: &[BidRow]| vec![ev("opening.closed", "public", json!({}))],
                 self.now(),
             )
             .await?
@@ -2250,13 +2289,20 @@ impl Hall {
     /// with it and the sealed bid anyone can check that the released plaintext is what the
     /// bidder sealed and signed (`kaibiao unseal --file-key`); the key opens nothing else, and
     /// after the release nothing of this bid is secret any more.
+    /// One that cannot be recomputed (its file unreadable) is left out and logged, and the
+    /// rest of the list is still given.
     pub async fn released_file_key(&self, bid: &BidRow) -> Result<Option<String>, HallError> {
         let opening = self.opening(&bid.opening_id).await?;
         if !matches!(opening.state.as_str(), "released" | "closed") || bid.state != "decrypted" {
             return Ok(None);
         }
-        let key = self.stored_key(bid).await?;
-        Ok(Some(hex::encode(key.raw())))
+        match self.stored_key(bid).await {
+            Ok(key) => Ok(Some(hex::encode(key.raw()))),
+            Err(error) => {
+                tracing::error!(bid = %bid.id, %error, "a released bid's file key could not be recomputed");
+                Ok(None)
+            }
+        }
     }
 
     /// The bidder's signature proof of a bid, for the evaluation system.
@@ -2320,16 +2366,9 @@ impl Hall {
                 .active
                 .get(&bid.id)
                 .map(|a| json!({"done": a.done.load(Ordering::Relaxed), "total": a.total}));
-            let summary: Option<serde_json::Value> = bid
-                .summary
-                .as_deref()
-                .and_then(|s| serde_json::from_str(s).ok());
-            let mut view = json!({
-                "id": bid.id, "bidder_code": bidder.map(|b| b.uscc.clone()), "bidder_name": bidder.map(|b| b.name.clone()),
-                "state": bid.state, "size": bid.size, "plaintext_len": bid.plaintext_len, "sm3": bid.sm3,
-                "received_ms": bid.received_ms, "summary": summary, "qr": qr, "failure": bid.failure,
-                "fault": bid.fault, "progress": progress,
-            });
+            let mut view = bid_view(bid, bidder);
+            view["qr"] = json!(qr);
+            view["progress"] = json!(progress);
             if bid.state == "decrypting"
                 && let Some(delay) = self.inner.delayed.get(&bid.id)
             {
@@ -2359,7 +2398,7 @@ impl Hall {
             },
             "server_ms": self.now(),
             "last_seq": last_seq,
-            "bidders": if published { bidders.iter().map(|b| json!({"uscc": b.uscc, "name": b.name, "has_bid": bids.iter().any(|x| x.bidder_id == b.id)})).collect::<Vec<_>>() } else { Vec::new() },
+            "bidders": if published { bidder_list(&bidders, &bids) } else { Vec::new() },
             "bids": if published { bid_views } else { Vec::new() },
             "bidders_published": published,
         }))

@@ -306,6 +306,30 @@ async fn a_state_change_whose_event_was_not_published_gets_it_at_the_next_start(
     assert_eq!(events.last().unwrap()["kind"], "opening.closed");
     let app = app.restart().await;
     assert_eq!(app.events(&opening).await.len(), events.len());
+
+    // One left staged a moment ago (its publisher failed) goes into the log before the next
+    // state change's event, not after it.
+    let left = format!(
+        "INSERT INTO staged_events (opening_id, kind, audience, payload, ts_ms) \
+         VALUES ($1, 'evaluator.token_issued', 'agent', '{{\"left\":true}}', {})",
+        app.now_ms()
+    );
+    app.sql(&left, &opening).await;
+    let r = app
+        .agent(
+            "POST",
+            &format!("/api/openings/{opening}/evaluator-tokens"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let events = app.events(&opening).await;
+    let tail: Vec<&str> = events[events.len() - 2..]
+        .iter()
+        .map(|e| e["payload"].as_str().unwrap())
+        .collect();
+    assert_eq!(tail, ["{\"left\":true}", "{}"]);
+    app.assert_chain_valid(&opening).await;
     app.cleanup().await;
 }
 

@@ -97,11 +97,7 @@ async fn a_failed_opening_releases_no_file(backend: Backend) {
     let app = spawn_app(&backend).await;
     let b = TestBidder::new(app.dir.path(), 1, 20_000);
     let opening = decrypted(&app, &[&b]).await;
-    let tokens = format!("/api/openings/{opening}/evaluator-tokens");
-    let token = app.agent("POST", &tokens, None).await.body["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = app.evaluator_token(&opening).await;
     let r = app
         .agent(
             "POST",
@@ -148,17 +144,7 @@ async fn an_evaluator_token_opens_only_its_own_opening(backend: Backend) {
         let r = app.act(opening, "release").await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
-    let token = app
-        .agent(
-            "POST",
-            &format!("/api/openings/{mine}/evaluator-tokens"),
-            None,
-        )
-        .await
-        .body["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = app.evaluator_token(&mine).await;
     let own = app.snapshot(&mine).await["bids"][0]["id"]
         .as_str()
         .unwrap()
@@ -341,17 +327,7 @@ async fn the_released_plaintext_is_proven_to_be_what_the_bidder_signed(backend: 
     let app = spawn_app(&backend).await;
     let b = TestBidder::new(app.dir.path(), 1, 300_000);
     let opening = decrypted(&app, &[&b]).await;
-    let token = app
-        .agent(
-            "POST",
-            &format!("/api/openings/{opening}/evaluator-tokens"),
-            None,
-        )
-        .await
-        .body["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = app.evaluator_token(&opening).await;
     let list = app.call("GET", "/api/eval/bids", None, Some(&token)).await;
     assert_eq!(list.body["bids"][0]["file_key"], serde_json::Value::Null);
     assert_eq!(app.act(&opening, "release").await.status, 200);

@@ -532,6 +532,19 @@ impl TestApp {
         assert_eq!(changed, 1, "`{statement}` changed one row");
     }
 
+    /// A new evaluator token for an opening, as the agent issues it.
+    pub async fn evaluator_token(&self, opening: &str) -> String {
+        let r = self
+            .agent(
+                "POST",
+                &format!("/api/openings/{opening}/evaluator-tokens"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.body["token"].as_str().unwrap().to_owned()
+    }
+
     /// All events of an opening as the agent sees them.
     pub async fn events(&self, opening: &str) -> Vec<Value> {
         self.agent("GET", &format!("/api/openings/{opening}/events"), None)

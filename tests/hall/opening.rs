@@ -639,11 +639,7 @@ async fn a_digest_that_cannot_be_computed_is_told_to_the_evaluator(backend: Back
         let path = format!("/api/openings/{opening}/{action}");
         assert_eq!(app.agent("POST", &path, None).await.status, 200);
     }
-    let tokens = format!("/api/openings/{opening}/evaluator-tokens");
-    let token = app.agent("POST", &tokens, None).await.body["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = app.evaluator_token(&opening).await;
     let file = format!("/api/eval/bids/{id}/file");
     let mut said = String::new();
     for _ in 0..100 {

@@ -380,17 +380,7 @@ async fn roles_are_enforced(backend: Backend) {
     assert_eq!(r.status, 401);
 
     // An evaluator token is scoped to one opening and cannot act as an agent.
-    let token = app
-        .agent(
-            "POST",
-            &format!("/api/openings/{opening}/evaluator-tokens"),
-            None,
-        )
-        .await
-        .body["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = app.evaluator_token(&opening).await;
     let r = app
         .call(
             "POST",

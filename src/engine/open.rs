@@ -277,18 +277,6 @@ impl SealedBid {
         self.verify_range(0..self.header.chunk_count(), progress)
     }
 
-    /// Checks one chunk against its signed digest (e.g. to learn, after a chunk failed to
-    /// decrypt, whether the stored file still holds what the bidder signed).
-    pub fn verify_chunk(&self, index: u64) -> Result<(), BidError> {
-        if index >= self.header.chunk_count() {
-            return Err(BidError::LengthMismatch(format!(
-                "there is no chunk {index}: the bid has {} chunks",
-                self.header.chunk_count()
-            )));
-        }
-        self.verify_range(index..index + 1, &super::NoProgress)
-    }
-
     /// Checks the chunks `range` against their signed digests, up to sixteen at a time per worker.
     fn verify_range(
         &self,

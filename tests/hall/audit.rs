@@ -15,18 +15,6 @@ crate::on_both_databases!(
     the_released_plaintext_is_proven_to_be_what_the_bidder_signed
 );
 
-async fn verify(app: &TestApp, opening: &str) -> serde_json::Value {
-    let r = app
-        .agent(
-            "GET",
-            &format!("/api/openings/{opening}/events/verify"),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.body
-}
-
 /// An opening whose bids are all decrypted, the decryption ended.
 async fn decrypted(app: &TestApp, bidders: &[&TestBidder]) -> String {
     let opening = app.opening_with_bids(bidders, 60, 1800).await;
@@ -46,7 +34,7 @@ async fn a_changed_or_removed_event_breaks_the_chain(backend: Backend) {
     let opening = decrypted(&app, &[&b]).await;
     let count = app.events(&opening).await.len() as i64;
     assert_eq!(
-        verify(&app, &opening).await,
+        app.verify_chain(&opening).await,
         json!({"valid": true, "events": count})
     );
 
@@ -65,7 +53,7 @@ async fn a_changed_or_removed_event_breaks_the_chain(backend: Backend) {
     );
     app.sql(&edit, &opening).await;
     assert_eq!(
-        verify(&app, &opening).await,
+        app.verify_chain(&opening).await,
         json!({"valid": false, "first_bad_seq": seq})
     );
     let undo = format!(
@@ -73,7 +61,7 @@ async fn a_changed_or_removed_event_breaks_the_chain(backend: Backend) {
          WHERE opening_id = $1 AND seq = {seq}"
     );
     app.sql(&undo, &opening).await;
-    assert_eq!(verify(&app, &opening).await["valid"], true);
+    assert_eq!(app.verify_chain(&opening).await["valid"], true);
 
     // An event removed from the middle of the log.
     app.sql(
@@ -85,7 +73,7 @@ async fn a_changed_or_removed_event_breaks_the_chain(backend: Backend) {
     )
     .await;
     assert_eq!(
-        verify(&app, &opening).await,
+        app.verify_chain(&opening).await,
         json!({"valid": false, "first_bad_seq": seq})
     );
     app.cleanup().await;

@@ -570,14 +570,16 @@ impl TestApp {
 
     /// The opening's SM3 hash chain verifies end to end.
     pub async fn assert_chain_valid(&self, opening: &str) {
-        let r = self
-            .agent(
-                "GET",
-                &format!("/api/openings/{opening}/events/verify"),
-                None,
-            )
-            .await;
-        assert_eq!(r.body["valid"], true, "{}", r.body);
+        let verdict = self.verify_chain(opening).await;
+        assert_eq!(verdict["valid"], true, "{verdict}");
+    }
+
+    /// What the hall says of an opening's SM3 hash chain (`/events/verify`).
+    pub async fn verify_chain(&self, opening: &str) -> Value {
+        let path = format!("/api/openings/{opening}/events/verify");
+        let r = self.agent("GET", &path, None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
     }
 
     /// What another server on these settings, changed by `change`, says when it cannot start.

@@ -111,6 +111,24 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], KeyError> {
     Ok(out)
 }
 
+/// An SM2 private key derived from `seed` for one `purpose`: SM3 over the purpose, the seed and a
+/// counter, the first digest that is a valid scalar (below the curve's order, not zero; a digest
+/// fails that with probability about 2^-32). The same seed and purpose give the same key, so a key
+/// derived from a secret kept elsewhere needs no storage of its own.
+pub fn derive_secret_key(seed: &[u8], purpose: &str) -> SecretKey {
+    (0u32..)
+        .find_map(|counter| {
+            let mut input = Zeroizing::new(Vec::with_capacity(purpose.len() + seed.len() + 5));
+            input.extend_from_slice(purpose.as_bytes());
+            input.push(0);
+            input.extend_from_slice(seed);
+            input.extend_from_slice(&counter.to_be_bytes());
+            let digest = Zeroizing::new(sm3(&input));
+            SecretKey::from_slice(digest.as_slice()).ok()
+        })
+        .expect("some counter gives a valid scalar")
+}
+
 pub fn generate_secret_key() -> SecretKey {
     SecretKey::generate()
 }

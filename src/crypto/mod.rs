@@ -13,9 +13,9 @@ mod simd;
 pub use aead::{FileKey, open_in_place, seal_in_place, sm3};
 pub use gcm::{GcmStream, Sm4Gcm, TAG_LEN, TagMismatch};
 pub use keys::{
-    DIST_ID, KeyError, PublicIdentity, generate_secret_key, key_id, load_private_pem,
-    load_public_pem, parse_public_der, private_key_pem, public_key_pem, random_bytes, sign,
-    unwrap_key, verify, wrap_key,
+    DIST_ID, KeyError, PublicIdentity, derive_secret_key, generate_secret_key, key_id,
+    load_private_pem, load_public_pem, parse_public_der, private_key_pem, public_key_pem,
+    random_bytes, sign, unwrap_key, verify, wrap_key,
 };
 pub use simd::ghash::Ghash;
 pub use simd::sm3x16::{Sm3Batch, Sm3Lanes, sm3_many};

@@ -3,6 +3,7 @@
 //! Architecture invariant: this module knows the database but nothing of actix; the HTTP layer
 //! (`crate::server`) is a thin translation of requests into these calls.
 
+mod attest;
 mod digests;
 mod error;
 mod events;
@@ -21,6 +22,7 @@ use serde_json::json;
 use sm2::SecretKey;
 use sm2::pkcs8::EncodePublicKey;
 
+pub use attest::{LogVerdict, SignedHead};
 pub use error::HallError;
 pub use events::{BusMsg, EventBus, GENESIS, Published, Role, chain_hash, render};
 use vault::Vault;
@@ -261,6 +263,9 @@ pub struct Receipt {
     pub sm3: String,
     pub received_ms: i64,
     pub replaced: bool,
+    /// The platform's SM2 signature (DER, hex) over the rest (see [`Receipt::signed_message`]),
+    /// checked with the key `/api/platform-key` gives.
+    pub signature: String,
 }
 
 struct Active {
@@ -1079,7 +1084,7 @@ impl Hall {
             // or from the tick.
             tracing::warn!(bid = %bid_id, %error, "no QR code yet for a bid filed during decryption");
         }
-        Ok(Receipt {
+        let mut receipt = Receipt {
             bid_id,
             opening_id: opening_id.to_owned(),
             tender_id: opening.tender_id,
@@ -1088,7 +1093,10 @@ impl Hall {
             sm3,
             received_ms,
             replaced: replaced.is_some(),
-        })
+            signature: String::new(),
+        };
+        receipt.signature = self.sign_as_platform(receipt.signed_message()).await?;
+        Ok(receipt)
     }
 
     /// The opening and registered bidder, if bids may still change at `at_ms` and the opening is
@@ -1245,6 +1253,80 @@ impl Hall {
             .await?;
         self.publish(staged).await;
         Ok(())
+    }
+
+    /// The key that checks what the platform signs: upload receipts and log heads.
+    pub fn platform_key(&self) -> sm2::PublicKey {
+        self.inner.vault.platform_key().public_key()
+    }
+
+    async fn sign_as_platform(&self, message: Vec<u8>) -> Result<String, HallError> {
+        let hall = self.clone();
+        on_rayon(move || attest::sign_hex(hall.inner.vault.platform_key(), &message)).await?
+    }
+
+    /// The head of an opening's log as `role` may see it, signed by the platform: the last
+    /// event, or before the bidders are published, the last event `role` may read (the log's
+    /// own last number would count registrations and uploads, see [`Hall::snapshot`]).
+    pub async fn signed_head(&self, opening_id: &str, role: Role) -> Result<SignedHead, HallError> {
+        let opening = self.opening(opening_id).await?;
+        let seq = self.last_seq_seen(&opening, role).await?;
+        let hash = match seq {
+            0 => GENESIS.to_owned(),
+            seq => self
+                .event_hash(opening_id, seq)
+                .await?
+                .ok_or_else(|| HallError::Internal(format!("event {seq} of the log is missing")))?,
+        };
+        let mut head = SignedHead {
+            opening_id: opening_id.to_owned(),
+            seq,
+            hash,
+            signed_ms: self.now(),
+            signature: String::new(),
+        };
+        head.signature = self.sign_as_platform(head.signed_message()).await?;
+        Ok(head)
+    }
+
+    /// Recomputes an opening's whole chain and, given a head `(seq, hash)` the platform signed
+    /// earlier, checks the log still leads to it.
+    pub async fn verify_log(
+        &self,
+        opening_id: &str,
+        head: Option<(i64, &str)>,
+    ) -> Result<LogVerdict, HallError> {
+        self.opening(opening_id).await?;
+        let chain = self.inner.bus.verify_chain(opening_id).await?;
+        let stored = match head {
+            Some((seq, _)) if seq > 0 => self.event_hash(opening_id, seq).await?,
+            _ => None,
+        };
+        Ok(LogVerdict::judge(chain, head, stored.as_deref()))
+    }
+
+    async fn event_hash(&self, opening_id: &str, seq: i64) -> Result<Option<String>, HallError> {
+        let page = self.inner.db.events_since(opening_id, seq - 1, 1).await?;
+        Ok(page.into_iter().find(|e| e.seq == seq).map(|e| e.hash))
+    }
+
+    /// The number of the last event of an opening `role` may see; see [`Hall::snapshot`].
+    async fn last_seq_seen(&self, opening: &OpeningRow, role: Role) -> Result<i64, HallError> {
+        Ok(if bids_published(opening, role) {
+            self.inner
+                .db
+                .last_event(&opening.id)
+                .await?
+                .map(|(s, _)| s)
+                .unwrap_or(0)
+        } else {
+            let seen = if role.can_see("evaluator") {
+                ["public", "evaluator"]
+            } else {
+                ["public", "public"]
+            };
+            self.inner.db.last_seq_for(&opening.id, seen).await?
+        })
     }
 
     /// The hall's private key of an opening, from the cache or unsealed from the database.
@@ -2335,21 +2417,7 @@ impl Hall {
         let bids = self.inner.db.bids(opening_id).await?;
         // Before the bidders are published, the number of the last event the viewer may see:
         // the log's own last number would count the registrations and uploads.
-        let last_seq = if published {
-            self.inner
-                .db
-                .last_event(opening_id)
-                .await?
-                .map(|(s, _)| s)
-                .unwrap_or(0)
-        } else {
-            let seen = if role.can_see("evaluator") {
-                ["public", "evaluator"]
-            } else {
-                ["public", "public"]
-            };
-            self.inner.db.last_seq_for(opening_id, seen).await?
-        };
+        let last_seq = self.last_seq_seen(&opening, role).await?;
         let challenges = self.inner.db.current_challenges(opening_id).await?;
         let mut bid_views = Vec::new();
         for bid in &bids {

@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::path::Path;
 
+use sm2::SecretKey;
 use zeroize::Zeroizing;
 
 use super::HallError;
@@ -15,7 +16,12 @@ use crate::crypto::{self, Sm4Gcm};
 
 pub struct Vault {
     cipher: Sm4Gcm,
+    /// The platform's signing key (see [`Vault::platform_key`]).
+    platform: SecretKey,
 }
+
+/// What the platform's signing key is derived for (see [`crypto::derive_secret_key`]).
+const PLATFORM_KEY_PURPOSE: &str = "kaibiao platform signing key v1";
 
 impl Vault {
     /// Reads the key at `path`, or creates it there when it does not exist and no opening
@@ -80,7 +86,15 @@ impl Vault {
         };
         Ok(Self {
             cipher: Sm4Gcm::new(&key),
+            platform: crypto::derive_secret_key(key.as_slice(), PLATFORM_KEY_PURPOSE),
         })
+    }
+
+    /// The SM2 key the platform signs its receipts and log heads with. It is derived from the
+    /// master key, so it stays the same across restarts and needs no file of its own; whoever
+    /// holds the master key can sign as the platform.
+    pub fn platform_key(&self) -> &SecretKey {
+        &self.platform
     }
 
     /// `nonce ‖ ciphertext ‖ tag`, bound to `context`.

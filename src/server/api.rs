@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::ApiError;
 use super::auth::{Agent, Evaluator, SESSION_COOKIE, role_for};
-use crate::hall::{Hall, HallError, NewBidder, NewOpening};
+use crate::hall::{Hall, HallError, LogVerdict, NewBidder, NewOpening};
 use crate::phone::Answer;
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -33,6 +33,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/api/openings/{id}/events/verify",
             web::get().to(verify_events),
         )
+        .route("/api/openings/{id}/events/head", web::get().to(log_head))
+        .route("/api/platform-key", web::get().to(platform_key))
         .route(
             "/api/openings/{id}/bidders",
             web::post().to(register_bidder),
@@ -232,16 +234,73 @@ async fn events(
     Ok(HttpResponse::Ok().json(events))
 }
 
+/// A head of the log the platform signed earlier (`seq` and `hash` of a [`SignedHead`]), for
+/// `/events/verify` to check the log still leads to.
+#[derive(serde::Deserialize)]
+struct HeadQuery {
+    seq: Option<i64>,
+    hash: Option<String>,
+}
+
 async fn verify_events(
     hall: web::Data<Hall>,
     _agent: Agent,
     id: web::Path<String>,
+    q: web::Query<HeadQuery>,
+) -> Result<HttpResponse> {
+    let head = match (q.seq, q.hash.as_deref()) {
+        (None, None) => None,
+        (Some(seq), Some(hash)) if seq >= 0 && hash.len() == 64 && hex::decode(hash).is_ok() => {
+            Some((seq, hash))
+        }
+        _ => {
+            return Err(HallError::Invalid(
+                "to check the log against a signed head, give both its seq (a number) and its \
+                 hash (64 hex digits)"
+                    .into(),
+            )
+            .into());
+        }
+    };
+    let verdict = hall.verify_log(&id, head).await?;
+    let mut body = json!({
+        "valid": matches!(verdict, LogVerdict::Valid { .. }),
+        "reason": verdict.explain(),
+    });
+    match verdict {
+        LogVerdict::Valid { events } => body["events"] = events.into(),
+        LogVerdict::Broken { first_bad_seq } => body["first_bad_seq"] = first_bad_seq.into(),
+        LogVerdict::Rewritten { seq } => body["head_seq"] = seq.into(),
+        LogVerdict::Truncated { seq, events } => {
+            body["head_seq"] = seq.into();
+            body["events"] = events.into();
+        }
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// The head of the opening's log as the caller may see it, signed by the platform: keep it to
+/// prove later what the log held (see `/events/verify`).
+async fn log_head(
+    hall: web::Data<Hall>,
+    req: HttpRequest,
+    id: web::Path<String>,
 ) -> Result<HttpResponse> {
     hall.opening(&id).await?;
-    Ok(match hall.bus().verify_chain(&id).await? {
-        Ok(count) => HttpResponse::Ok().json(json!({"valid": true, "events": count})),
-        Err(seq) => HttpResponse::Ok().json(json!({"valid": false, "first_bad_seq": seq})),
-    })
+    let role = role_for(&req, &hall, &id).await;
+    Ok(HttpResponse::Ok().json(hall.signed_head(&id, role).await?))
+}
+
+/// The key that checks the platform's signatures on receipts and log heads.
+async fn platform_key(hall: web::Data<Hall>) -> Result<HttpResponse> {
+    let key = hall.platform_key();
+    let pem =
+        crate::crypto::public_key_pem(&key).map_err(|e| HallError::Internal(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(json!({
+        "public_key_pem": pem,
+        "key_id": hex::encode(crate::crypto::key_id(&key)),
+        "signature": "SM2 with SM3, user ID 1234567812345678, DER, hex",
+    })))
 }
 
 async fn register_bidder(

@@ -2,7 +2,9 @@
 //! behind the hall's back, a failed opening (art. 44) releases no file, and an evaluator's token
 //! opens its own opening's files only.
 
-use serde_json::json;
+use kaibiao::db::EventRow;
+use kaibiao::hall::{Receipt, SignedHead};
+use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, TestBidder, spawn_app};
 
@@ -12,7 +14,9 @@ crate::on_both_databases!(
     an_evaluator_token_opens_only_its_own_opening,
     no_bid_key_is_stored_in_the_clear,
     a_state_change_whose_event_was_not_published_gets_it_at_the_next_start,
-    the_released_plaintext_is_proven_to_be_what_the_bidder_signed
+    the_released_plaintext_is_proven_to_be_what_the_bidder_signed,
+    a_signed_head_shows_a_log_rewritten_or_cut_short,
+    the_platform_signs_every_receipt_with_one_lasting_key
 );
 
 /// An opening whose bids are all decrypted, the decryption ended.
@@ -370,5 +374,144 @@ async fn the_released_plaintext_is_proven_to_be_what_the_bidder_signed(backend: 
         "the released file"
     );
     assert!(released == b.data, "the bidder's data");
+    app.cleanup().await;
+}
+
+/// The signed head of the log a viewer got from the platform, checked with the platform's key.
+async fn signed_head(app: &TestApp, opening: &str, auth: Option<&str>) -> Value {
+    let path = format!("/api/openings/{opening}/events/head");
+    let r = app.call("GET", &path, None, auth).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let head: SignedHead = serde_json::from_value(r.body.clone()).unwrap();
+    head.verify(&app.platform_key().await)
+        .expect("the head is signed by the platform");
+    assert_eq!(head.opening_id, opening);
+    r.body
+}
+
+/// Whoever can write the database can recompute every hash after an edit, or drop the newest
+/// events, and the chain checks again. A head the platform signed earlier still tells.
+async fn a_signed_head_shows_a_log_rewritten_or_cut_short(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let b = TestBidder::new(app.dir.path(), 1, 20_000);
+    let opening = decrypted(&app, &[&b]).await;
+    let events = app.events(&opening).await;
+    let count = events.len() as i64;
+    let last = events.last().unwrap();
+
+    // The agent's head is the log's last event; the public's the last public one.
+    let head = signed_head(&app, &opening, Some(&app.token.clone())).await;
+    assert_eq!((&head["seq"], &head["hash"]), (&last["seq"], &last["hash"]));
+    let public = signed_head(&app, &opening, None).await;
+    let last_public = app.public_events(&opening).await.pop().unwrap();
+    assert_eq!(
+        (&public["seq"], &public["hash"]),
+        (&last_public["seq"], &last_public["hash"])
+    );
+    for h in [&head, &public] {
+        assert_eq!(
+            app.verify_chain_at(&opening, Some(h)).await,
+            json!({"valid": true, "events": count})
+        );
+    }
+
+    // The bid's price raised in the summary event, and every hash from there on recomputed.
+    let summary = events
+        .iter()
+        .position(|e| e["kind"] == "bid.summary")
+        .unwrap();
+    let price = b.summary.price_fen.to_string();
+    let mut prev = events[summary - 1]["hash"].as_str().unwrap().to_owned();
+    for e in &events[summary..] {
+        let mut row = EventRow {
+            opening_id: opening.clone(),
+            seq: e["seq"].as_i64().unwrap(),
+            ts_ms: e["ts_ms"].as_i64().unwrap(),
+            kind: e["kind"].as_str().unwrap().to_owned(),
+            audience: e["audience"].as_str().unwrap().to_owned(),
+            payload: e["payload"].as_str().unwrap().to_owned(),
+            hash: String::new(),
+        };
+        if e["kind"] == "bid.summary" {
+            row.payload = row.payload.replace(&price, &format!("1{price}"));
+        }
+        row.hash = kaibiao::hall::chain_hash(&prev, &row);
+        let statement = format!(
+            "UPDATE events SET payload = $1, hash = '{}' WHERE opening_id = '{opening}' \
+             AND seq = {}",
+            row.hash, row.seq
+        );
+        app.sql(&statement, &row.payload).await;
+        prev = row.hash;
+    }
+    assert_eq!(
+        app.verify_chain(&opening).await,
+        json!({"valid": true, "events": count}),
+        "the chain alone cannot tell"
+    );
+    for h in [&head, &public] {
+        assert_eq!(
+            app.verify_chain_at(&opening, Some(h)).await,
+            json!({"valid": false, "head_seq": h["seq"]})
+        );
+    }
+
+    // The newest event removed: the head signed before it still names it.
+    let head = signed_head(&app, &opening, Some(&app.token.clone())).await;
+    app.sql(
+        &format!("DELETE FROM events WHERE opening_id = $1 AND seq = {count}"),
+        &opening,
+    )
+    .await;
+    assert_eq!(
+        app.verify_chain(&opening).await,
+        json!({"valid": true, "events": count - 1})
+    );
+    assert_eq!(
+        app.verify_chain_at(&opening, Some(&head)).await,
+        json!({"valid": false, "head_seq": count, "events": count - 1})
+    );
+
+    // A head given by halves, or not in hex, is refused with what to give.
+    let path = format!("/api/openings/{opening}/events/verify");
+    for query in ["?seq=3", "?hash=ab", "?seq=3&hash=zz", "?seq=-1&hash=ab"] {
+        let r = app.agent("GET", &format!("{path}{query}"), None).await;
+        assert_eq!(r.status, 422, "{query}: {}", r.body);
+        assert!(
+            r.body["message"]
+                .as_str()
+                .unwrap()
+                .contains("64 hex digits"),
+            "{}",
+            r.body
+        );
+    }
+    app.cleanup().await;
+}
+
+/// The receipt (回执) of an upload is signed by the platform, with a key that does not change
+/// when the server restarts, so that a bidder can prove what the platform received and when.
+async fn the_platform_signs_every_receipt_with_one_lasting_key(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let b = TestBidder::new(app.dir.path(), 1, 20_000);
+    let opening = app.create_opening(60, 1800).await;
+    app.register(&opening, &b).await;
+    let r = app.upload(&opening, &b).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let receipt: Receipt = serde_json::from_value(r.body.clone()).unwrap();
+    let key = app.platform_key().await;
+    receipt
+        .verify(&key)
+        .expect("the receipt is signed by the platform");
+    assert_eq!(receipt.bidder, b.uscc.as_str());
+    let mut forged = receipt.clone();
+    forged.received_ms -= 60_000;
+    assert!(
+        forged.verify(&key).is_err(),
+        "an earlier time is not signed"
+    );
+
+    let app = app.restart().await;
+    assert_eq!(app.platform_key().await, key);
     app.cleanup().await;
 }

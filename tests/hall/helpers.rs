@@ -574,12 +574,35 @@ impl TestApp {
         assert_eq!(verdict["valid"], true, "{verdict}");
     }
 
-    /// What the hall says of an opening's SM3 hash chain (`/events/verify`).
+    /// What the hall says of an opening's SM3 hash chain (`/events/verify`), its explanation
+    /// (checked to be there) left out.
     pub async fn verify_chain(&self, opening: &str) -> Value {
-        let path = format!("/api/openings/{opening}/events/verify");
-        let r = self.agent("GET", &path, None).await;
+        self.verify_chain_at(opening, None).await
+    }
+
+    /// What the hall says of an opening's log checked against a signed `head`, if one is given.
+    pub async fn verify_chain_at(&self, opening: &str, head: Option<&Value>) -> Value {
+        let mut path = format!("/api/openings/{opening}/events/verify");
+        if let Some(head) = head {
+            path += &format!(
+                "?seq={}&hash={}",
+                head["seq"],
+                head["hash"].as_str().unwrap()
+            );
+        }
+        let mut r = self.agent("GET", &path, None).await;
         assert_eq!(r.status, 200, "{}", r.body);
+        let reason = r.body.as_object_mut().unwrap().remove("reason");
+        assert!(reason.is_some_and(|r| r.is_string()), "{}", r.body);
         r.body
+    }
+
+    /// The key that checks the platform's signatures, from `/api/platform-key`.
+    pub async fn platform_key(&self) -> sm2::PublicKey {
+        let r = self.call("GET", "/api/platform-key", None, None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let pem = r.body["public_key_pem"].as_str().unwrap();
+        *kaibiao::crypto::load_public_pem(pem).unwrap().key()
     }
 
     /// What another server on these settings, changed by `change`, says when it cannot start.

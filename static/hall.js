@@ -56,6 +56,7 @@
         publish(d);
         snapshot.bids.forEach(b => { if (b.state === 'received') b.state = 'awaiting_key'; });
         return true;
+      case 'decryption.extended': o.decrypt_deadline_ms = d.deadline_ms; return true;
       case 'qr.issued': return setBid(d.bid_id, { qr: { nonce: d.nonce, url: d.url, expires_ms: d.expires_ms } });
       case 'bid.refused': refusals[d.bid_id] = d.message; return true;
       case 'bid.key_accepted': delete refusals[d.bid_id]; return setBid(d.bid_id, { state: 'decrypting', qr: null });

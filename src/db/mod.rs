@@ -507,6 +507,49 @@ impl Db {
         Ok(Some(staged))
     }
 
+    /// Moves a running decryption window's time limit from `from` to `to`, with its events; `None`
+    /// if the opening is no longer decrypting or its limit has moved since it was read.
+    pub async fn extend_decryption(
+        &self,
+        id: &str,
+        from: i64,
+        to: i64,
+        events: Vec<NewEvent>,
+        now: i64,
+    ) -> Result<Option<Vec<StagedEvent>>, DbError> {
+        let mut tx = self.begin_write().await?.0;
+        let done = sqlx::query("UPDATE openings SET decrypt_deadline_ms = $1 WHERE id = $2 AND state = 'decrypting' AND decrypt_deadline_ms = $3")
+            .bind(to)
+            .bind(id)
+            .bind(from)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let staged = stage(&mut tx, id, events, now).await?;
+        tx.commit().await?;
+        Ok(Some(staged))
+    }
+
+    /// Records that the hall is running at `now` (see [`Db::last_beat`]).
+    pub async fn beat(&self, now: i64) -> Result<(), DbError> {
+        sqlx::query("INSERT INTO hall_clock (id, beat_ms) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET beat_ms = excluded.beat_ms")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// When a hall on this database was last known to be running, if one ever recorded it.
+    pub async fn last_beat(&self) -> Result<Option<i64>, DbError> {
+        Ok(
+            sqlx::query_scalar("SELECT beat_ms FROM hall_clock WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// Closes the decryption window in one transaction: the opening becomes `decryption_ended`
     /// and bids still waiting for a key become `not_decrypted` through the bidder. Returns those
     /// bids, or `None` if decryption was not running.

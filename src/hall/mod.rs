@@ -124,6 +124,10 @@ const STAGED_GRACE_MS: i64 = 30_000;
 /// (doubling with each failure after, to 5 minutes).
 const DECRYPT_RETRY_MS: i64 = 10_000;
 
+/// How often the tick records that the hall runs: the most by which a stop is overestimated
+/// when a decryption window is given back the time the hall was not running.
+const BEAT_MS: i64 = 5_000;
+
 /// Whose fault a failed decryption is, and the chunk that failed if the bid's file is to blame.
 /// Every file was checked against the bidder's signature at upload: a read or write that fails
 /// later, like any server error, is the platform's.
@@ -305,6 +309,8 @@ struct Inner {
     /// remembered: each is shown once, so that anyone who can see a QR code (every viewer)
     /// cannot fill the display and the event log by posting answers to it.
     announced_refusals: DashMap<(String, &'static str), Instant>,
+    /// When the tick last recorded that the hall runs (see [`Db::beat`]).
+    beaten_ms: std::sync::atomic::AtomicI64,
     /// Uploads being checked, by opening: received before the deadline, they are filed even if
     /// decryption started meanwhile, so the agent may not end decryption before they are.
     checking: DashMap<String, usize>,
@@ -486,6 +492,7 @@ impl Hall {
                 )?,
                 logins: logins::Logins::new(),
                 announced_refusals: DashMap::new(),
+                beaten_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
                 checking: DashMap::new(),
                 runtime: tokio::runtime::Handle::current(),
                 tasks: std::sync::Mutex::new(Some(tokio::task::JoinSet::new())),
@@ -2164,15 +2171,62 @@ impl Hall {
         Ok(())
     }
 
-    /// At start: a decryption window whose time limit ran out while no server was running ends
-    /// now, and the bids still waiting for their key count as not decrypted through the
-    /// platform's fault (art. 31: withdrawn, 撤回), since their bidders could not scan then.
-    async fn end_windows_missed_while_down(&self) -> Result<(), HallError> {
+    /// Records, at most every [`BEAT_MS`], that the hall runs: what the next start measures a
+    /// stop by.
+    async fn beat(&self, now: i64) -> Result<(), HallError> {
+        let last = self.inner.beaten_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= BEAT_MS {
+            self.inner.db.beat(now).await?;
+            self.inner.beaten_ms.store(now, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// At start, for each decryption window that was open while no server ran: no bidder could
+    /// scan then, so the time is given back. The window's time limit moves on by the time since
+    /// the hall was last known to run (up to [`BEAT_MS`] more than the stop itself, in the
+    /// bidders' favour), even if the limit passed meanwhile, and the log and the hall display
+    /// say so. Where that time is not known (a database no hall has recorded its runs in), a
+    /// window whose limit ran out meanwhile ends now, and the bids still waiting for their key
+    /// count as not decrypted through the platform's fault (art. 31: withdrawn, 撤回).
+    async fn give_back_time_while_down(&self) -> Result<(), HallError> {
         let now = self.now();
+        let last_beat = self.inner.db.last_beat().await?;
         for opening in self.inner.db.openings_in_state("decrypting").await? {
-            if let Some(deadline) = opening.decrypt_deadline_ms
-                && now >= deadline
+            let Some(deadline) = opening.decrypt_deadline_ms else {
+                continue;
+            };
+            if let Some(beat) = last_beat
+                && beat < deadline
             {
+                let down_from = beat.max(opening.decrypt_started_ms.unwrap_or(beat));
+                let lost = now - down_from;
+                if lost <= 0 {
+                    continue;
+                }
+                let extended = deadline + lost;
+                tracing::warn!(opening = %opening.id, lost_ms = lost, "the hall was not running during the decryption window: its time limit moves on by that time");
+                let payload = json!({
+                    "deadline_ms": extended, "previous_deadline_ms": deadline,
+                    "down_from_ms": down_from, "down_to_ms": now, "extended_ms": lost,
+                    "reason": format!(
+                        "the hall was not running from {} to {}; no bidder could scan then, so \
+                         the decryption time limit moves on by that time, to {}",
+                        fmt_time(down_from), fmt_time(now), fmt_time(extended)
+                    ),
+                });
+                let events = vec![ev("decryption.extended", "public", payload)];
+                if let Some(staged) = self
+                    .inner
+                    .db
+                    .extend_decryption(&opening.id, deadline, extended, events, now)
+                    .await?
+                {
+                    self.publish(staged).await;
+                }
+                continue;
+            }
+            if now >= deadline {
                 let failure = format!(
                     "not decrypted through the platform's fault: the hall was not running when \
                      the decryption time limit ran out ({}), so the bidder could not scan then; \
@@ -2481,6 +2535,7 @@ impl Hall {
             .announced_refusals
             .retain(|_, until| *until > instant);
         self.publish_leftovers(false).await?;
+        self.beat(now).await?;
         for opening in self.inner.db.openings_in_state("decrypting").await? {
             if opening.decrypt_deadline_ms.is_some_and(|d| now >= d) {
                 match self.end_decryption(&opening.id).await {
@@ -2538,7 +2593,8 @@ impl Hall {
     /// decryptions whose key had been accepted.
     async fn resume(&self) -> Result<(), HallError> {
         self.publish_leftovers(true).await?;
-        self.end_windows_missed_while_down().await?;
+        self.give_back_time_while_down().await?;
+        self.beat(self.now()).await?;
         self.reconcile_digests().await?;
         self.reconcile().await
     }

@@ -10,6 +10,7 @@ crate::on_both_databases!(
     a_restarted_server_resumes_the_opening,
     a_restart_removes_what_a_killed_server_left_half_written,
     a_window_that_ran_out_while_no_server_ran_ends_through_the_platform,
+    a_window_is_given_back_the_time_no_server_ran,
     an_accepted_bid_without_a_task_is_decrypted_by_the_hall,
     a_decrypted_bid_without_its_digest_gets_it_from_the_hall,
     a_digest_that_cannot_be_computed_is_told_to_the_evaluator,
@@ -17,6 +18,82 @@ crate::on_both_databases!(
     a_bid_received_in_time_and_checked_after_decryption_started_gets_its_qr_code,
     a_decryption_the_platform_fails_is_tried_again_or_given_up
 );
+
+/// No bidder can scan while no server runs: the next start gives that time back to the
+/// decryption window (its limit moves on by it, even past the limit as first set), says so in
+/// the log and on the hall display, and a bidder that could not scan then does now.
+async fn a_window_is_given_back_the_time_no_server_ran(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let scanned = TestBidder::new(app.dir.path(), 1, 20_000);
+    let waiting = TestBidder::new(app.dir.path(), 2, 20_000);
+    let opening = app.opening_with_bids(&[&scanned, &waiting], 60, 1800).await;
+    app.start_after(&opening, 61).await;
+    assert_eq!(app.scan(&opening, &scanned).await.status, 200);
+    app.wait_until_settled(&opening).await;
+    let deadline = app.snapshot(&opening).await["opening"]["decrypt_deadline_ms"]
+        .as_i64()
+        .unwrap();
+    let mut app = app;
+    app.stop().await;
+    // Down for 40 minutes, past the 30-minute limit.
+    app.advance_secs(2400);
+    let app = app.restart().await;
+
+    let state = app.snapshot(&opening).await;
+    assert_eq!(state["opening"]["state"], "decrypting", "{state}");
+    let extended = state["opening"]["decrypt_deadline_ms"].as_i64().unwrap();
+    // The stop is measured from the last record that the hall ran: at most 5 s before it.
+    assert!(
+        (deadline + 2_400_000..deadline + 2_406_000).contains(&extended),
+        "{deadline} → {extended}"
+    );
+    let events = app.public_events(&opening).await;
+    let told = events
+        .iter()
+        .find(|e| e["kind"] == "decryption.extended")
+        .expect("the hall display is told");
+    let told: serde_json::Value = serde_json::from_str(told["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(told["deadline_ms"], extended);
+    assert_eq!(told["previous_deadline_ms"], deadline);
+    assert!(
+        told["reason"].as_str().unwrap().contains("not running"),
+        "{told}"
+    );
+    app.assert_chain_valid(&opening).await;
+
+    // The bidder scans a fresh QR code now; the window still ends at its new limit.
+    let mut fresh = None;
+    for _ in 0..100 {
+        fresh = app.qr_url(&opening, &waiting).await;
+        if fresh.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(fresh.is_some(), "a fresh QR code");
+    assert_eq!(app.scan(&opening, &waiting).await.status, 200);
+    let state = app.wait_until_settled(&opening).await;
+    assert!(
+        state["bids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["state"] == "decrypted"),
+        "{state}"
+    );
+    // A second restart right away gives back only the seconds it was down, once.
+    let mut app = app;
+    app.stop().await;
+    let app = app.restart().await;
+    let again = app.snapshot(&opening).await["opening"]["decrypt_deadline_ms"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        (extended..extended + 10_000).contains(&again),
+        "{extended} → {again}"
+    );
+    app.cleanup().await;
+}
 
 /// An upload received before the deadline is checked (every chunk against the bidder's
 /// signature) before it is stored: seconds for a large bid, during which the agent may start
@@ -119,9 +196,10 @@ async fn a_restart_removes_what_a_killed_server_left_half_written(backend: Backe
     app.cleanup().await;
 }
 
-/// A decryption window whose time limit passes while no server runs ends at the next start, and
-/// the bids still waiting for their key are the platform's fault (withdrawn, 撤回: their bidders
-/// could not scan then), not the bidders' (revoked, 撤销) as at a limit the hall saw itself.
+/// Where the next start cannot tell how long no server ran (no hall recorded its runs in the
+/// database), a decryption window whose time limit passed meanwhile ends at that start, and the
+/// bids still waiting for their key are the platform's fault (withdrawn, 撤回: their bidders could
+/// not scan then), not the bidders' (revoked, 撤销) as at a limit the hall saw itself.
 async fn a_window_that_ran_out_while_no_server_ran_ends_through_the_platform(backend: Backend) {
     let app = spawn_app(&backend).await;
     let scanned = TestBidder::new(app.dir.path(), 1, 20_000);
@@ -136,6 +214,8 @@ async fn a_window_that_ran_out_while_no_server_ran_ends_through_the_platform(bac
     let answer = kaibiao::phone::answer_challenge(&view, &waiting.enc, &waiting.sign).unwrap();
     let mut app = app;
     app.stop().await;
+    app.sql("DELETE FROM hall_clock WHERE id = 1 AND $1 <> ''", "-")
+        .await;
     app.advance_secs(1800);
     let before = app.base.clone();
     let app = app.restart().await;

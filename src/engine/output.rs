@@ -27,23 +27,51 @@ use crate::format::{BidError, Header};
 /// logical block size, which is at most 4 KiB on the devices Linux supports.
 pub(crate) const ALIGN: usize = 4096;
 
-/// A buffer whose usable part starts on an [`ALIGN`] boundary. Over-allocating and starting at an
-/// offset keeps this free of `unsafe` (an aligned allocation would need the raw allocator).
+/// Transparent huge pages (THP) on x86-64 Linux: 2 MiB.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// A buffer whose usable part starts on an [`ALIGN`] boundary, or for one of a chunk's size (512
+/// KiB and up) on a 2 MiB boundary in a mapping that asks the kernel for transparent huge pages.
+///
+/// Why: `O_DIRECT` pins each page of the buffer and hands the device one segment per page. A
+/// 1 MiB chunk in 4 KiB pages is 256 segments, more than this project's virtual disk takes in one
+/// request (254), so it went as two requests; in one huge page it is one segment. Writing 1 MiB
+/// at a time with `O_DIRECT` then took 0.039–0.055 s of CPU per GiB instead of 0.086–0.108, and
+/// 0.36–0.41 s of wall-clock time instead of 0.53–0.61 (2026-11-24, the Zen 4 machine, three
+/// alternating runs each; the measuring script is in issue 4's note of that day). Where the
+/// kernel gives no huge page (THP off, memory fragmented) the buffer is plain 4 KiB pages, as
+/// before. The mapping is `memmap2`'s, whose safe anonymous mappings keep this module free of
+/// `unsafe` (an aligned allocation or `madvise` would need it).
 pub(crate) struct AlignedBuf {
-    raw: Vec<u8>,
+    map: memmap2::MmapMut,
     start: usize,
     len: usize,
 }
 
 impl AlignedBuf {
     pub(crate) fn new(len: usize) -> Self {
-        let raw = vec![0u8; len + ALIGN];
-        let start = (ALIGN - raw.as_ptr() as usize % ALIGN) % ALIGN;
-        Self { raw, start, len }
+        let align = if len >= HUGE_PAGE / 4 {
+            HUGE_PAGE
+        } else {
+            ALIGN
+        };
+        // Room for a whole aligned run of huge pages wherever the kernel puts the mapping.
+        let map = memmap2::MmapMut::map_anon(len.next_multiple_of(align) + align)
+            .expect("memory for a chunk buffer");
+        if align == HUGE_PAGE {
+            // Advice only: without it the buffer works the same in 4 KiB pages.
+            let _ = map.advise(memmap2::Advice::HugePage);
+        }
+        let start = (align - map.as_ptr() as usize % align) % align;
+        Self { map, start, len }
     }
 
     pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.raw[self.start..self.start + self.len]
+        &mut self.map[self.start..self.start + self.len]
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
     }
 }
 
@@ -169,8 +197,10 @@ impl ChunkBuf {
     }
 
     fn as_slice(&self) -> &[u8] {
-        let buf = self.buf.as_ref().expect("present until dropped");
-        &buf.raw[buf.start..buf.start + buf.len]
+        self.buf
+            .as_ref()
+            .expect("present until dropped")
+            .as_slice()
     }
 }
 

@@ -1,7 +1,8 @@
 //! Where decrypted chunks go.
 //!
 //! On a file system backed by a device, the output is opened a second time with `O_DIRECT`: a
-//! Rayon worker decrypts a whole chunk into a 4 KiB-aligned buffer from a small pool and hands it
+//! Rayon worker decrypts a whole chunk into an aligned buffer (in a huge page where the kernel
+//! gives one, see [`AlignedBuf`]) from a small pool and hands it
 //! to a writer thread, which writes its aligned part from the buffer straight to the device. The
 //! plaintext does not pass through the page cache, so it costs no copy and no fresh page-cache
 //! pages per byte, pushes no other file out of the cache, and the final `fsync` finds almost
@@ -197,10 +198,7 @@ impl ChunkBuf {
     }
 
     fn as_slice(&self) -> &[u8] {
-        self.buf
-            .as_ref()
-            .expect("present until dropped")
-            .as_slice()
+        self.buf.as_ref().expect("present until dropped").as_slice()
     }
 }
 

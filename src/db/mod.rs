@@ -507,8 +507,9 @@ impl Db {
         Ok(Some(staged))
     }
 
-    /// Moves a running decryption window's time limit from `from` to `to`, with its events; `None`
-    /// if the opening is no longer decrypting or its limit has moved since it was read.
+    /// Moves a running decryption window's time limit from `from` to `to`, with its events, and
+    /// records that the time up to `now` was given back; `None` if the opening is no longer
+    /// decrypting or its limit has moved since it was read.
     pub async fn extend_decryption(
         &self,
         id: &str,
@@ -518,8 +519,9 @@ impl Db {
         now: i64,
     ) -> Result<Option<Vec<StagedEvent>>, DbError> {
         let mut tx = self.begin_write().await?.0;
-        let done = sqlx::query("UPDATE openings SET decrypt_deadline_ms = $1 WHERE id = $2 AND state = 'decrypting' AND decrypt_deadline_ms = $3")
+        let done = sqlx::query("UPDATE openings SET decrypt_deadline_ms = $1, given_back_until_ms = $2 WHERE id = $3 AND state = 'decrypting' AND decrypt_deadline_ms = $4")
             .bind(to)
+            .bind(now)
             .bind(id)
             .bind(from)
             .execute(&mut *tx)
@@ -539,6 +541,44 @@ impl Db {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Up to when a stop was given back to an opening's decryption window, if ever.
+    pub async fn given_back_until(&self, id: &str) -> Result<Option<i64>, DbError> {
+        Ok(
+            sqlx::query_scalar("SELECT given_back_until_ms FROM openings WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
+    /// Records a platform signing key (once; later calls with the same id change nothing).
+    /// Returns whether it was new.
+    pub async fn record_platform_key(
+        &self,
+        key_id: &str,
+        public_key_pem: &str,
+        now: i64,
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query("INSERT INTO platform_keys (key_id, public_key_pem, first_used_ms) VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING")
+            .bind(key_id)
+            .bind(public_key_pem)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Every platform key recorded, oldest first: `(key id, PEM, first used)`.
+    pub async fn platform_keys(&self) -> Result<Vec<(String, String, i64)>, DbError> {
+        let rows = sqlx::query("SELECT key_id, public_key_pem, first_used_ms FROM platform_keys ORDER BY first_used_ms, key_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
     }
 
     /// When a hall on this database was last known to be running, if one ever recorded it.

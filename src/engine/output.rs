@@ -31,8 +31,8 @@ pub(crate) const ALIGN: usize = 4096;
 /// Transparent huge pages (THP) on x86-64 Linux: 2 MiB.
 const HUGE_PAGE: usize = 2 << 20;
 
-/// A buffer whose usable part starts on an [`ALIGN`] boundary, or for one of a chunk's size (512
-/// KiB and up) on a 2 MiB boundary in a mapping that asks the kernel for transparent huge pages.
+/// A buffer whose usable part starts on an [`ALIGN`] boundary, or for one of a chunk's size (1 MiB
+/// and up) on a 2 MiB boundary in a mapping that asks the kernel for transparent huge pages.
 ///
 /// Why: `O_DIRECT` pins each page of the buffer and hands the device one segment per page. A
 /// 1 MiB chunk in 4 KiB pages is 256 segments, more than this project's virtual disk takes in one
@@ -51,20 +51,23 @@ pub(crate) struct AlignedBuf {
 
 impl AlignedBuf {
     pub(crate) fn new(len: usize) -> Self {
-        let align = if len >= HUGE_PAGE / 4 {
+        Self::try_new(len).expect("memory for a chunk buffer")
+    }
+
+    fn try_new(len: usize) -> std::io::Result<Self> {
+        let align = if len >= HUGE_PAGE / 2 {
             HUGE_PAGE
         } else {
             ALIGN
         };
         // Room for a whole aligned run of huge pages wherever the kernel puts the mapping.
-        let map = memmap2::MmapMut::map_anon(len.next_multiple_of(align) + align)
-            .expect("memory for a chunk buffer");
+        let map = memmap2::MmapMut::map_anon(len.next_multiple_of(align) + align)?;
         if align == HUGE_PAGE {
             // Advice only: without it the buffer works the same in 4 KiB pages.
             let _ = map.advise(memmap2::Advice::HugePage);
         }
         let start = (align - map.as_ptr() as usize % align) % align;
-        Self { map, start, len }
+        Ok(Self { map, start, len })
     }
 
     pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
@@ -138,7 +141,15 @@ impl Pool {
             if state.made < self.limit {
                 state.made += 1;
                 drop(state);
-                return ChunkBuf::new(AlignedBuf::new(len), self);
+                match AlignedBuf::try_new(len) {
+                    Ok(buf) => return ChunkBuf::new(buf, self),
+                    Err(error) => {
+                        // The slot goes back before the worker fails, for the others.
+                        self.lock().made -= 1;
+                        self.returned.notify_one();
+                        panic!("no memory for a chunk buffer: {error}");
+                    }
+                }
             }
             state = self
                 .returned

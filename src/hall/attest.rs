@@ -119,12 +119,12 @@ impl LogVerdict {
                  before; the record cannot be trusted from that event on"
             ),
             Self::Rewritten { seq } => format!(
-                "the log no longer leads to the head the platform signed: event {seq} has \
-                 another hash, so the log was rewritten at or before event {seq}"
+                "the log no longer leads to the head given: event {seq} has another hash, so if \
+                 the platform signed that head, the log was rewritten at or before event {seq}"
             ),
             Self::Truncated { seq, events } => format!(
-                "the platform signed a head at event {seq}, but the log now ends at event \
-                 {events}: events were removed"
+                "the head given names event {seq}, but the log ends at event {events}: if the \
+                 platform signed that head, events were removed"
             ),
         }
     }

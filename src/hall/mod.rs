@@ -309,6 +309,8 @@ struct Inner {
     /// remembered: each is shown once, so that anyone who can see a QR code (every viewer)
     /// cannot fill the display and the event log by posting answers to it.
     announced_refusals: DashMap<(String, &'static str), Instant>,
+    /// The last heads of each opening's log signed (see [`Hall::signed_head`]).
+    signed_heads: DashMap<(String, i64), SignedHead>,
     /// When the tick last recorded that the hall runs (see [`Db::beat`]).
     beaten_ms: std::sync::atomic::AtomicI64,
     /// Uploads being checked, by opening: received before the deadline, they are filed even if
@@ -493,6 +495,7 @@ impl Hall {
                 logins: logins::Logins::new(),
                 announced_refusals: DashMap::new(),
                 beaten_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+                signed_heads: DashMap::new(),
                 checking: DashMap::new(),
                 runtime: tokio::runtime::Handle::current(),
                 tasks: std::sync::Mutex::new(Some(tokio::task::JoinSet::new())),
@@ -1102,7 +1105,12 @@ impl Hall {
             replaced: replaced.is_some(),
             signature: String::new(),
         };
-        receipt.signature = self.sign_as_platform(receipt.signed_message()).await?;
+        match self.sign_as_platform(receipt.signed_message()).await {
+            Ok(signature) => receipt.signature = signature,
+            Err(error) => {
+                tracing::error!(bid = %receipt.bid_id, %error, "the receipt goes unsigned")
+            }
+        }
         Ok(receipt)
     }
 
@@ -1267,6 +1275,24 @@ impl Hall {
         self.inner.vault.platform_key().public_key()
     }
 
+    /// Records the platform key in the database's list of keys, so that what an earlier key
+    /// signed can still be checked after the master key changed (see `/api/platform-key`).
+    async fn record_platform_key(&self) -> Result<(), HallError> {
+        let key = self.platform_key();
+        let id = hex::encode(crypto::key_id(&key));
+        let pem = crypto::public_key_pem(&key).map_err(|e| HallError::Internal(e.to_string()))?;
+        let new = self
+            .inner
+            .db
+            .record_platform_key(&id, &pem, self.now())
+            .await?;
+        let known = self.inner.db.platform_keys().await?.len();
+        if new && known > 1 {
+            tracing::warn!(key_id = %id, "the platform signing key changed with the master key: receipts and log heads signed before are checked with the earlier keys /api/platform-key lists");
+        }
+        Ok(())
+    }
+
     async fn sign_as_platform(&self, message: Vec<u8>) -> Result<String, HallError> {
         let hall = self.clone();
         on_rayon(move || attest::sign_hex(hall.inner.vault.platform_key(), &message)).await?
@@ -1285,6 +1311,14 @@ impl Hall {
                 .await?
                 .ok_or_else(|| HallError::Internal(format!("event {seq} of the log is missing")))?,
         };
+        // One signature per head: asking again for the same head (anyone may ask, as often as
+        // they like) gets the one signed first, and costs no SM2 signing.
+        let key = (opening_id.to_owned(), seq);
+        if let Some(head) = self.inner.signed_heads.get(&key)
+            && head.hash == hash
+        {
+            return Ok(head.clone());
+        }
         let mut head = SignedHead {
             opening_id: opening_id.to_owned(),
             seq,
@@ -1293,6 +1327,10 @@ impl Hall {
             signature: String::new(),
         };
         head.signature = self.sign_as_platform(head.signed_message()).await?;
+        self.inner
+            .signed_heads
+            .retain(|(opening, s), _| opening != opening_id || *s >= seq);
+        self.inner.signed_heads.insert(key, head.clone());
         Ok(head)
     }
 
@@ -2175,7 +2213,8 @@ impl Hall {
     /// stop by.
     async fn beat(&self, now: i64) -> Result<(), HallError> {
         let last = self.inner.beaten_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= BEAT_MS {
+        // Also when the clock went back: a record left in the future would hide a stop.
+        if now < last || now.saturating_sub(last) >= BEAT_MS {
             self.inner.db.beat(now).await?;
             self.inner.beaten_ms.store(now, Ordering::Relaxed);
         }
@@ -2199,7 +2238,12 @@ impl Hall {
             if let Some(beat) = last_beat
                 && beat < deadline
             {
-                let down_from = beat.max(opening.decrypt_started_ms.unwrap_or(beat));
+                // Not before the window opened, nor before a stop already given back (by a start
+                // that died before recording its own run).
+                let given_back = self.inner.db.given_back_until(&opening.id).await?;
+                let down_from = beat
+                    .max(opening.decrypt_started_ms.unwrap_or(beat))
+                    .max(given_back.unwrap_or(beat));
                 let lost = now - down_from;
                 if lost <= 0 {
                     continue;
@@ -2223,6 +2267,15 @@ impl Hall {
                     .await?
                 {
                     self.publish(staged).await;
+                }
+                continue;
+            }
+            if last_beat.is_some() && now >= deadline {
+                // The hall ran until the limit passed and stopped before its tick ended the
+                // window: the bidders had the whole window, so it ends as the tick would have.
+                match self.end_decryption(&opening.id).await {
+                    Ok(()) | Err(HallError::WrongState(_)) => {}
+                    Err(e) => return Err(e),
                 }
                 continue;
             }
@@ -2535,7 +2588,10 @@ impl Hall {
             .announced_refusals
             .retain(|_, until| *until > instant);
         self.publish_leftovers(false).await?;
-        self.beat(now).await?;
+        if let Err(error) = self.beat(now).await {
+            // Only a later start's measure of a stop depends on it: the tick goes on.
+            tracing::warn!(%error, "cannot record that the hall runs");
+        }
         for opening in self.inner.db.openings_in_state("decrypting").await? {
             if opening.decrypt_deadline_ms.is_some_and(|d| now >= d) {
                 match self.end_decryption(&opening.id).await {
@@ -2595,6 +2651,7 @@ impl Hall {
         self.publish_leftovers(true).await?;
         self.give_back_time_while_down().await?;
         self.beat(self.now()).await?;
+        self.record_platform_key().await?;
         self.reconcile_digests().await?;
         self.reconcile().await
     }

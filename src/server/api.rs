@@ -296,10 +296,23 @@ async fn platform_key(hall: web::Data<Hall>) -> Result<HttpResponse> {
     let key = hall.platform_key();
     let pem =
         crate::crypto::public_key_pem(&key).map_err(|e| HallError::Internal(e.to_string()))?;
+    let key_id = hex::encode(crate::crypto::key_id(&key));
+    // Keys used before the master key changed, for what they signed.
+    let earlier: Vec<_> = hall
+        .db()
+        .platform_keys()
+        .await?
+        .into_iter()
+        .filter(|(id, _, _)| *id != key_id)
+        .map(
+            |(id, pem, since)| json!({"key_id": id, "public_key_pem": pem, "first_used_ms": since}),
+        )
+        .collect();
     Ok(HttpResponse::Ok().json(json!({
         "public_key_pem": pem,
-        "key_id": hex::encode(crate::crypto::key_id(&key)),
+        "key_id": key_id,
         "signature": "SM2 with SM3, user ID 1234567812345678, DER, hex",
+        "earlier_keys": earlier,
     })))
 }
 

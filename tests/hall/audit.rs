@@ -16,7 +16,8 @@ crate::on_both_databases!(
     a_state_change_whose_event_was_not_published_gets_it_at_the_next_start,
     the_released_plaintext_is_proven_to_be_what_the_bidder_signed,
     a_signed_head_shows_a_log_rewritten_or_cut_short,
-    the_platform_signs_every_receipt_with_one_lasting_key
+    the_platform_signs_every_receipt_with_one_lasting_key,
+    a_public_head_before_the_opening_counts_no_bid
 );
 
 /// An opening whose bids are all decrypted, the decryption ended.
@@ -511,7 +512,46 @@ async fn the_platform_signs_every_receipt_with_one_lasting_key(backend: Backend)
         "an earlier time is not signed"
     );
 
-    let app = app.restart().await;
+    let mut app = app.restart().await;
     assert_eq!(app.platform_key().await, key);
+
+    // A new master key (allowed while no opening holds keys sealed under the old one) makes a
+    // new platform key; the earlier one is still listed, for what it signed.
+    app.stop().await;
+    std::fs::remove_file(app.settings.master_key_file()).unwrap();
+    let app = app.restart().await;
+    let now = app.platform_key().await;
+    assert_ne!(now, key);
+    let listed = app.call("GET", "/api/platform-key", None, None).await.body;
+    let earlier = listed["earlier_keys"].as_array().unwrap();
+    assert_eq!(earlier.len(), 1, "{listed}");
+    let pem = earlier[0]["public_key_pem"].as_str().unwrap();
+    let old = *kaibiao::crypto::load_public_pem(pem).unwrap().key();
+    receipt
+        .verify(&old)
+        .expect("the earlier key checks the earlier receipt");
+    assert!(receipt.verify(&now).is_err());
+    app.cleanup().await;
+}
+
+/// Before decryption starts nobody but the agent may learn who registered or uploaded, nor how
+/// many: the public's signed head stays at the last public event whatever happens behind it, and
+/// asking again gets the same signed head.
+async fn a_public_head_before_the_opening_counts_no_bid(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let b = TestBidder::new(app.dir.path(), 1, 20_000);
+    let opening = app.create_opening(60, 1800).await;
+    let before = signed_head(&app, &opening, None).await;
+    let last_public = app.public_events(&opening).await.pop().unwrap();
+    assert_eq!(before["seq"], last_public["seq"]);
+    app.register(&opening, &b).await;
+    assert_eq!(app.upload(&opening, &b).await.status, 201);
+    let after = signed_head(&app, &opening, None).await;
+    assert_eq!(after, before, "the same head, signed once");
+    let agent = signed_head(&app, &opening, Some(&app.token.clone())).await;
+    assert!(
+        agent["seq"].as_i64().unwrap() > before["seq"].as_i64().unwrap(),
+        "{agent}"
+    );
     app.cleanup().await;
 }

@@ -3,7 +3,7 @@
 use kaibiao::crypto;
 use serde_json::json;
 
-use crate::helpers::{Backend, TestBidder, Viewer, spawn_app, spawn_app_with};
+use crate::helpers::{Backend, TestApp, TestBidder, Viewer, spawn_app, spawn_app_with};
 
 crate::on_both_databases!(
     twenty_bidders_from_upload_to_evaluator_download,
@@ -25,15 +25,8 @@ crate::on_both_databases!(
 /// the log and on the hall display, and a bidder that could not scan then does now.
 async fn a_window_is_given_back_the_time_no_server_ran(backend: Backend) {
     let app = spawn_app(&backend).await;
-    let scanned = TestBidder::new(app.dir.path(), 1, 20_000);
-    let waiting = TestBidder::new(app.dir.path(), 2, 20_000);
-    let opening = app.opening_with_bids(&[&scanned, &waiting], 60, 1800).await;
-    app.start_after(&opening, 61).await;
-    assert_eq!(app.scan(&opening, &scanned).await.status, 200);
-    app.wait_until_settled(&opening).await;
-    let deadline = app.snapshot(&opening).await["opening"]["decrypt_deadline_ms"]
-        .as_i64()
-        .unwrap();
+    let (opening, _, waiting) = one_decrypted_one_waiting(&app).await;
+    let deadline = decrypt_deadline(&app, &opening).await;
     let mut app = app;
     app.stop().await;
     // Down for 40 minutes, past the 30-minute limit.
@@ -87,9 +80,7 @@ async fn a_window_is_given_back_the_time_no_server_ran(backend: Backend) {
     let mut app = app;
     app.stop().await;
     let app = app.restart().await;
-    let again = app.snapshot(&opening).await["opening"]["decrypt_deadline_ms"]
-        .as_i64()
-        .unwrap();
+    let again = decrypt_deadline(&app, &opening).await;
     assert!(
         (extended..extended + 15_000).contains(&again),
         "{extended} → {again}"
@@ -98,15 +89,9 @@ async fn a_window_is_given_back_the_time_no_server_ran(backend: Backend) {
     // the run before: the next start does not give that time back twice.
     let mut app = app;
     app.stop().await;
-    let early = format!(
-        "UPDATE hall_clock SET beat_ms = {} WHERE id = 1 AND $1 <> ''",
-        deadline - 1_700_000
-    );
-    app.sql(&early, "-").await;
+    record_run_at(&app, deadline - 1_700_000).await;
     let app = app.restart().await;
-    let third = app.snapshot(&opening).await["opening"]["decrypt_deadline_ms"]
-        .as_i64()
-        .unwrap();
+    let third = decrypt_deadline(&app, &opening).await;
     assert!(
         (again..again + 15_000).contains(&third),
         "{again} → {third}"
@@ -119,22 +104,11 @@ async fn a_window_is_given_back_the_time_no_server_ran(backend: Backend) {
 /// still waiting the bidders' fault (revoked, 撤销), not the platform's.
 async fn a_window_whose_limit_passed_while_the_hall_ran_ends_as_the_bidders(backend: Backend) {
     let app = spawn_app(&backend).await;
-    let scanned = TestBidder::new(app.dir.path(), 1, 20_000);
-    let waiting = TestBidder::new(app.dir.path(), 2, 20_000);
-    let opening = app.opening_with_bids(&[&scanned, &waiting], 60, 1800).await;
-    app.start_after(&opening, 61).await;
-    assert_eq!(app.scan(&opening, &scanned).await.status, 200);
-    app.wait_until_settled(&opening).await;
-    let deadline = app.snapshot(&opening).await["opening"]["decrypt_deadline_ms"]
-        .as_i64()
-        .unwrap();
+    let (opening, _, waiting) = one_decrypted_one_waiting(&app).await;
+    let deadline = decrypt_deadline(&app, &opening).await;
     let mut app = app;
     app.stop().await;
-    let late = format!(
-        "UPDATE hall_clock SET beat_ms = {} WHERE id = 1 AND $1 <> ''",
-        deadline + 1_000
-    );
-    app.sql(&late, "-").await;
+    record_run_at(&app, deadline + 1_000).await;
     app.advance_secs(1900);
     let app = app.restart().await;
     let state = app.snapshot(&opening).await;
@@ -259,18 +233,37 @@ async fn a_restart_removes_what_a_killed_server_left_half_written(backend: Backe
     app.cleanup().await;
 }
 
-/// Where the next start cannot tell how long no server ran (no hall recorded its runs in the
-/// database), a decryption window whose time limit passed meanwhile ends at that start, and the
-/// bids still waiting for their key are the platform's fault (withdrawn, 撤回: their bidders could
-/// not scan then), not the bidders' (revoked, 撤销) as at a limit the hall saw itself.
-async fn a_window_that_ran_out_while_no_server_ran_ends_through_the_platform(backend: Backend) {
-    let app = spawn_app(&backend).await;
+/// An opening in decryption with two bids: the first bidder's decrypted, the second's waiting
+/// for its key.
+async fn one_decrypted_one_waiting(app: &TestApp) -> (String, TestBidder, TestBidder) {
     let scanned = TestBidder::new(app.dir.path(), 1, 20_000);
     let waiting = TestBidder::new(app.dir.path(), 2, 20_000);
     let opening = app.opening_with_bids(&[&scanned, &waiting], 60, 1800).await;
     app.start_after(&opening, 61).await;
     assert_eq!(app.scan(&opening, &scanned).await.status, 200);
     app.wait_until_settled(&opening).await;
+    (opening, scanned, waiting)
+}
+
+async fn decrypt_deadline(app: &TestApp, opening: &str) -> i64 {
+    app.snapshot(opening).await["opening"]["decrypt_deadline_ms"]
+        .as_i64()
+        .unwrap()
+}
+
+/// Changes, behind a stopped server's back, when the hall was last recorded running.
+async fn record_run_at(app: &TestApp, beat_ms: i64) {
+    let statement = format!("UPDATE hall_clock SET beat_ms = {beat_ms} WHERE id = 1 AND $1 <> ''");
+    app.sql(&statement, "-").await;
+}
+
+/// Where the next start cannot tell how long no server ran (no hall recorded its runs in the
+/// database), a decryption window whose time limit passed meanwhile ends at that start, and the
+/// bids still waiting for their key are the platform's fault (withdrawn, 撤回: their bidders could
+/// not scan then), not the bidders' (revoked, 撤销) as at a limit the hall saw itself.
+async fn a_window_that_ran_out_while_no_server_ran_ends_through_the_platform(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let (opening, scanned, waiting) = one_decrypted_one_waiting(&app).await;
     let url = app.qr_url(&opening, &waiting).await.expect("a QR code");
     let mut view: kaibiao::phone::ChallengeView =
         serde_json::from_value(app.challenge(&url).await.body).unwrap();

@@ -294,14 +294,7 @@ async fn a_state_change_whose_event_was_not_published_gets_it_at_the_next_start(
         app.now_ms()
     );
     app.sql(&left, &opening).await;
-    let r = app
-        .agent(
-            "POST",
-            &format!("/api/openings/{opening}/evaluator-tokens"),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
+    app.evaluator_token(&opening).await;
     let events = app.events(&opening).await;
     let tail: Vec<&str> = events[events.len() - 2..]
         .iter()

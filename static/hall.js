@@ -24,9 +24,12 @@
     } catch (e) { retry(); return; }
     if (!ws) connect();
   }
+  // The log's chain value after the last event shown, its first 16 hex digits.
+  function showHead(hash) { if (hash) document.getElementById('head').textContent = hash.slice(0, 16); }
   function retry() { if (!pending) pending = setTimeout(load, 1500); }
   function adopt(s) {
     snapshot = s; lastSeq = s.last_seq; document.getElementById('seq').textContent = lastSeq;
+    showHead(s.last_hash);
     if (s.server_ms) clockOffset = s.server_ms - Date.now();
     render();
   }
@@ -121,7 +124,7 @@
       if (m.type === 'hello') { clockOffset = m.server_ms - Date.now(); }
       else if (m.type === 'event') {
         if (m.seq <= lastSeq) return;
-        lastSeq = m.seq; document.getElementById('seq').textContent = lastSeq;
+        lastSeq = m.seq; document.getElementById('seq').textContent = lastSeq; showHead(m.hash);
         if (apply(m.kind, m.data)) render(); else { ws.onclose = null; ws.close(); ws = null; load(); }
       } else if (m.type === 'snapshot') { adopt(m.snapshot); }
       else if (m.type === 'progress') {

@@ -1304,13 +1304,7 @@ impl Hall {
     pub async fn signed_head(&self, opening_id: &str, role: Role) -> Result<SignedHead, HallError> {
         let opening = self.opening(opening_id).await?;
         let seq = self.last_seq_seen(&opening, role).await?;
-        let hash = match seq {
-            0 => GENESIS.to_owned(),
-            seq => self
-                .event_hash(opening_id, seq)
-                .await?
-                .ok_or_else(|| HallError::Internal(format!("event {seq} of the log is missing")))?,
-        };
+        let hash = self.chain_value(opening_id, seq).await?;
         // One signature per head: asking again for the same head (anyone may ask, as often as
         // they like) gets the one signed first, and costs no SM2 signing.
         let key = (opening_id.to_owned(), seq);
@@ -1348,6 +1342,17 @@ impl Hall {
             _ => None,
         };
         Ok(LogVerdict::judge(chain, head, stored.as_deref()))
+    }
+
+    /// The chain's value after event `seq` of an opening's log ([`GENESIS`] before the first).
+    async fn chain_value(&self, opening_id: &str, seq: i64) -> Result<String, HallError> {
+        match seq {
+            0 => Ok(GENESIS.to_owned()),
+            seq => self
+                .event_hash(opening_id, seq)
+                .await?
+                .ok_or_else(|| HallError::Internal(format!("event {seq} of the log is missing"))),
+        }
     }
 
     async fn event_hash(&self, opening_id: &str, seq: i64) -> Result<Option<String>, HallError> {
@@ -2573,6 +2578,8 @@ impl Hall {
             },
             "server_ms": self.now(),
             "last_seq": last_seq,
+            // Shown on the hall display, so that a recording of the room pins the log.
+            "last_hash": self.chain_value(opening_id, last_seq).await?,
             "bidders": if published { bidder_list(&bidders, &bids) } else { Vec::new() },
             "bids": if published { bid_views } else { Vec::new() },
             "bidders_published": published,

@@ -387,19 +387,21 @@ async fn the_hall_display_follows_the_opening_live_without_reloading() {
     )
     .await;
     page.count_fetches().await;
-    let token = app
-        .agent(
-            "POST",
-            &format!("/api/openings/{opening}/evaluator-tokens"),
-            None,
-        )
-        .await;
-    assert_eq!(token.status, 201, "{}", token.body);
-    let newest = app.snapshot(&opening).await["last_seq"].as_i64().unwrap();
+    app.evaluator_token(&opening).await;
+    let newest = app.snapshot(&opening).await;
+    let seq = newest["last_seq"].as_i64().unwrap();
     page.wait_for_value(
         "the agent's last event",
-        &format!("Number(document.getElementById('seq').textContent) >= {newest}"),
+        &format!("Number(document.getElementById('seq').textContent) >= {seq}"),
         json!(true),
+    )
+    .await;
+    // The footer shows the log's chain value after it, as the signed head gives it.
+    let hash = newest["last_hash"].as_str().unwrap();
+    page.wait_for_value(
+        "the log's chain value in the footer",
+        "document.getElementById('head').textContent",
+        json!(hash[..16]),
     )
     .await;
     assert_eq!(

@@ -287,6 +287,65 @@ pub fn verify(path: &Path, threads: Option<usize>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Checks a receipt or a signed log head against the platform's key; says what it states.
+pub fn check_signed(file: &Path, platform_key: &Path) -> anyhow::Result<ExitCode> {
+    use kaibiao::hall::{Receipt, SignedHead, fmt_time};
+    let key = *load_public(platform_key)?.key();
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+    let (what, checked) = if value.get("bid_id").is_some() {
+        let receipt: Receipt = serde_json::from_value(value)
+            .with_context(|| format!("{} is not a whole receipt", file.display()))?;
+        let what = format!(
+            "receipt of bid {} by {} for tender {} (opening {}): {} bytes, SM3 {}, received {}{}",
+            receipt.bid_id,
+            receipt.bidder,
+            receipt.tender_id,
+            receipt.opening_id,
+            receipt.size,
+            receipt.sm3,
+            fmt_time(receipt.received_ms),
+            if receipt.replaced {
+                ", replacing an earlier bid"
+            } else {
+                ""
+            }
+        );
+        (what, receipt.verify(&key))
+    } else if value.get("seq").is_some() {
+        let head: SignedHead = serde_json::from_value(value)
+            .with_context(|| format!("{} is not a whole signed head", file.display()))?;
+        let what = format!(
+            "head of opening {}'s log: event {}, chain value {}, signed at {}",
+            head.opening_id,
+            head.seq,
+            head.hash,
+            fmt_time(head.signed_ms)
+        );
+        (what, head.verify(&key))
+    } else {
+        bail!(
+            "{} is neither a receipt (it has no bid_id) nor a signed log head (no seq)",
+            file.display()
+        );
+    };
+    match checked {
+        Ok(()) => {
+            println!("signed by the platform: {what}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(_) => {
+            println!(
+                "NOT signed by this platform key: {what}. Either a field was changed after \
+                 signing, or another key signed it (see earlier_keys in /api/platform-key)"
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 pub fn unseal(args: UnsealArgs) -> anyhow::Result<ExitCode> {
     let bid = SealedBid::open(&args.bid)?;
     let file_key = match (&args.key, &args.file_key) {

@@ -41,6 +41,16 @@ enum Command {
     /// Decrypt a sealed bid with a recipient's private key (the offline / backup path), or with
     /// its file key as released to the evaluation system (to check the released plaintext).
     Unseal(bidtool::UnsealArgs),
+    /// Check what the platform signed: an upload receipt (回执) or a head of an opening's log, as
+    /// JSON the hall gave, with the platform's public key (`/api/platform-key`, PEM). Exit status
+    /// 0 means the platform signed exactly that.
+    Check {
+        /// The receipt or signed head (JSON).
+        file: PathBuf,
+        /// The platform's public key (PEM).
+        #[arg(long)]
+        platform_key: PathBuf,
+    },
     /// Run the hall server (SQLite under ./data and 127.0.0.1:8080 unless told otherwise).
     Serve(hall::ServeArgs),
     /// Manage agent accounts.
@@ -92,6 +102,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect { bid } => bidtool::inspect(&bid),
         Command::Verify { bid, threads } => bidtool::verify(&bid, threads),
         Command::Unseal(args) => bidtool::unseal(args),
+        Command::Check { file, platform_key } => bidtool::check_signed(&file, &platform_key),
         Command::Serve(args) => hall::serve(args),
         Command::Admin(AdminCommand::CreateAgent {
             username,

@@ -257,3 +257,60 @@ fn an_agent_is_created_with_the_password_from_the_environment() {
         .assert()
         .success();
 }
+
+/// A bidder checks its receipt (回执), and anyone a signed head of the log, with the platform's
+/// public key: exit status 0 only for exactly what the platform signed.
+#[test]
+fn check_tells_what_the_platform_signed() {
+    use kaibiao::hall::{Receipt, SignedHead};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let platform = kaibiao::crypto::generate_secret_key();
+    let pem = kaibiao::crypto::public_key_pem(&platform.public_key()).unwrap();
+    std::fs::write(d.join("platform.pem"), pem).unwrap();
+    let sign = |message: Vec<u8>| hex::encode(kaibiao::crypto::sign(&platform, &message).unwrap());
+    let mut receipt = Receipt {
+        bid_id: "b1".into(),
+        opening_id: "o1".into(),
+        tender_id: "ZB-1".into(),
+        bidder: BIDDER.into(),
+        size: 123,
+        sm3: "ab".repeat(32),
+        received_ms: 1_795_491_611_934,
+        replaced: false,
+        signature: String::new(),
+    };
+    receipt.signature = sign(receipt.signed_message());
+    let mut head = SignedHead {
+        opening_id: "o1".into(),
+        seq: 7,
+        hash: "cd".repeat(32),
+        signed_ms: 1_795_491_611_934,
+        signature: String::new(),
+    };
+    head.signature = sign(head.signed_message());
+    let check = |name: &str, json: String| {
+        std::fs::write(d.join(name), json).unwrap();
+        kaibiao()
+            .current_dir(d)
+            .args(["check", name, "--platform-key", "platform.pem"])
+            .assert()
+    };
+    let ok = check("receipt.json", serde_json::to_string(&receipt).unwrap()).success();
+    let text = String::from_utf8_lossy(&ok.get_output().stdout).into_owned();
+    assert!(
+        text.contains("signed by the platform") && text.contains(BIDDER),
+        "{text}"
+    );
+    check("head.json", serde_json::to_string(&head).unwrap()).success();
+
+    receipt.size += 1;
+    let bad = check("receipt.json", serde_json::to_string(&receipt).unwrap()).code(1);
+    let text = String::from_utf8_lossy(&bad.get_output().stdout).into_owned();
+    assert!(text.contains("NOT signed"), "{text}");
+    head.seq -= 1;
+    check("head.json", serde_json::to_string(&head).unwrap()).code(1);
+    let other = check("other.json", "{\"a\":1}".into()).failure();
+    let text = String::from_utf8_lossy(&other.get_output().stderr).into_owned();
+    assert!(text.contains("neither a receipt"), "{text}");
+}

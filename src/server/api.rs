@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::ApiError;
 use super::auth::{Agent, Evaluator, SESSION_COOKIE, role_for};
-use crate::hall::{Hall, HallError, LogVerdict, NewBidder, NewOpening};
+use crate::hall::{Hall, HallError, LogVerdict, NewBidder, NewOpening, Role};
 use crate::phone::Answer;
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -634,7 +634,10 @@ async fn eval_bids(hall: web::Data<Hall>, evaluator: Evaluator) -> Result<HttpRe
             "download": (released && bid.state == "decrypted").then(|| format!("/api/eval/bids/{}/file", bid.id)),
         }));
     }
-    Ok(HttpResponse::Ok().json(json!({"opening_id": opening.id, "state": opening.state, "released": released, "bids": list})))
+    // The log's head as the evaluators may see it, signed: the evaluation system keeps, with the
+    // files, what the opening's record held when it received them.
+    let head = hall.signed_head(&opening.id, Role::Evaluator).await?;
+    Ok(HttpResponse::Ok().json(json!({"opening_id": opening.id, "state": opening.state, "released": released, "log_head": head, "bids": list})))
 }
 
 async fn eval_file(

@@ -318,6 +318,16 @@ async fn the_released_plaintext_is_proven_to_be_what_the_bidder_signed(backend: 
     assert_eq!(list.body["bids"][0]["file_key"], serde_json::Value::Null);
     assert_eq!(app.act(&opening, "release").await.status, 200);
     let list = app.call("GET", "/api/eval/bids", None, Some(&token)).await;
+    // With the files, the head of the log they came out of, signed by the platform.
+    let head: SignedHead = serde_json::from_value(list.body["log_head"].clone()).unwrap();
+    head.verify(&app.platform_key().await).unwrap();
+    let released = app.events(&opening).await;
+    let released = released
+        .iter()
+        .find(|e| e["kind"] == "files.released")
+        .unwrap();
+    assert_eq!(head.opening_id, opening);
+    assert!(head.seq >= released["seq"].as_i64().unwrap(), "{head:?}");
     let entry = &list.body["bids"][0];
     let raw: [u8; 16] = hex::decode(entry["file_key"].as_str().expect("the file key"))
         .unwrap()

@@ -2230,9 +2230,11 @@ impl Hall {
     /// scan then, so the time is given back. The window's time limit moves on by the time since
     /// the hall was last known to run (up to [`BEAT_MS`] more than the stop itself, in the
     /// bidders' favour), even if the limit passed meanwhile, and the log and the hall display
-    /// say so. Where that time is not known (a database no hall has recorded its runs in), a
-    /// window whose limit ran out meanwhile ends now, and the bids still waiting for their key
-    /// count as not decrypted through the platform's fault (art. 31: withdrawn, 撤回).
+    /// say so. A window whose limit passed while the hall was still recorded running ends as
+    /// the tick would have ended it. Where the time is not known (a database no hall has
+    /// recorded its runs in), a window whose limit ran out meanwhile ends now, and the bids
+    /// still waiting for their key count as not decrypted through the platform's fault (art.
+    /// 31: withdrawn, 撤回).
     async fn give_back_time_while_down(&self) -> Result<(), HallError> {
         let now = self.now();
         let last_beat = self.inner.db.last_beat().await?;

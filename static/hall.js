@@ -24,6 +24,8 @@
     } catch (e) { retry(); return; }
     if (!ws) connect();
   }
+  // A message for the whole room, above the table, until the page is loaded again.
+  function notice(text) { const el = document.getElementById('notice'); el.textContent = text; el.hidden = false; }
   // The log's chain value after the last event shown, its first 16 hex digits.
   function showHead(hash) { if (hash) document.getElementById('head').textContent = hash.slice(0, 16); }
   function retry() { if (!pending) pending = setTimeout(load, 1500); }
@@ -59,7 +61,11 @@
         publish(d);
         snapshot.bids.forEach(b => { if (b.state === 'received') b.state = 'awaiting_key'; });
         return true;
-      case 'decryption.extended': o.decrypt_deadline_ms = d.deadline_ms; return true;
+      case 'decryption.extended':
+        o.decrypt_deadline_ms = d.deadline_ms;
+        notice('开标系统中断 ' + Math.ceil(d.extended_ms / 60000) + ' 分钟（' + new Date(d.down_from_ms).toLocaleTimeString('zh-CN') + '–' +
+          new Date(d.down_to_ms).toLocaleTimeString('zh-CN') + '），解密时限顺延至 ' + new Date(d.deadline_ms).toLocaleString('zh-CN'));
+        return true;
       case 'qr.issued': return setBid(d.bid_id, { qr: { nonce: d.nonce, url: d.url, expires_ms: d.expires_ms } });
       case 'bid.refused': refusals[d.bid_id] = d.message; return true;
       case 'bid.key_accepted': delete refusals[d.bid_id]; return setBid(d.bid_id, { state: 'decrypting', qr: null });

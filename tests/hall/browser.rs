@@ -288,6 +288,76 @@ async fn the_hall_display_shows_qr_codes_states_and_summaries() {
     app.cleanup().await;
 }
 
+/// A decryption window given back the time the hall was not running (the restart that does it
+/// is tested in opening.rs): the display moves its countdown and tells the room why, from the
+/// event alone.
+#[actix_web::test]
+async fn the_hall_display_tells_the_room_a_window_was_given_back() {
+    let app = spawn_app(&Backend::Sqlite).await;
+    let a = TestBidder::new(app.dir.path(), 1, 20_000);
+    let opening = app.opening_with_bids(&[&a], 30, 1800).await;
+    app.start_after(&opening, 31).await;
+    let url = format!("{}/hall/{opening}", app.base);
+    let Some(mut page) = Browser::open(&app, &url).await else {
+        app.cleanup().await;
+        return;
+    };
+    page.wait_for_value(
+        "the websocket open",
+        "document.getElementById('conn-text').innerText",
+        json!("实时"),
+    )
+    .await;
+    page.wait_for_value(
+        "30 minutes to go",
+        "document.getElementById('countdown').textContent.startsWith('30:') || \
+         document.getElementById('countdown').textContent.startsWith('29:')",
+        json!(true),
+    )
+    .await;
+    page.count_fetches().await;
+    // The event a start writes after an hour's stop, as the display receives it.
+    let deadline = app.snapshot(&opening).await["opening"]["decrypt_deadline_ms"]
+        .as_i64()
+        .unwrap();
+    let now = app.now_ms();
+    let payload = json!({
+        "deadline_ms": deadline + 3_600_000, "previous_deadline_ms": deadline,
+        "down_from_ms": now - 3_600_000, "down_to_ms": now, "extended_ms": 3_600_000,
+        "reason": "the hall was not running",
+    });
+    let event = (
+        "decryption.extended".to_owned(),
+        "public".to_owned(),
+        payload,
+    );
+    app.hall
+        .bus()
+        .append_all(&opening, vec![event], now)
+        .await
+        .unwrap();
+    page.wait_for_value(
+        "the room told",
+        "(n => !n.hidden && n.textContent.includes('中断 60 分钟') && \
+         n.textContent.includes('顺延'))(document.getElementById('notice'))",
+        json!(true),
+    )
+    .await;
+    page.wait_for_value(
+        "the countdown moved on by the hour",
+        "document.getElementById('countdown').textContent.startsWith('1:')",
+        json!(true),
+    )
+    .await;
+    assert_eq!(
+        page.eval("window.fetches").await,
+        0,
+        "the page fetched nothing again"
+    );
+    drop(page);
+    app.cleanup().await;
+}
+
 /// The display follows a whole opening live, from the websocket's events alone: it loads the
 /// snapshot once, and no event makes it ask again.
 #[actix_web::test]

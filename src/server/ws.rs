@@ -47,8 +47,10 @@ async fn connect(
     let (res, session, stream) = actix_ws::handle(&req, body)?;
     let rx = hall.bus().subscribe(&id);
     let stream = stream.max_frame_size(64 * 1024).aggregate_continuations();
+    // Counted before the upgrade answer goes out, so a client that has its answer is counted.
+    let gauge = Gauge::open(hall.into_inner());
     actix_web::rt::spawn(run(
-        hall.into_inner(),
+        gauge,
         id.into_inner(),
         role,
         q.since.max(0),
@@ -59,7 +61,15 @@ async fn connect(
     Ok(res)
 }
 
+/// One open websocket in the `websocket_connections` gauge, for as long as it lives.
 struct Gauge(Arc<Hall>);
+
+impl Gauge {
+    fn open(hall: Arc<Hall>) -> Gauge {
+        hall.metrics().ws_connections.inc();
+        Gauge(hall)
+    }
+}
 
 impl Drop for Gauge {
     fn drop(&mut self) {
@@ -118,7 +128,7 @@ async fn catch_up(
 }
 
 async fn run(
-    hall: Arc<Hall>,
+    gauge: Gauge,
     opening: String,
     role: Role,
     since: i64,
@@ -126,8 +136,7 @@ async fn run(
     mut stream: actix_ws::AggregatedMessageStream,
     mut rx: tokio::sync::broadcast::Receiver<BusMsg>,
 ) {
-    hall.metrics().ws_connections.inc();
-    let _gauge = Gauge(hall.clone());
+    let hall = gauge.0.clone();
     let mut last = since;
     let hello = json!({"type": "hello", "server_ms": hall.now(), "role": format!("{role:?}").to_lowercase(), "since": since});
     if send(&mut session, hello.to_string()).await.is_err()

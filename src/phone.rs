@@ -148,6 +148,151 @@ pub fn answer_challenge(
     })
 }
 
+/// An objection (异议) a bidder raises itself, from a phone or a browser with the phone signing:
+/// its code, the text, and its signature over [`objection_message`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedObjection {
+    /// The bidder's unified social credit code.
+    pub bidder: String,
+    pub text: String,
+    /// SM2/SM3 signature (DER, base64) over [`objection_message`].
+    pub signature: String,
+}
+
+/// The message a bidder signs to raise objection `text` at an opening (the text as sent, without
+/// leading or trailing white space).
+pub fn objection_message(opening_id: &str, bidder: &str, text: &str) -> Vec<u8> {
+    let mut m = b"kaibiao objection v1\0".to_vec();
+    m.extend_from_slice(opening_id.as_bytes());
+    m.push(0);
+    m.extend_from_slice(bidder.trim().as_bytes());
+    m.push(0);
+    m.extend_from_slice(text.trim().as_bytes());
+    m
+}
+
+/// Signs objection `text` to opening `opening_id` as bidder `bidder`.
+pub fn sign_objection(
+    opening_id: &str,
+    bidder: &str,
+    text: &str,
+    sign_key: &SecretKey,
+) -> Result<SignedObjection, PhoneError> {
+    let message = objection_message(opening_id, bidder, text);
+    Ok(SignedObjection {
+        bidder: bidder.trim().to_owned(),
+        text: text.trim().to_owned(),
+        signature: B64.encode(crypto::sign(sign_key, &message)?),
+    })
+}
+
+/// What the phone is shown when it scans the hall's sign-in code (签到).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SignInView {
+    pub opening_id: String,
+    pub tender_id: String,
+    pub tender_name: String,
+    pub opening_ms: i64,
+    /// Where to POST the [`SignIn`].
+    pub answer_url: String,
+}
+
+/// A bidder's sign-in: its code, and its signature over [`sign_in_message`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    /// The bidder's unified social credit code.
+    pub bidder: String,
+    /// SM2/SM3 signature (DER, base64) over [`sign_in_message`].
+    pub signature: String,
+}
+
+/// The message a bidder signs to sign in to an opening: "this bidder attends this opening". The
+/// same fact each time, so a replayed signature tells nothing new (the first time counts), and
+/// bound to the opening, so that it signs in to no other.
+pub fn sign_in_message(opening_id: &str, bidder: &str) -> Vec<u8> {
+    let mut m = b"kaibiao sign-in v1\0".to_vec();
+    m.extend_from_slice(opening_id.as_bytes());
+    m.push(0);
+    m.extend_from_slice(bidder.trim().as_bytes());
+    m
+}
+
+/// Signs in to the opening `view` shows as bidder `bidder` (its unified social credit code).
+pub fn sign_in(
+    view: &SignInView,
+    bidder: &str,
+    sign_key: &SecretKey,
+) -> Result<SignIn, PhoneError> {
+    let message = sign_in_message(&view.opening_id, bidder);
+    Ok(SignIn {
+        bidder: bidder.trim().to_owned(),
+        signature: B64.encode(crypto::sign(sign_key, &message)?),
+    })
+}
+
+/// What the phone is shown when it scans the code to confirm the opening record (扫码签章).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RecordView {
+    pub opening_id: String,
+    pub tender_id: String,
+    pub tender_name: String,
+    /// The version of the record to confirm; a later one supersedes it.
+    pub version: i64,
+    /// SM3 of the record as served at `record_url`, hex: what the bidder signs.
+    pub digest: String,
+    /// Where to read the record (to show it before asking for the PIN, and check its digest).
+    pub record_url: String,
+    /// Where to POST the [`RecordConfirmation`].
+    pub answer_url: String,
+}
+
+/// A bidder's confirmation of the opening record.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfirmation {
+    /// The bidder's unified social credit code.
+    pub bidder: String,
+    /// SM2/SM3 signature (DER, base64) over [`record_confirmation_message`].
+    pub signature: String,
+}
+
+/// The message a bidder signs to confirm version `version` of an opening's record, whose SM3 is
+/// `digest` (hex): bound to the opening and the version, so that it confirms nothing else.
+pub fn record_confirmation_message(opening_id: &str, version: i64, digest: &str) -> Vec<u8> {
+    let mut m = b"kaibiao record confirm v1\0".to_vec();
+    m.extend_from_slice(opening_id.as_bytes());
+    m.push(0);
+    m.extend_from_slice(version.to_string().as_bytes());
+    m.push(0);
+    m.extend_from_slice(digest.to_ascii_lowercase().as_bytes());
+    m
+}
+
+/// Signs the record `view` shows as bidder `bidder` (its unified social credit code), after
+/// checking that `record`, the bytes read from `view.record_url`, are what the digest says: the
+/// phone signs only the record it could show.
+pub fn confirm_record(
+    view: &RecordView,
+    record: &[u8],
+    bidder: &str,
+    sign_key: &SecretKey,
+) -> Result<RecordConfirmation, PhoneError> {
+    if !hex::encode(crypto::sm3(record)).eq_ignore_ascii_case(&view.digest) {
+        return Err(PhoneError::Malformed(
+            "the record read is not the one whose digest is to be signed; do not sign, tell the \
+             tender agent"
+                .into(),
+        ));
+    }
+    let message = record_confirmation_message(&view.opening_id, view.version, &view.digest);
+    Ok(RecordConfirmation {
+        bidder: bidder.to_owned(),
+        signature: B64.encode(crypto::sign(sign_key, &message)?),
+    })
+}
+
 /// Turns what a QR code holds (the challenge URL, or a bare nonce with a server) into the URL
 /// to fetch.
 pub fn challenge_url(payload: &str, server: Option<&str>) -> String {

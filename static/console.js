@@ -34,6 +34,7 @@
     document.getElementById('detail').hidden = false;
     document.getElementById('detail-title').textContent = s.opening.tender_id + ' ' + s.opening.name + ' — ' + s.opening.state;
     document.getElementById('hall-link').href = '/hall/' + id;
+    document.getElementById('record-link').href = '/hall/' + id + '/record';
     // Bids whose decryption keeps failing through the platform: the agent may give each up.
     const delayed = document.getElementById('delayed');
     delayed.innerHTML = '';
@@ -47,6 +48,38 @@
         try { await api('POST', '/api/openings/' + id + '/bids/' + b.id + '/abandon', { reason }); say('已放弃'); show(id); } catch (err) { say(err.message); }
       };
       delayed.appendChild(p);
+    }
+    // The bidders, with whether they signed in (签到), and the record issued for confirmation.
+    const time = ms => new Date(ms).toLocaleString('zh-CN');
+    const rows = document.getElementById('bidder-rows');
+    rows.innerHTML = '';
+    for (const b of s.bidders || []) {
+      const tr = document.createElement('tr');
+      tr.innerHTML = '<td></td><td></td><td></td><td></td>';
+      [b.name, b.uscc, b.has_bid ? '已递交' : '未递交', b.signed_in_ms ? time(b.signed_in_ms) : '未签到'].forEach((t, i) => { tr.children[i].textContent = t; });
+      rows.appendChild(tr);
+    }
+    const r = s.record;
+    document.getElementById('record-status').textContent = r
+      ? '开标记录第 ' + r.version + ' 版已发出签章确认，已确认：' + (r.confirmations.map(c => c.name).join('、') || '无')
+      : '开标记录尚未发出签章确认（解密结束后可生成）';
+    // Objections (异议): each recorded with who raised it, then answered once.
+    const objections = document.getElementById('objection-items');
+    objections.innerHTML = '';
+    for (const x of s.objections || []) {
+      const li = document.createElement('li');
+      li.textContent = (x.bidder ? x.bidder.name + '：' : '') + x.text + (x.answer == null ? '' : ' — 答复：' + x.answer);
+      if (x.answer == null) {
+        const b = document.createElement('button');
+        b.textContent = '答复…';
+        b.onclick = async () => {
+          const answer = prompt('对异议 ' + x.n + ' 的答复（记入开标记录，不可更改）');
+          if (!answer) return;
+          try { await api('POST', '/api/openings/' + id + '/objections/' + x.n + '/answer', { answer }); say('已答复'); show(id); } catch (err) { say(err.message); }
+        };
+        li.append(' ', b);
+      }
+      objections.appendChild(li);
     }
     document.getElementById('detail-body').textContent = JSON.stringify({ bidders: s.bidders, bids: s.bids.map(b => ({ bidder: b.bidder_name, state: b.state, sm3: b.sm3, failure: b.failure, digest: b.digest && (b.digest.message || b.digest.state), delay: b.delay })) }, null, 2);
   }
@@ -67,6 +100,11 @@
     e.preventDefault();
     const f = new FormData(e.target);
     try { await api('POST', '/api/openings/' + current + '/bidders', { uscc: f.get('uscc'), name: f.get('name'), sign_keys: [f.get('sign')], enc_keys: [f.get('enc')] }); say('已登记'); show(current); } catch (err) { say(err.message); }
+  };
+  document.getElementById('new-objection').onsubmit = async e => {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    try { await api('POST', '/api/openings/' + current + '/objections', { bidder: f.get('bidder') || null, text: f.get('text') }); e.target.reset(); say('已记录'); show(current); } catch (err) { say(err.message); }
   };
   for (const b of document.querySelectorAll('.actions button')) {
     b.onclick = async () => {

@@ -78,15 +78,60 @@
         d.not_decrypted.forEach(id => setBid(id, { state: 'not_decrypted', failure: d.failure, fault: d.fault || 'bidder', qr: null }));
         snapshot.bids.forEach(b => { b.qr = null; });
         return true;
+      case 'objection.raised':
+        (snapshot.objections = snapshot.objections || []).push({ n: d.n, bidder: d.bidder, text: d.text, answer: null });
+        return true;
+      case 'objection.answered': {
+        const x = (snapshot.objections || []).find(x => x.n === d.n);
+        if (x) x.answer = d.answer;
+        return !!x;
+      }
+      case 'record.issued': snapshot.record = { version: d.version, digest: d.digest, confirmations: [] }; return true;
+      case 'record.confirmed':
+        if (!snapshot.record || snapshot.record.version !== d.version) return false;
+        snapshot.record.confirmations.push(d.bidder);
+        return true;
       case 'opening.failed': Object.assign(o, { state: 'failed', failure: d.reason }); publish(d); return true;
       case 'files.released': o.state = 'released'; return true;
       case 'opening.closed': o.state = 'closed'; return true;
+      case 'bidder.signed_in': {
+        const b = (snapshot.bidders || []).find(x => x.uscc === d.bidder.uscc);
+        if (b) b.signed_in_ms = d.signed_in_ms;
+        return true;
+      }
       case 'opening.created': case 'bidder.registered': case 'bid.digest': case 'evaluator.token_issued': case 'bid.not_filed': return true;
       default: return false;
     }
   }
 
+  // Objections (异议) and the agent's answers, as the record will hold them.
+  function renderObjections() {
+    const list = snapshot.objections || [];
+    document.getElementById('objections').hidden = !list.length;
+    document.getElementById('objection-list').innerHTML = list.map(x =>
+      '<li data-n="' + x.n + '"><div class="objection">' + (x.bidder ? esc(x.bidder.name) + '：' : '') + esc(x.text) + '</div>' +
+      '<div class="answer">' + (x.answer == null ? '（待答复）' : '答复：' + esc(x.answer)) + '</div></li>').join('');
+  }
+
+  // The record issued for the bidders to confirm: one QR code for all, and who has confirmed.
+  function renderRecord() {
+    const r = snapshot.record;
+    document.getElementById('confirm').hidden = !r;
+    if (!r) return;
+    const img = document.getElementById('record-qr'), src = '/api/openings/' + opening + '/record/issued/' + r.version + '/qr.svg';
+    if (img.getAttribute('src') !== src) img.setAttribute('src', src);
+    document.getElementById('record-version').textContent = r.version;
+    document.getElementById('record-digest').textContent = r.digest.slice(0, 16);
+    document.getElementById('record-page').href = '/hall/' + opening + '/record';
+    document.getElementById('confirmed').textContent = r.confirmations.map(c => c.name).join('、') || '无';
+  }
+
   function render() {
+    // The opening record, once decryption is over.
+    document.getElementById('record-open').hidden = !['decryption_ended', 'released', 'closed', 'failed'].includes(snapshot.opening.state);
+    renderSignIn();
+    renderObjections();
+    renderRecord();
     const o = snapshot.opening;
     document.getElementById('state').textContent = OPENING_STATES[o.state] || o.state;
     if (snapshot.bidders_published === false) { rows.innerHTML = '<tr><td colspan="5" class="hidden-list">开标前不公开投标人名称和数量，开始解密时公布</td></tr>'; return; }
@@ -101,7 +146,9 @@
         Object.entries(s.fields || {}).map(([k, v]) => '<div>' + esc(k) + '：' + esc(v) + '</div>').join('') + '</div>' : '';
       const note = b.failure || (b.state === 'awaiting_key' && refusals[b.id]) || (b.state === 'decrypting' && b.delay);
       const why = note ? '<div class="refusal">' + esc(note) + '</div>' : '';
-      return '<tr data-bid="' + b.id + '"><td><div>' + esc(b.bidder_name) + '</div><div class="rate">' + esc(b.bidder_code) + ' · ' + mib(b.size) + '</div></td>' +
+      const bidder = (snapshot.bidders || []).find(x => x.uscc === b.bidder_code);
+      const signedIn = bidder && bidder.signed_in_ms ? '<div class="rate signed-in">已签到 ' + esc(new Date(bidder.signed_in_ms).toLocaleTimeString('zh-CN')) + '</div>' : '';
+      return '<tr data-bid="' + b.id + '"><td><div>' + esc(b.bidder_name) + '</div><div class="rate">' + esc(b.bidder_code) + ' · ' + mib(b.size) + '</div>' + signedIn + '</td>' +
         '<td><span class="state ' + esc(b.state) + '">' + esc(b.state === 'not_decrypted' && b.fault === 'platform' ? '未解密（平台原因，视为撤回）' : STATES[b.state] || b.state) + '</span>' + why + '</td>' +
         '<td>' + qr + '</td>' +
         '<td><div class="bar"><div style="width:' + pct + '%"></div></div><div class="rate">' + pct + '% ' + rate + '</div></td>' +
@@ -109,8 +156,18 @@
     }).join('');
   }
 
+  // The sign-in QR code, from half an hour before the opening until decryption starts.
+  function renderSignIn() {
+    const o = snapshot.opening;
+    const open = o.state === 'scheduled' && serverNow() >= o.opening_ms - 30 * 60000;
+    const section = document.getElementById('sign-in'), img = document.getElementById('sign-in-qr');
+    if (open && section.hidden) img.setAttribute('src', '/api/openings/' + opening + '/sign-in/qr.svg');
+    section.hidden = !open;
+  }
+
   function tickClock() {
     if (!snapshot) return;
+    renderSignIn();
     const o = snapshot.opening, el = document.getElementById('countdown'), label = document.getElementById('countdown-label');
     let target = null;
     if (o.state === 'scheduled') { target = o.opening_ms; label.textContent = '距开标'; }

@@ -96,39 +96,45 @@ fn rpassword_prompt() -> anyhow::Result<String> {
     Ok(line.trim_end().to_owned())
 }
 
-/// Fetches a challenge, answers it, and returns the server's reply.
-pub async fn scan(
-    url: &str,
-    enc: &sm2::SecretKey,
-    sign: &sm2::SecretKey,
-) -> anyhow::Result<serde_json::Value> {
-    let client = awc::Client::builder()
+/// The reference phone's HTTP client.
+fn phone_client() -> awc::Client {
+    awc::Client::builder()
         .timeout(Duration::from_secs(30))
-        .finish();
+        .finish()
+}
+
+/// `GET url`'s body; a refusal is told with the hall's reason, as `what` was refused.
+async fn phone_get(client: &awc::Client, url: &str, what: &str) -> anyhow::Result<Vec<u8>> {
     let mut res = client
         .get(url)
         .send()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the hall at {url}: {e}"))?;
-    let body = res.body().await?;
+    let body = res.body().limit(16 << 20).await?;
     if !res.status().is_success() {
         let text: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         anyhow::bail!(
-            "the hall refused the QR code: {}",
+            "the hall refused {what}: {}",
             text["message"].as_str().unwrap_or("unknown reason")
         );
     }
-    let view: ChallengeView =
-        serde_json::from_slice(&body).context("the hall's answer is not a challenge")?;
-    phone::check_hall_key(&view, url)?;
-    let answer: Answer = phone::answer_challenge(&view, enc, sign)?;
+    Ok(body.to_vec())
+}
+
+/// `POST`s `body` as JSON to `url` and returns the hall's reply; a refusal is told with its
+/// reason.
+async fn phone_post(
+    client: &awc::Client,
+    url: &str,
+    body: &impl serde::Serialize,
+) -> anyhow::Result<serde_json::Value> {
     let mut res = client
-        .post(&view.answer_url)
-        .send_json(&answer)
+        .post(url)
+        .send_json(body)
         .await
         .map_err(|e| anyhow::anyhow!("cannot send the answer: {e}"))?;
-    let body = res.body().await?;
-    let reply: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let bytes = res.body().await?;
+    let reply: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     if !res.status().is_success() {
         anyhow::bail!(
             "the hall refused the answer: {}",
@@ -138,20 +144,102 @@ pub async fn scan(
     Ok(reply)
 }
 
+/// Fetches a challenge, answers it, and returns the server's reply.
+pub async fn scan(
+    url: &str,
+    enc: &sm2::SecretKey,
+    sign: &sm2::SecretKey,
+) -> anyhow::Result<serde_json::Value> {
+    let client = phone_client();
+    let body = phone_get(&client, url, "the QR code").await?;
+    let view: ChallengeView =
+        serde_json::from_slice(&body).context("the hall's answer is not a challenge")?;
+    phone::check_hall_key(&view, url)?;
+    let answer: Answer = phone::answer_challenge(&view, enc, sign)?;
+    phone_post(&client, &view.answer_url, &answer).await
+}
+
+/// A private key from a PKCS#8 PEM file.
+fn private_key(path: &std::path::Path) -> anyhow::Result<sm2::SecretKey> {
+    Ok(crypto::load_private_pem(
+        &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+    )?)
+}
+
+/// What the reference phone does with the hall's other codes and an objection.
+pub enum PhoneAct<'a> {
+    /// Sign in with the sign-in QR code's URL.
+    SignIn { url: &'a str },
+    /// Confirm the record whose QR code's URL this is.
+    Confirm { url: &'a str },
+    /// Raise an objection at the opening `opening` of the hall at `server`.
+    Object {
+        server: &'a str,
+        opening: &'a str,
+        text: &'a str,
+    },
+}
+
+/// Signs in, confirms the record or raises an objection as bidder `bidder` with the signing key
+/// in `sign_key`.
+pub fn phone_act(
+    act: PhoneAct<'_>,
+    bidder: &str,
+    sign_key: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let sign = private_key(sign_key)?;
+    actix_web::rt::System::new().block_on(async move {
+        let client = phone_client();
+        match act {
+            PhoneAct::SignIn { url } => {
+                let view: phone::SignInView =
+                    serde_json::from_slice(&phone_get(&client, url, "the sign-in code").await?)
+                        .context("the hall's answer is not a sign-in")?;
+                let answer = phone::sign_in(&view, bidder, &sign)?;
+                let reply = phone_post(&client, &view.answer_url, &answer).await?;
+                println!(
+                    "signed in to {} {} at {}",
+                    view.tender_id, view.tender_name, reply["signed_in_ms"]
+                );
+            }
+            PhoneAct::Confirm { url } => {
+                let view: phone::RecordView =
+                    serde_json::from_slice(&phone_get(&client, url, "the record's code").await?)
+                        .context("the hall's answer is not a record to confirm")?;
+                let record = phone_get(&client, &view.record_url, "the record").await?;
+                let answer = phone::confirm_record(&view, &record, bidder, &sign)?;
+                phone_post(&client, &view.answer_url, &answer).await?;
+                println!(
+                    "confirmed version {} of the record of {} {} (SM3 {})",
+                    view.version, view.tender_id, view.tender_name, view.digest
+                );
+            }
+            PhoneAct::Object {
+                server,
+                opening,
+                text,
+            } => {
+                let answer = phone::sign_objection(opening, bidder, text, &sign)?;
+                let url = format!(
+                    "{}/api/phone/objections/{opening}",
+                    server.trim_end_matches('/')
+                );
+                let reply = phone_post(&client, &url, &answer).await?;
+                println!("objection {} recorded", reply["n"]);
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 pub fn phone_scan(
     payload: &str,
     server: Option<&str>,
     enc_key: &std::path::Path,
     sign_key: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
-    let enc = crypto::load_private_pem(
-        &std::fs::read_to_string(enc_key)
-            .with_context(|| format!("reading {}", enc_key.display()))?,
-    )?;
-    let sign = crypto::load_private_pem(
-        &std::fs::read_to_string(sign_key)
-            .with_context(|| format!("reading {}", sign_key.display()))?,
-    )?;
+    let enc = private_key(enc_key)?;
+    let sign = private_key(sign_key)?;
     let url = phone::challenge_url(payload, server);
     actix_web::rt::System::new().block_on(async move {
         let reply = scan(&url, &enc, &sign).await?;

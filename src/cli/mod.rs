@@ -93,6 +93,44 @@ enum PhoneCommand {
         #[arg(long)]
         sign_key: PathBuf,
     },
+    /// Scan the hall's sign-in QR code (签到): sign in as the bidder.
+    SignIn {
+        /// What the sign-in QR code holds (its URL).
+        payload: String,
+        #[command(flatten)]
+        bidder: PhoneBidder,
+    },
+    /// Scan the record's QR code (扫码签章): read the opening record, check its digest, sign it.
+    Confirm {
+        /// What the record's QR code holds (its URL).
+        payload: String,
+        #[command(flatten)]
+        bidder: PhoneBidder,
+    },
+    /// Raise an objection (异议) at an opening, signed as the bidder.
+    Object {
+        /// The objection's text.
+        text: String,
+        /// The hall's address, e.g. https://hall.example.
+        #[arg(long)]
+        server: String,
+        /// The opening's id.
+        #[arg(long)]
+        opening: String,
+        #[command(flatten)]
+        bidder: PhoneBidder,
+    },
+}
+
+/// Who the phone signs as.
+#[derive(clap::Args, Debug)]
+struct PhoneBidder {
+    /// The bidder's unified social credit code.
+    #[arg(long)]
+    bidder: String,
+    /// The bidder's SM2 signing private key (PKCS#8 PEM).
+    #[arg(long)]
+    sign_key: PathBuf,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -115,6 +153,30 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             enc_key,
             sign_key,
         }) => hall::phone_scan(&payload, server.as_deref(), &enc_key, &sign_key),
+        Command::Phone(PhoneCommand::SignIn { payload, bidder }) => hall::phone_act(
+            hall::PhoneAct::SignIn { url: &payload },
+            &bidder.bidder,
+            &bidder.sign_key,
+        ),
+        Command::Phone(PhoneCommand::Confirm { payload, bidder }) => hall::phone_act(
+            hall::PhoneAct::Confirm { url: &payload },
+            &bidder.bidder,
+            &bidder.sign_key,
+        ),
+        Command::Phone(PhoneCommand::Object {
+            text,
+            server,
+            opening,
+            bidder,
+        }) => hall::phone_act(
+            hall::PhoneAct::Object {
+                server: &server,
+                opening: &opening,
+                text: &text,
+            },
+            &bidder.bidder,
+            &bidder.sign_key,
+        ),
         Command::Demo(args) => hall::demo(args),
     }
 }

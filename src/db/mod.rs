@@ -79,8 +79,7 @@ pub struct StagedEvent {
     pub ts_ms: i64,
 }
 
-const BIDDERS_OF: &str =
-    "SELECT id, opening_id, uscc, name FROM bidders WHERE opening_id = $1 ORDER BY uscc";
+const BIDDERS_OF: &str = "SELECT id, opening_id, uscc, name, signed_in_ms FROM bidders WHERE opening_id = $1 ORDER BY uscc";
 
 fn bids_of() -> String {
     format!("SELECT {BID_COLS} FROM bids WHERE opening_id = $1 ORDER BY received_ms, id")
@@ -209,6 +208,8 @@ pub struct BidderRow {
     pub opening_id: String,
     pub uscc: String,
     pub name: String,
+    /// When the bidder signed in to the opening (签到), if it did.
+    pub signed_in_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -237,6 +238,81 @@ pub struct BidRow {
     pub plain_sm3: Option<String>,
     pub failure: Option<String>,
     pub fault: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ObjectionRow {
+    pub n: i64,
+    pub bidder_id: Option<String>,
+    pub text: String,
+    pub raised_ms: i64,
+    pub answer: Option<String>,
+    pub answered_ms: Option<i64>,
+}
+
+/// What became of an objection given to [`Db::raise_objection`].
+#[derive(Debug)]
+pub enum Raised {
+    /// Recorded under this number, with its events staged.
+    Recorded(i64, Vec<StagedEvent>),
+    /// The same objection of the same bidder is recorded already, under this number.
+    Already(i64),
+    /// The opening is in none of the states given.
+    WrongState,
+}
+
+/// What became of an answer given to [`Db::answer_objection`].
+#[derive(Debug)]
+pub enum Answered {
+    /// Recorded, with its events staged.
+    Recorded(Vec<StagedEvent>),
+    /// The opening is in none of the states given.
+    WrongState,
+    /// The opening has no objection of that number.
+    NoSuch,
+    /// The objection was answered already.
+    Already,
+}
+
+/// What became of a close asked of [`Db::close_opening`].
+#[derive(Debug)]
+pub enum Closing {
+    /// Closed, with its events staged.
+    Closed(Vec<StagedEvent>),
+    /// The opening was not in the state given.
+    WrongState,
+    /// Not closed: these objections have no answer.
+    Unanswered(Vec<i64>),
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct IssuedRecordRow {
+    pub version: i64,
+    pub digest: String,
+    pub record: String,
+    pub issued_ms: i64,
+}
+
+/// What became of a sign-in given to [`Db::sign_in`].
+#[derive(Debug)]
+pub enum SignedIn {
+    /// Recorded, with its events staged.
+    Recorded(Vec<StagedEvent>),
+    /// The bidder signed in already, at this time (ms).
+    Already(i64),
+    /// The opening is in none of the states given.
+    WrongState,
+}
+
+/// What became of a confirmation given to [`Db::confirm_record`].
+#[derive(Debug)]
+pub enum Confirmed {
+    /// Recorded, with its events staged.
+    Recorded(Vec<StagedEvent>),
+    /// The bidder confirmed this version already.
+    Already,
+    /// A later version of the record was issued since (its number).
+    Superseded(i64),
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -507,6 +583,315 @@ impl Db {
         Ok(Some(staged))
     }
 
+    /// Locks opening `id`'s row for the transaction if it is in one of `states`: a state change
+    /// made meanwhile waits for the transaction (and one that committed first makes this false).
+    async fn lock_opening_in(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        id: &str,
+        states: &[&str],
+    ) -> Result<bool, DbError> {
+        let placeholders: Vec<String> = (0..states.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "UPDATE openings SET state = state WHERE id = $1 AND state IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(id);
+        for state in states {
+            query = query.bind(*state);
+        }
+        Ok(query.execute(&mut **tx).await?.rows_affected() == 1)
+    }
+
+    /// Records objection `text` (of bidder `bidder_id`, if named) to opening `opening_id` while
+    /// it is in one of `states`, numbered after the opening's last, unless the same objection of
+    /// the same bidder (or of none) is recorded already; with the events `events` makes of its
+    /// number.
+    pub async fn raise_objection(
+        &self,
+        opening_id: &str,
+        states: &[&str],
+        bidder_id: Option<&str>,
+        text: &str,
+        events: impl FnOnce(i64) -> Vec<NewEvent>,
+        now: i64,
+    ) -> Result<Raised, DbError> {
+        let mut tx = self.begin_write().await?.0;
+        if !Self::lock_opening_in(&mut tx, opening_id, states).await? {
+            return Ok(Raised::WrongState);
+        }
+        let same: Option<i64> = sqlx::query_scalar(
+            "SELECT n FROM objections WHERE opening_id = $1 AND text = $2 \
+             AND COALESCE(bidder_id, '') = COALESCE($3, '') ORDER BY n LIMIT 1",
+        )
+        .bind(opening_id)
+        .bind(text)
+        .bind(bidder_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(n) = same {
+            return Ok(Raised::Already(n));
+        }
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(n), 0) + 1 FROM objections WHERE opening_id = $1",
+        )
+        .bind(opening_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO objections (opening_id, n, bidder_id, text, raised_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(opening_id)
+        .bind(n)
+        .bind(bidder_id)
+        .bind(text)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let staged = stage(&mut tx, opening_id, events(n), now).await?;
+        tx.commit().await?;
+        Ok(Raised::Recorded(n, staged))
+    }
+
+    /// Records the answer to objection `n` of opening `opening_id` while the opening is in one
+    /// of `states`, if it has none yet; with its events.
+    pub async fn answer_objection(
+        &self,
+        opening_id: &str,
+        states: &[&str],
+        n: i64,
+        answer: &str,
+        events: Vec<NewEvent>,
+        now: i64,
+    ) -> Result<Answered, DbError> {
+        let mut tx = self.begin_write().await?.0;
+        if !Self::lock_opening_in(&mut tx, opening_id, states).await? {
+            return Ok(Answered::WrongState);
+        }
+        let done = sqlx::query(
+            "UPDATE objections SET answer = $1, answered_ms = $2 \
+             WHERE opening_id = $3 AND n = $4 AND answer IS NULL",
+        )
+        .bind(answer)
+        .bind(now)
+        .bind(opening_id)
+        .bind(n)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            let exists: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM objections WHERE opening_id = $1 AND n = $2",
+            )
+            .bind(opening_id)
+            .bind(n)
+            .fetch_one(&mut *tx)
+            .await?;
+            return Ok(if exists == 0 {
+                Answered::NoSuch
+            } else {
+                Answered::Already
+            });
+        }
+        let staged = stage(&mut tx, opening_id, events, now).await?;
+        tx.commit().await?;
+        Ok(Answered::Recorded(staged))
+    }
+
+    /// The objections to an opening, by number.
+    pub async fn objections(&self, opening_id: &str) -> Result<Vec<ObjectionRow>, DbError> {
+        Ok(sqlx::query_as(
+            "SELECT n, bidder_id, text, raised_ms, answer, answered_ms FROM objections \
+             WHERE opening_id = $1 ORDER BY n",
+        )
+        .bind(opening_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Moves opening `id` from `from` to `closed` with `events`, unless an objection to it has
+    /// no answer: an objection raised meanwhile either commits first (and is counted) or waits
+    /// for the close and then finds the opening closed.
+    pub async fn close_opening(
+        &self,
+        id: &str,
+        from: &str,
+        events: Vec<NewEvent>,
+        now: i64,
+    ) -> Result<Closing, DbError> {
+        let mut tx = self.begin_write().await?.0;
+        let done = sqlx::query("UPDATE openings SET state = 'closed' WHERE id = $1 AND state = $2")
+            .bind(id)
+            .bind(from)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() != 1 {
+            return Ok(Closing::WrongState);
+        }
+        let open: Vec<i64> = sqlx::query_scalar(
+            "SELECT n FROM objections WHERE opening_id = $1 AND answer IS NULL ORDER BY n",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !open.is_empty() {
+            tx.rollback().await?;
+            return Ok(Closing::Unanswered(open));
+        }
+        let staged = stage(&mut tx, id, events, now).await?;
+        tx.commit().await?;
+        Ok(Closing::Closed(staged))
+    }
+
+    /// Records that bidder `bidder_id` signed in to opening `opening_id` with `signature`, while
+    /// the opening is in one of `states`, if it has not signed in yet; with its events.
+    pub async fn sign_in(
+        &self,
+        opening_id: &str,
+        states: &[&str],
+        bidder_id: &str,
+        signature: &str,
+        events: Vec<NewEvent>,
+        now: i64,
+    ) -> Result<SignedIn, DbError> {
+        let mut tx = self.begin_write().await?.0;
+        if !Self::lock_opening_in(&mut tx, opening_id, states).await? {
+            return Ok(SignedIn::WrongState);
+        }
+        let done = sqlx::query(
+            "UPDATE bidders SET signed_in_ms = $1, sign_in_signature = $2 \
+             WHERE id = $3 AND opening_id = $4 AND signed_in_ms IS NULL",
+        )
+        .bind(now)
+        .bind(signature)
+        .bind(bidder_id)
+        .bind(opening_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            let at: Option<i64> =
+                sqlx::query_scalar("SELECT signed_in_ms FROM bidders WHERE id = $1")
+                    .bind(bidder_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            return Ok(SignedIn::Already(at.unwrap_or_default()));
+        }
+        let staged = stage(&mut tx, opening_id, events, now).await?;
+        tx.commit().await?;
+        Ok(SignedIn::Recorded(staged))
+    }
+
+    /// Stores `record` (its SM3 `digest`) as the opening's next issued version, with the events
+    /// `events` makes of its number.
+    pub async fn issue_record(
+        &self,
+        opening_id: &str,
+        digest: &str,
+        record: &str,
+        events: impl FnOnce(i64) -> Vec<NewEvent>,
+        now: i64,
+    ) -> Result<(i64, Vec<StagedEvent>), DbError> {
+        let mut tx = self.begin_write().await?.0;
+        let version: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM issued_records WHERE opening_id = $1",
+        )
+        .bind(opening_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO issued_records (opening_id, version, digest, record, issued_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(opening_id)
+        .bind(version)
+        .bind(digest)
+        .bind(record)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let staged = stage(&mut tx, opening_id, events(version), now).await?;
+        tx.commit().await?;
+        Ok((version, staged))
+    }
+
+    /// The latest issued version of an opening's record, if any.
+    pub async fn latest_record(
+        &self,
+        opening_id: &str,
+    ) -> Result<Option<IssuedRecordRow>, DbError> {
+        Ok(sqlx::query_as(
+            "SELECT version, digest, record, issued_ms FROM issued_records \
+             WHERE opening_id = $1 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(opening_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Records bidder `bidder_id`'s `signature` confirming version `version` of the record,
+    /// if that is still the latest and the bidder has not confirmed it yet; with its events.
+    pub async fn confirm_record(
+        &self,
+        opening_id: &str,
+        version: i64,
+        bidder_id: &str,
+        signature: &str,
+        events: Vec<NewEvent>,
+        now: i64,
+    ) -> Result<Confirmed, DbError> {
+        let mut tx = self.begin_write().await?.0;
+        let latest: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(version), 0) FROM issued_records WHERE opening_id = $1",
+        )
+        .bind(opening_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if latest != version {
+            return Ok(Confirmed::Superseded(latest));
+        }
+        let done = sqlx::query(
+            "INSERT INTO record_confirmations (opening_id, version, bidder_id, signature, confirmed_ms) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(opening_id)
+        .bind(version)
+        .bind(bidder_id)
+        .bind(signature)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(Confirmed::Already);
+        }
+        let staged = stage(&mut tx, opening_id, events, now).await?;
+        tx.commit().await?;
+        Ok(Confirmed::Recorded(staged))
+    }
+
+    /// The bidders (id, when, signature) who confirmed version `version` of the record.
+    pub async fn record_confirmations(
+        &self,
+        opening_id: &str,
+        version: i64,
+    ) -> Result<Vec<(String, i64, String)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT bidder_id, confirmed_ms, signature FROM record_confirmations \
+             WHERE opening_id = $1 AND version = $2 ORDER BY confirmed_ms, bidder_id",
+        )
+        .bind(opening_id)
+        .bind(version)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("bidder_id")?,
+                    r.try_get("confirmed_ms")?,
+                    r.try_get("signature")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Moves a running decryption window's time limit from `from` to `to`, with its events, and
     /// records that the time up to `now` was given back; `None` if the opening is no longer
     /// decrypting or its limit has moved since it was read.
@@ -717,7 +1102,7 @@ impl Db {
         uscc: &str,
     ) -> Result<Option<BidderRow>, DbError> {
         Ok(sqlx::query_as(
-            "SELECT id, opening_id, uscc, name FROM bidders WHERE opening_id = $1 AND uscc = $2",
+            "SELECT id, opening_id, uscc, name, signed_in_ms FROM bidders WHERE opening_id = $1 AND uscc = $2",
         )
         .bind(opening_id)
         .bind(uscc)
@@ -726,12 +1111,12 @@ impl Db {
     }
 
     pub async fn bidder(&self, id: &str) -> Result<Option<BidderRow>, DbError> {
-        Ok(
-            sqlx::query_as("SELECT id, opening_id, uscc, name FROM bidders WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?,
+        Ok(sqlx::query_as(
+            "SELECT id, opening_id, uscc, name, signed_in_ms FROM bidders WHERE id = $1",
         )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn bidder_keys(

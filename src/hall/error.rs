@@ -42,7 +42,7 @@ pub enum HallError {
     )]
     WrongCertificate,
     #[error(
-        "the answer's signature is not valid, or not made by a certificate registered for this bidder"
+        "the signature is not valid, or not made by a certificate registered for this bidder: sign with the bidder's registered signing certificate, or ask the tender agent to register the one you use"
     )]
     BadAnswerSignature,
     #[error("the decryption window is closed")]

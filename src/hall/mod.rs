@@ -8,6 +8,9 @@ mod digests;
 mod error;
 mod events;
 mod logins;
+mod objections;
+mod record;
+mod signin;
 mod vault;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +28,8 @@ use sm2::pkcs8::EncodePublicKey;
 pub use attest::{LogVerdict, SignedHead};
 pub use error::HallError;
 pub use events::{BusMsg, EventBus, GENESIS, Published, Role, chain_hash, render};
+pub use objections::MAX_OBJECTION_CHARS;
+pub use record::OpeningRecord;
 use vault::Vault;
 
 use crate::config::Settings;
@@ -95,7 +100,7 @@ fn bid_view(bid: &BidRow, bidder: Option<&BidderRow>) -> serde_json::Value {
 fn bidder_list(bidders: &[BidderRow], bids: &[BidRow]) -> Vec<serde_json::Value> {
     bidders
         .iter()
-        .map(|b| json!({"uscc": b.uscc, "name": b.name, "has_bid": bids.iter().any(|x| x.bidder_id == b.id)}))
+        .map(|b| json!({"uscc": b.uscc, "name": b.name, "has_bid": bids.iter().any(|x| x.bidder_id == b.id), "signed_in_ms": b.signed_in_ms}))
         .collect()
 }
 
@@ -865,6 +870,7 @@ impl Hall {
             opening_id: opening_id.to_owned(),
             uscc: uscc.to_string(),
             name: new.name.trim().to_owned(),
+            signed_in_ms: None,
         };
         let mut keys = Vec::new();
         for (usage, pems) in [("sign", &new.sign_keys), ("enc", &new.enc_keys)] {
@@ -1157,15 +1163,9 @@ impl Hall {
             .ok_or(HallError::NotFound(
                 "bid (it may have been replaced or withdrawn already)",
             ))?;
-        let signature = B64
-            .decode(signature.trim())
-            .map_err(|_| HallError::Invalid("signature is not base64".into()))?;
-        let keys = self.inner.db.bidder_keys(&bidder.id, "sign").await?;
         let message = crate::phone::withdrawal_message(&bid.id);
-        let signed = on_rayon(move || signed_by_any(&keys, &message, &signature)).await?;
-        if !signed {
-            return Err(HallError::BadAnswerSignature);
-        }
+        self.check_bidder_signature(&bidder.id, message, signature)
+            .await?;
         // Decryption may have started since the check above: then the bid stays.
         let withdrawn = ev(
             "bid.withdrawn",
@@ -2406,28 +2406,6 @@ impl Hall {
         Ok(())
     }
 
-    pub async fn close(&self, opening_id: &str) -> Result<(), HallError> {
-        let staged = self
-            .inner
-            .db
-            .transition_opening(
-                opening_id,
-                "released",
-                "closed",
-                None,
-                |_: &[BidderRow], _: &[BidRow]| vec![ev("opening.closed", "public", json!({}))],
-                self.now(),
-            )
-            .await?
-            .ok_or_else(|| {
-                HallError::WrongState(
-                    "only an opening whose files are released can be closed".into(),
-                )
-            })?;
-        self.publish(staged).await;
-        Ok(())
-    }
-
     pub async fn issue_evaluator_token(&self, opening_id: &str) -> Result<String, HallError> {
         self.opening(opening_id).await?;
         let token = format!("ev_{}", random_hex::<32>()?);
@@ -2585,6 +2563,9 @@ impl Hall {
             "bidders": if published { bidder_list(&bidders, &bids) } else { Vec::new() },
             "bids": if published { bid_views } else { Vec::new() },
             "bidders_published": published,
+            "objections": if published { self.objection_views(opening_id, &bidders).await? } else { Vec::new() },
+            // The record issued for the bidders to confirm, and who has.
+            "record": if published { self.issued_record(opening_id).await? } else { None },
         }))
     }
 
@@ -2667,6 +2648,56 @@ impl Hall {
 }
 
 /// Whether any of a bidder's registered signing keys signed `message`.
+impl Hall {
+    /// The bidder with code `uscc` registered for opening `opening_id`.
+    async fn bidder_coded(&self, opening_id: &str, uscc: &str) -> Result<BidderRow, HallError> {
+        let uscc = uscc.trim();
+        self.inner
+            .db
+            .bidder_by_uscc(opening_id, uscc)
+            .await?
+            .ok_or_else(|| {
+                HallError::Invalid(format!(
+                    "no bidder with the code {uscc} is registered for this opening: check the \
+                     code, or ask the tender agent"
+                ))
+            })
+    }
+
+    /// Checks `signature` (DER, base64) over `message` against every signing key registered for
+    /// bidder `bidder_id`, off the async executor.
+    async fn check_bidder_signature(
+        &self,
+        bidder_id: &str,
+        message: Vec<u8>,
+        signature: &str,
+    ) -> Result<(), HallError> {
+        let signature = B64
+            .decode(signature.trim())
+            .map_err(|_| HallError::Invalid("the signature is not base64".into()))?;
+        let mut keys = self.inner.db.bidder_keys(bidder_id, "sign").await?;
+        if keys.is_empty() {
+            // No key (a code no bidder has): checked against the platform's own key, which
+            // signed nothing of this, so that the refusal takes as long as for a wrong key and
+            // tells no one whether the code is registered.
+            let der = sm2::pkcs8::EncodePublicKey::to_public_key_der(&self.platform_key())
+                .map_err(|e| HallError::Internal(format!("encoding the platform key: {e}")))?;
+            keys.push(BidderKeyRow {
+                bidder_id: String::new(),
+                usage: "sign".into(),
+                key_id: String::new(),
+                der: der.into_vec(),
+                is_cert: 0,
+            });
+        }
+        if on_rayon(move || signed_by_any(&keys, &message, &signature)).await? {
+            Ok(())
+        } else {
+            Err(HallError::BadAnswerSignature)
+        }
+    }
+}
+
 fn signed_by_any(keys: &[BidderKeyRow], message: &[u8], signature: &[u8]) -> bool {
     keys.iter().any(|k| {
         crypto::parse_public_der(&k.der, k.is_cert != 0)

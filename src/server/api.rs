@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use super::ApiError;
 use super::auth::{Agent, Evaluator, SESSION_COOKIE, role_for};
 use crate::hall::{Hall, HallError, LogVerdict, NewBidder, NewOpening, Role};
-use crate::phone::Answer;
+use crate::phone::{Answer, RecordConfirmation, SignIn, SignedObjection};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -34,6 +34,41 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(verify_events),
         )
         .route("/api/openings/{id}/events/head", web::get().to(log_head))
+        .route("/api/openings/{id}/record", web::get().to(record))
+        .route(
+            "/api/openings/{id}/record/issue",
+            web::post().to(issue_record),
+        )
+        .route(
+            "/api/openings/{id}/record/issued",
+            web::get().to(issued_record),
+        )
+        .route(
+            "/api/openings/{id}/record/issued/{version}",
+            web::get().to(issued_record_text),
+        )
+        .route(
+            "/api/openings/{id}/record/issued/{version}/qr.svg",
+            web::get().to(record_qr_svg),
+        )
+        .route(
+            "/api/phone/objections/{id}",
+            web::post().to(raise_signed_objection),
+        )
+        .route("/api/phone/sign-in/{id}", web::get().to(sign_in_view))
+        .route("/api/phone/sign-in/{id}", web::post().to(sign_in))
+        .route(
+            "/api/openings/{id}/sign-in/qr.svg",
+            web::get().to(sign_in_qr_svg),
+        )
+        .route(
+            "/api/phone/records/{id}/{version}",
+            web::get().to(record_view),
+        )
+        .route(
+            "/api/phone/records/{id}/{version}",
+            web::post().to(confirm_record),
+        )
         .route("/api/platform-key", web::get().to(platform_key))
         .route(
             "/api/openings/{id}/bidders",
@@ -63,6 +98,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/openings/{id}/fail", web::post().to(fail_opening))
         .route("/api/openings/{id}/release", web::post().to(release))
         .route("/api/openings/{id}/close", web::post().to(close))
+        .route(
+            "/api/openings/{id}/objections",
+            web::post().to(raise_objection),
+        )
+        .route(
+            "/api/openings/{id}/objections/{n}/answer",
+            web::post().to(answer_objection),
+        )
         .route(
             "/api/openings/{id}/evaluator-tokens",
             web::post().to(evaluator_token),
@@ -471,7 +514,12 @@ async fn qr_svg(hall: web::Data<Hall>, path: web::Path<(String, String)>) -> Res
         .await?
         .ok_or(HallError::NotFound("QR code"))?;
     let opening = hall.opening(&opening_id).await?;
-    let code = qrcode::QrCode::new(hall.qr_url(&opening, &challenge.nonce).as_bytes())
+    Ok(qr_response(&hall.qr_url(&opening, &challenge.nonce))?)
+}
+
+/// A QR code holding `text`, as SVG, never cached (the code changes as the opening goes on).
+fn qr_response(text: &str) -> std::result::Result<HttpResponse, HallError> {
+    let code = qrcode::QrCode::new(text.as_bytes())
         .map_err(|e| HallError::Internal(format!("QR encoding: {e}")))?;
     let svg = code
         .render::<qrcode::render::svg::Color>()
@@ -592,6 +640,161 @@ async fn close(
     Ok(HttpResponse::Ok().json(json!({"state": "closed"})))
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewObjection {
+    /// The unified social credit code of the bidder raising it, if a bidder does.
+    #[serde(default)]
+    bidder: Option<String>,
+    text: String,
+}
+
+/// The agent records an objection (异议) raised during the opening.
+async fn raise_objection(
+    hall: web::Data<Hall>,
+    _agent: Agent,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let objection = json_body::<NewObjection>(&body)?;
+    let n = hall
+        .raise_objection(&id, objection.bidder.as_deref(), &objection.text)
+        .await?;
+    Ok(HttpResponse::Created().json(json!({"n": n})))
+}
+
+/// A bidder raises an objection itself, signed with its phone.
+async fn raise_signed_objection(
+    hall: web::Data<Hall>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let objection = json_body::<SignedObjection>(&body)?;
+    let n = hall.raise_signed_objection(&id, &objection).await?;
+    Ok(HttpResponse::Created().json(json!({"n": n})))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObjectionAnswer {
+    answer: String,
+}
+
+/// The agent records its answer to objection `n`.
+async fn answer_objection(
+    hall: web::Data<Hall>,
+    _agent: Agent,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let (opening_id, n) = path.into_inner();
+    let n: i64 = n.parse().map_err(|_| {
+        HallError::Invalid(format!(
+            "{n:?} is not an objection's number: give the number the objection was recorded with"
+        ))
+    })?;
+    hall.answer_objection(&opening_id, n, &json_body::<ObjectionAnswer>(&body)?.answer)
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"n": n, "answered": true})))
+}
+
+/// The opening record (开标记录), public once decryption has ended.
+async fn record(hall: web::Data<Hall>, id: web::Path<String>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(hall.record(&id).await?))
+}
+
+/// What a bidder's phone is shown when it scans the sign-in code (签到).
+async fn sign_in_view(hall: web::Data<Hall>, id: web::Path<String>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(hall.sign_in_view(&id).await?))
+}
+
+/// A bidder's phone signs in.
+async fn sign_in(
+    hall: web::Data<Hall>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let at = hall.sign_in(&id, &json_body::<SignIn>(&body)?).await?;
+    Ok(HttpResponse::Ok().json(json!({"signed_in_ms": at})))
+}
+
+/// The sign-in QR code the hall display shows while sign-in is open.
+async fn sign_in_qr_svg(hall: web::Data<Hall>, id: web::Path<String>) -> Result<HttpResponse> {
+    let view = hall.sign_in_view(&id).await?;
+    Ok(qr_response(&view.answer_url)?)
+}
+
+/// The agent issues the record for the bidders to confirm by scan-signing.
+async fn issue_record(
+    hall: web::Data<Hall>,
+    _agent: Agent,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    let (version, digest) = hall.issue_record(&id).await?;
+    Ok(HttpResponse::Created().json(json!({"version": version, "digest": digest})))
+}
+
+/// The latest issued record: version, digest and the bidders who confirmed it.
+async fn issued_record(hall: web::Data<Hall>, id: web::Path<String>) -> Result<HttpResponse> {
+    hall.opening(&id).await?;
+    let issued = hall.issued_record(&id).await?.ok_or(HallError::NotFound(
+        "issued record (the agent issues it once decryption has ended)",
+    ))?;
+    Ok(HttpResponse::Ok().json(issued))
+}
+
+/// A record version's number from the path.
+fn version(text: &str) -> std::result::Result<i64, HallError> {
+    text.parse().map_err(|_| {
+        HallError::Invalid(format!(
+            "{text:?} is not a version of the record: give the number the hall shows"
+        ))
+    })
+}
+
+/// The issued record exactly as issued: its SM3 is the digest the bidders sign.
+async fn issued_record_text(
+    hall: web::Data<Hall>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (id, v) = path.into_inner();
+    let text = hall.issued_record_text(&id, version(&v)?).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(text))
+}
+
+/// The QR code the hall display shows for the bidders to confirm the record.
+async fn record_qr_svg(
+    hall: web::Data<Hall>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (id, v) = path.into_inner();
+    let view = hall.record_view(&id, version(&v)?).await?;
+    Ok(qr_response(&view.answer_url)?)
+}
+
+async fn record_view(
+    hall: web::Data<Hall>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (id, v) = path.into_inner();
+    Ok(HttpResponse::Ok().json(hall.record_view(&id, version(&v)?).await?))
+}
+
+/// A bidder's phone confirms the record (扫码签章).
+async fn confirm_record(
+    hall: web::Data<Hall>,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let (id, v) = path.into_inner();
+    let confirmation = json_body::<RecordConfirmation>(&body)?;
+    hall.confirm_record(&id, version(&v)?, &confirmation)
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"confirmed": true})))
+}
+
 async fn evaluator_token(
     hall: web::Data<Hall>,
     _agent: Agent,
@@ -637,7 +840,9 @@ async fn eval_bids(hall: web::Data<Hall>, evaluator: Evaluator) -> Result<HttpRe
     // The log's head as the evaluators may see it, signed: the evaluation system keeps, with the
     // files, what the opening's record held when it received them.
     let head = hall.signed_head(&opening.id, Role::Evaluator).await?;
-    Ok(HttpResponse::Ok().json(json!({"opening_id": opening.id, "state": opening.state, "released": released, "log_head": head, "bids": list})))
+    // And the opening record as issued to the bidders, with who confirmed it, if it was.
+    let record = hall.issued_record(&opening.id).await?;
+    Ok(HttpResponse::Ok().json(json!({"opening_id": opening.id, "state": opening.state, "released": released, "log_head": head, "record": record, "bids": list})))
 }
 
 async fn eval_file(

@@ -12,12 +12,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(index))
         .route("/console", web::get().to(console))
         .route("/hall/{id}", web::get().to(hall_page))
+        .route("/hall/{id}/record", web::get().to(record_page))
         .route("/static/{file}", web::get().to(asset));
 }
 
 #[derive(Template)]
 #[template(path = "hall.html")]
 struct HallPage {
+    opening_id: String,
+    tender_id: String,
+    name: String,
+}
+
+#[derive(Template)]
+#[template(path = "record.html")]
+struct RecordPage {
     opening_id: String,
     tender_id: String,
     name: String,
@@ -56,6 +65,22 @@ async fn hall_page(hall: web::Data<Hall>, id: web::Path<String>) -> Result<HttpR
     )
 }
 
+/// The opening record, printable: rendered by `record.js` from `/api/openings/{id}/record`.
+async fn record_page(
+    hall: web::Data<Hall>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let opening = hall.opening(&id).await?;
+    html(
+        RecordPage {
+            opening_id: opening.id,
+            tender_id: opening.tender_id,
+            name: opening.name,
+        }
+        .render(),
+    )
+}
+
 const ASSETS: &[(&str, &str, &str)] = &[
     (
         "hall.js",
@@ -66,6 +91,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "console.js",
         "text/javascript; charset=utf-8",
         include_str!("../../static/console.js"),
+    ),
+    (
+        "record.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/record.js"),
     ),
     (
         "style.css",

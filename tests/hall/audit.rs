@@ -316,8 +316,18 @@ async fn the_released_plaintext_is_proven_to_be_what_the_bidder_signed(backend: 
     let token = app.evaluator_token(&opening).await;
     let list = app.call("GET", "/api/eval/bids", None, Some(&token)).await;
     assert_eq!(list.body["bids"][0]["file_key"], serde_json::Value::Null);
+    assert_eq!(
+        list.body["record"],
+        serde_json::Value::Null,
+        "none issued yet"
+    );
+    let issued = app.act(&opening, "record/issue").await;
+    assert_eq!(issued.status, 201, "{}", issued.body);
     assert_eq!(app.act(&opening, "release").await.status, 200);
     let list = app.call("GET", "/api/eval/bids", None, Some(&token)).await;
+    // With the files, the record as issued to the bidders.
+    assert_eq!(list.body["record"]["version"], 1);
+    assert_eq!(list.body["record"]["digest"], issued.body["digest"]);
     // With the files, the head of the log they came out of, signed by the platform.
     let head: SignedHead = serde_json::from_value(list.body["log_head"].clone()).unwrap();
     head.verify(&app.platform_key().await).unwrap();

@@ -146,6 +146,32 @@ impl Browser {
     }
 
     /// Waits (bounded, not a speed check) until `expression` evaluates to `expected` in the page.
+    /// The agent's console, signed in, showing the one opening there is; None where the test
+    /// skips (no browser).
+    async fn console_of_the_one_opening(app: &TestApp) -> Option<Browser> {
+        let mut page = Browser::open(app, &format!("{}/console", app.base)).await?;
+        page.sign_in_and_reload().await;
+        page.wait_for_value(
+            "the list of openings",
+            "!window.before_reload && document.querySelectorAll('#openings button').length",
+            json!(1),
+        )
+        .await;
+        page.eval("document.querySelector('#openings button').click()")
+            .await;
+        Some(page)
+    }
+
+    /// Waits until the page's websocket is open (its footer says 实时).
+    async fn wait_live(&mut self) {
+        self.wait_for_value(
+            "the websocket open",
+            "document.getElementById('conn-text').innerText",
+            json!("实时"),
+        )
+        .await;
+    }
+
     async fn wait_for_value(&mut self, what: &str, expression: &str, expected: Value) {
         let until = Instant::now() + Duration::from_secs(30);
         loop {
@@ -243,6 +269,15 @@ fn rendered_dom(url: &str, screenshot: Option<&Path>) -> Option<String> {
     Some(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// An opening of bidder `a` alone, its decryption started and its bid decrypted.
+async fn decrypted(app: &TestApp, a: &TestBidder) -> String {
+    let opening = app.opening_with_bids(&[a], 30, 1800).await;
+    app.start_after(&opening, 31).await;
+    assert_eq!(app.scan(&opening, a).await.status, 200);
+    app.wait_until_settled(&opening).await;
+    opening
+}
+
 #[actix_web::test]
 async fn the_hall_display_shows_qr_codes_states_and_summaries() {
     let app = spawn_app(&Backend::Sqlite).await;
@@ -302,12 +337,7 @@ async fn the_hall_display_tells_the_room_a_window_was_given_back() {
         app.cleanup().await;
         return;
     };
-    page.wait_for_value(
-        "the websocket open",
-        "document.getElementById('conn-text').innerText",
-        json!("实时"),
-    )
-    .await;
+    page.wait_live().await;
     page.wait_for_value(
         "30 minutes to go",
         "document.getElementById('countdown').textContent.startsWith('30:') || \
@@ -358,6 +388,253 @@ async fn the_hall_display_tells_the_room_a_window_was_given_back() {
     app.cleanup().await;
 }
 
+/// Objections and answers appear on the hall display as they are recorded, from the events
+/// alone, and a display opened later shows them from the snapshot.
+#[actix_web::test]
+async fn the_hall_display_shows_objections_and_answers() {
+    let app = spawn_app(&Backend::Sqlite).await;
+    let a = TestBidder::new(app.dir.path(), 1, 20_000);
+    let opening = app.opening_with_bids(&[&a], 30, 1800).await;
+    app.start_after(&opening, 31).await;
+    let url = format!("{}/hall/{opening}", app.base);
+    let Some(mut page) = Browser::open(&app, &url).await else {
+        app.cleanup().await;
+        return;
+    };
+    page.wait_live().await;
+    assert_eq!(
+        page.eval("document.getElementById('objections').hidden")
+            .await,
+        true,
+        "no objection section while there is none"
+    );
+    page.count_fetches().await;
+    let path = format!("/api/openings/{opening}/objections");
+    let text = "<b>唱标价格</b>与开标一览表不一致";
+    let r = app
+        .agent(
+            "POST",
+            &path,
+            Some(json!({"bidder": a.uscc.as_str(), "text": text})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let item = "document.querySelector('#objection-list li[data-n=\"1\"]')";
+    page.wait_for_value(
+        "the objection shown with its bidder, as text",
+        &format!(
+            "(li => !!li && !document.getElementById('objections').hidden && \
+             li.querySelector('.objection').textContent === {:?} && \
+             li.querySelector('.answer').textContent === '（待答复）')({item})",
+            format!("{}：{text}", a.name)
+        ),
+        json!(true),
+    )
+    .await;
+    let r = app
+        .agent(
+            "POST",
+            &format!("{path}/1/answer"),
+            Some(json!({"answer": "已核对，一致"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answered = format!("{item}.querySelector('.answer').textContent");
+    page.wait_for_value("the answer shown", &answered, json!("答复：已核对，一致"))
+        .await;
+    assert_eq!(
+        page.eval("window.fetches").await,
+        0,
+        "the page fetched nothing again"
+    );
+    drop(page);
+
+    let Some(mut later) = Browser::open(&app, &url).await else {
+        app.cleanup().await;
+        return;
+    };
+    later
+        .wait_for_value(
+            "the answer shown on load",
+            &answered,
+            json!("答复：已核对，一致"),
+        )
+        .await;
+    drop(later);
+    app.cleanup().await;
+}
+
+/// The printable opening record lays out the bids as read out, what became of each, the
+/// objections with their answers, and the record's digest, as text.
+#[actix_web::test]
+async fn the_record_page_shows_the_opening_record() {
+    let app = spawn_app(&Backend::Sqlite).await;
+    let a = TestBidder::new(app.dir.path(), 1, 20_000);
+    let opening = decrypted(&app, &a).await;
+    let path = format!("/api/openings/{opening}/objections");
+    let text = "<i>报价</i>是否含税";
+    let r = app.agent("POST", &path, Some(json!({"text": text}))).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = app
+        .agent(
+            "POST",
+            &format!("{path}/1/answer"),
+            Some(json!({"answer": "含税"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(app.act(&opening, "end-decryption").await.status, 200);
+    assert_eq!(app.act(&opening, "record/issue").await.status, 201);
+    let (_, confirmation) = crate::record::phone_confirms(&app, &opening, 1, &a, &a.sign).await;
+    let body = serde_json::to_value(&confirmation).unwrap();
+    let r = crate::record::post_confirmation(&app, &opening, "1", body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let digest = app
+        .call(
+            "GET",
+            &format!("/api/openings/{opening}/record"),
+            None,
+            None,
+        )
+        .await
+        .body["digest"]
+        .clone();
+    let url = format!("{}/hall/{opening}/record", app.base);
+    let Some(mut page) = Browser::open(&app, &url).await else {
+        app.cleanup().await;
+        return;
+    };
+    page.wait_for_value(
+        "the record's digest",
+        "document.getElementById('digest').textContent",
+        digest,
+    )
+    .await;
+    let bids = page
+        .eval("document.getElementById('record-bids').innerText")
+        .await;
+    let bids = bids.as_str().unwrap();
+    assert!(
+        bids.contains(&a.name) && bids.contains("解密成功"),
+        "{bids}"
+    );
+    assert!(
+        bids.contains(&format!("¥{:.2}", a.summary.price_fen as f64 / 100.0)),
+        "{bids}"
+    );
+    let objections = page
+        .eval("document.getElementById('record-objections').innerText")
+        .await;
+    let objections = objections.as_str().unwrap();
+    assert!(
+        objections.contains(text) && objections.contains("答复：含税"),
+        "{objections}"
+    );
+    let confirmations = page
+        .eval("document.getElementById('confirmations').innerText")
+        .await;
+    let confirmations = confirmations.as_str().unwrap();
+    assert!(
+        confirmations.starts_with("第 1 版已发出签章确认") && confirmations.contains(&a.name),
+        "{confirmations}"
+    );
+    drop(page);
+    app.cleanup().await;
+}
+
+/// Once the agent issues the record, the hall display shows its QR code for the bidders to
+/// confirm it, and each confirmation as it comes, from the events alone.
+#[actix_web::test]
+async fn the_hall_display_shows_the_record_to_confirm_and_who_confirmed() {
+    let app = spawn_app(&Backend::Sqlite).await;
+    let a = TestBidder::new(app.dir.path(), 1, 20_000);
+    let opening = decrypted(&app, &a).await;
+    assert_eq!(app.act(&opening, "end-decryption").await.status, 200);
+    let url = format!("{}/hall/{opening}", app.base);
+    let Some(mut page) = Browser::open(&app, &url).await else {
+        app.cleanup().await;
+        return;
+    };
+    page.wait_live().await;
+    assert_eq!(
+        page.eval("document.getElementById('confirm').hidden").await,
+        true
+    );
+    // Decryption is over: the record is a click away.
+    assert_eq!(
+        page.eval(
+            "(a => !a.hidden && a.getAttribute('href'))(document.getElementById('record-open'))"
+        )
+        .await,
+        json!(format!("/hall/{opening}/record"))
+    );
+    page.count_fetches().await;
+    let r = app.act(&opening, "record/issue").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    page.wait_for_value(
+        "the record's QR code shown",
+        "(img => !document.getElementById('confirm').hidden && \
+         img.complete && img.naturalWidth > 0 && \
+         img.getAttribute('src').endsWith('/record/issued/1/qr.svg'))\
+         (document.getElementById('record-qr'))",
+        json!(true),
+    )
+    .await;
+    let (_, confirmation) = crate::record::phone_confirms(&app, &opening, 1, &a, &a.sign).await;
+    let body = serde_json::to_value(&confirmation).unwrap();
+    let r = crate::record::post_confirmation(&app, &opening, "1", body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    page.wait_for_value(
+        "the confirmation shown",
+        "document.getElementById('confirmed').textContent",
+        json!(a.name),
+    )
+    .await;
+    // The QR image is not a fetch of the page's script.
+    assert_eq!(page.eval("window.fetches").await, 0);
+    drop(page);
+    app.cleanup().await;
+}
+
+/// Before decryption the hall display shows the sign-in QR code; once the bidders are published
+/// it shows who signed in, and the code is gone.
+#[actix_web::test]
+async fn the_hall_display_shows_the_sign_in_code_then_who_signed_in() {
+    let app = spawn_app(&Backend::Sqlite).await;
+    let a = TestBidder::new(app.dir.path(), 1, 20_000);
+    let b = TestBidder::new(app.dir.path(), 2, 20_000);
+    // Twenty minutes before the opening: sign-in is open.
+    let opening = app.opening_with_bids(&[&a, &b], 1200, 1800).await;
+    let url = format!("{}/hall/{opening}", app.base);
+    let Some(mut page) = Browser::open(&app, &url).await else {
+        app.cleanup().await;
+        return;
+    };
+    page.wait_for_value(
+        "the sign-in QR code shown",
+        "(img => !document.getElementById('sign-in').hidden && img.complete && \
+         img.naturalWidth > 0)(document.getElementById('sign-in-qr'))",
+        json!(true),
+    )
+    .await;
+    let body = crate::signin::phone_signs_in(&app, &opening, &a, &a.sign).await;
+    let r = crate::signin::post_sign_in(&app, &opening, body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    app.start_after(&opening, 1201).await;
+    page.wait_for_value(
+        "who signed in, once published",
+        "[...document.querySelectorAll('#rows tr')].map(r => r.querySelector('.signed-in') !== null)",
+        json!([true, false]),
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.getElementById('sign-in').hidden").await,
+        true
+    );
+    drop(page);
+    app.cleanup().await;
+}
+
 /// The display follows a whole opening live, from the websocket's events alone: it loads the
 /// snapshot once, and no event makes it ask again.
 #[actix_web::test]
@@ -378,12 +655,7 @@ async fn the_hall_display_follows_the_opening_live_without_reloading() {
     })
     .await;
     // The table is drawn from the snapshot before the websocket opens: wait for both.
-    page.wait_for_value(
-        "the websocket open",
-        "document.getElementById('conn-text').innerText",
-        json!("实时"),
-    )
-    .await;
+    page.wait_live().await;
     page.count_fetches().await;
 
     // A late registration and upload reach no public viewer; the start of decryption publishes
@@ -483,6 +755,65 @@ async fn the_hall_display_follows_the_opening_live_without_reloading() {
     app.cleanup().await;
 }
 
+/// The agent's console lists who signed in, records an objection and its answer, and tells
+/// whether the record went out for confirmation.
+#[actix_web::test]
+async fn the_console_records_objections_and_shows_sign_ins() {
+    let app = spawn_app(&Backend::Sqlite).await;
+    let a = TestBidder::new(app.dir.path(), 1, 20_000);
+    let b = TestBidder::new(app.dir.path(), 2, 20_000);
+    let opening = app.opening_with_bids(&[&a, &b], 600, 1800).await;
+    let body = crate::signin::phone_signs_in(&app, &opening, &a, &a.sign).await;
+    assert_eq!(
+        crate::signin::post_sign_in(&app, &opening, body)
+            .await
+            .status,
+        200
+    );
+    app.start_after(&opening, 601).await;
+
+    let Some(mut page) = Browser::console_of_the_one_opening(&app).await else {
+        app.cleanup().await;
+        return;
+    };
+    page.wait_for_value(
+        "who signed in",
+        "[...document.querySelectorAll('#bidder-rows tr')].map(r => r.children[3].textContent !== '未签到')",
+        json!([true, false]),
+    )
+    .await;
+    let status = page
+        .eval("document.getElementById('record-status').textContent")
+        .await;
+    assert!(status.as_str().unwrap().contains("尚未发出"), "{status}");
+    // An objection entered in the form, then answered through the prompt.
+    page.eval(&format!(
+        "const f = document.getElementById('new-objection'); f.bidder.value = '{}'; \
+         f.text.value = '报价单位不一致'; f.requestSubmit();",
+        b.uscc.as_str()
+    ))
+    .await;
+    page.wait_for_value(
+        "the objection listed with its answer button",
+        "document.querySelectorAll('#objection-items li button').length",
+        json!(1),
+    )
+    .await;
+    page.eval("window.prompt = () => '以开标一览表为准'; document.querySelector('#objection-items li button').click()")
+        .await;
+    page.wait_for_value(
+        "the answer listed",
+        "document.getElementById('objection-items').textContent.includes('答复：以开标一览表为准')",
+        json!(true),
+    )
+    .await;
+    let shown = app.snapshot(&opening).await["objections"].clone();
+    assert_eq!(shown[0]["bidder"]["uscc"], b.uscc.as_str());
+    assert_eq!(shown[0]["answer"], "以开标一览表为准");
+    drop(page);
+    app.cleanup().await;
+}
+
 /// The agent's console offers to give up a bid whose decryption keeps failing through the
 /// platform, asks why, and the bid is recorded as the platform's fault.
 #[actix_web::test]
@@ -495,20 +826,10 @@ async fn the_console_gives_up_a_bid_the_platform_cannot_decrypt() {
     assert_eq!(app.scan(&opening, &a).await.status, 200);
     app.wait_until_delayed(&opening, 1).await;
 
-    let url = format!("{}/console", app.base);
-    let Some(mut page) = Browser::open(&app, &url).await else {
+    let Some(mut page) = Browser::console_of_the_one_opening(&app).await else {
         app.cleanup().await;
         return;
     };
-    page.sign_in_and_reload().await;
-    page.wait_for_value(
-        "the list of openings",
-        "!window.before_reload && document.querySelectorAll('#openings button').length",
-        json!(1),
-    )
-    .await;
-    page.eval("document.querySelector('#openings button').click()")
-        .await;
     page.wait_for_value(
         "the offer to give the bid up",
         "document.querySelectorAll('#delayed button').length",

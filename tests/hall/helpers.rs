@@ -250,15 +250,20 @@ impl TestApp {
         kaibiao::hall::system_clock()() + self.offset.load(Ordering::SeqCst)
     }
 
-    /// The server's `/metrics`, as anyone gets them.
-    pub async fn metrics_text(&self) -> String {
+    /// The body of `GET path` as anyone gets it, byte for byte.
+    pub async fn get_bytes(&self, path: &str) -> Vec<u8> {
         let mut res = self
             .client
-            .get(format!("{}/metrics", self.base))
+            .get(format!("{}{path}", self.base))
             .send()
             .await
             .unwrap();
-        String::from_utf8(res.body().await.unwrap().to_vec()).unwrap()
+        res.body().limit(64 << 20).await.unwrap().to_vec()
+    }
+
+    /// The server's `/metrics`, as anyone gets them.
+    pub async fn metrics_text(&self) -> String {
+        String::from_utf8(self.get_bytes("/metrics").await).unwrap()
     }
 
     /// One number of the server's `/metrics` (`kaibiao_` + `name`).
@@ -568,6 +573,16 @@ impl TestApp {
         r.body.as_array().expect("a list of events").clone()
     }
 
+    /// The payloads of the opening's public events of `kind`, in order.
+    pub async fn public_payloads(&self, opening: &str, kind: &str) -> Vec<Value> {
+        payloads_of(&self.public_events(opening).await, kind)
+    }
+
+    /// The payloads of all the opening's events of `kind` (as the agent sees them), in order.
+    pub async fn payloads(&self, opening: &str, kind: &str) -> Vec<Value> {
+        payloads_of(&self.events(opening).await, kind)
+    }
+
     /// The opening's SM3 hash chain verifies end to end.
     pub async fn assert_chain_valid(&self, opening: &str) {
         let verdict = self.verify_chain(opening).await;
@@ -722,4 +737,13 @@ impl Viewer {
             }
         }
     }
+}
+
+/// The payloads of the events of `kind` among `events`, in order.
+pub fn payloads_of(events: &[Value], kind: &str) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .map(|e| serde_json::from_str(e["payload"].as_str().expect("a payload")).expect("JSON"))
+        .collect()
 }

@@ -5,7 +5,11 @@
 mod audit;
 mod browser;
 mod helpers;
+mod objections;
 mod opening;
+mod phone_cli;
+mod record;
 mod refusals;
 mod roles;
+mod signin;
 mod websocket;

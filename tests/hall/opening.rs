@@ -42,12 +42,11 @@ async fn a_window_is_given_back_the_time_no_server_ran(backend: Backend) {
         (deadline + 2_400_000..deadline + 2_415_000).contains(&extended),
         "{deadline} → {extended}"
     );
-    let events = app.public_events(&opening).await;
-    let told = events
-        .iter()
-        .find(|e| e["kind"] == "decryption.extended")
+    let told = app
+        .public_payloads(&opening, "decryption.extended")
+        .await
+        .pop()
         .expect("the hall display is told");
-    let told: serde_json::Value = serde_json::from_str(told["payload"].as_str().unwrap()).unwrap();
     assert_eq!(told["deadline_ms"], extended);
     assert_eq!(told["previous_deadline_ms"], deadline);
     assert!(
@@ -297,14 +296,9 @@ async fn a_window_that_ran_out_while_no_server_ran_ends_through_the_platform(bac
         missed["failure"].as_str().unwrap().contains("not running"),
         "{missed}"
     );
-    let ended = app.events(&opening).await;
-    let ended = ended
-        .iter()
-        .find(|e| e["kind"] == "decryption.ended")
-        .expect("the end is announced");
-    let payload: serde_json::Value =
-        serde_json::from_str(ended["payload"].as_str().unwrap()).unwrap();
-    assert_eq!(payload["fault"], "platform", "{ended}");
+    let ended = app.payloads(&opening, "decryption.ended").await;
+    let payload = ended.first().expect("the end is announced");
+    assert_eq!(payload["fault"], "platform", "{payload}");
     // The bidder's phone, late, is refused and changes nothing.
     let r = app.post_answer(&view, &answer).await;
     assert_eq!(r.status, 409, "{}", r.body);
@@ -336,15 +330,10 @@ async fn a_small_bid_is_not_held_up_by_a_large_one(backend: Backend) {
     }
     app.wait_until_settled(&opening).await;
     let finished: Vec<String> = app
-        .public_events(&opening)
+        .public_payloads(&opening, "bid.decrypted")
         .await
         .iter()
-        .filter(|e| e["kind"] == "bid.decrypted")
-        .map(|e| {
-            let payload: serde_json::Value =
-                serde_json::from_str(e["payload"].as_str().unwrap()).unwrap();
-            payload["bid_id"].as_str().unwrap().to_owned()
-        })
+        .map(|payload| payload["bid_id"].as_str().unwrap().to_owned())
         .collect();
     let (large_id, small_id) = (&prepared[0].0.bid_id, &prepared[1].0.bid_id);
     assert_eq!(

@@ -97,14 +97,18 @@ fn rpassword_prompt() -> anyhow::Result<String> {
 }
 
 /// The reference phone's HTTP client.
-fn phone_client() -> awc::Client {
+pub(super) fn phone_client() -> awc::Client {
     awc::Client::builder()
         .timeout(Duration::from_secs(30))
         .finish()
 }
 
 /// `GET url`'s body; a refusal is told with the hall's reason, as `what` was refused.
-async fn phone_get(client: &awc::Client, url: &str, what: &str) -> anyhow::Result<Vec<u8>> {
+pub(super) async fn phone_get(
+    client: &awc::Client,
+    url: &str,
+    what: &str,
+) -> anyhow::Result<Vec<u8>> {
     let mut res = client
         .get(url)
         .send()

@@ -2,6 +2,7 @@
 
 mod bidtool;
 mod hall;
+mod record;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,10 @@ enum Command {
         #[arg(long)]
         platform_key: PathBuf,
     },
+    /// Re-derive an opening's record (开标记录) from its public log and check the hall's copy
+    /// against it: the record as of now with the platform's signed head, or a version issued for
+    /// confirmation. Exit status 0 means they agree.
+    CheckRecord(record::CheckRecordArgs),
     /// Run the hall server (SQLite under ./data and 127.0.0.1:8080 unless told otherwise).
     Serve(hall::ServeArgs),
     /// Manage agent accounts.
@@ -141,6 +146,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify { bid, threads } => bidtool::verify(&bid, threads),
         Command::Unseal(args) => bidtool::unseal(args),
         Command::Check { file, platform_key } => bidtool::check_signed(&file, &platform_key),
+        Command::CheckRecord(args) => record::check_record(args),
         Command::Serve(args) => hall::serve(args),
         Command::Admin(AdminCommand::CreateAgent {
             username,

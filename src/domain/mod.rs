@@ -1,5 +1,6 @@
 //! Validated value types of the bid-opening domain.
 
+pub mod record;
 mod summary;
 mod uscc;
 

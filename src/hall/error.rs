@@ -66,6 +66,17 @@ pub enum HallError {
     Setup(String),
 }
 
+impl From<crate::domain::record::RecordError> for HallError {
+    /// Asked too early, the user is told when to ask; a log that cannot be folded is the
+    /// platform's trouble.
+    fn from(e: crate::domain::record::RecordError) -> Self {
+        match e {
+            crate::domain::record::RecordError::NotOver(_) => Self::WrongState(e.to_string()),
+            e => Self::Internal(e.to_string()),
+        }
+    }
+}
+
 impl HallError {
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();

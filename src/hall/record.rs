@@ -5,9 +5,10 @@
 //! each decrypted bid's summary as it was read out (唱标), the bidders registered without a bid,
 //! and the objections with the agent's answers.
 //!
-//! The record is made from the opening's tables at one point of its event log, and names that
-//! point (`log`: number and chain value), so that it can be checked against the log, which the
-//! platform's signed head (given with it) pins. Its `digest` is SM3 over the record's JSON exactly
+//! The record is folded from the opening's public event log up to one point, which it names
+//! (`log`: number and chain value) and the platform's signed head (given with it) pins: anyone
+//! who can read the public log makes the same record ([`crate::domain::record`], and
+//! `kaibiao record check`). Its `digest` is SM3 over the record's JSON exactly
 //! as served (`serde_json`, keys in sorted order, no spaces): what a bidder confirms.
 //!
 //! To have it confirmed, the agent issues the record: that version is kept exactly as served,
@@ -21,14 +22,9 @@ use serde_json::json;
 
 use super::{Hall, HallError, Role, SignedHead, ev};
 use crate::crypto;
-use crate::db::{BidRow, Confirmed, IssuedRecordRow};
+use crate::db::{Confirmed, IssuedRecordRow};
+use crate::domain::record::{LogEvent, RECORDED_STATES, RecordError, RecordFold};
 use crate::phone::{RecordConfirmation, RecordView, record_confirmation_message};
-
-/// The states of an opening whose record can be made: its decryption is over.
-const RECORDED: &[&str] = &["decryption_ended", "released", "closed", "failed"];
-
-/// How often the record is made again when the log moved on while it was being read.
-const ATTEMPTS: usize = 3;
 
 /// The opening record, its digest and the signed head of the log it was made at.
 #[derive(Debug, serde::Serialize)]
@@ -38,92 +34,45 @@ pub struct OpeningRecord {
     pub log_head: SignedHead,
 }
 
-/// What became of a bid, in the words of the record.
-fn outcome(bid: &BidRow) -> &'static str {
-    match (bid.state.as_str(), bid.fault.as_deref()) {
-        ("decrypted", _) => "解密成功",
-        (_, Some("platform")) => "未解密（平台原因，视为撤回）",
-        (_, Some(_)) => "未解密（投标人原因，视为撤销）",
-        ("received" | "awaiting_key", None) => "未解密（开标失败）",
-        _ => "未解密",
-    }
-}
+/// How many events are read from the database at a time to fold the record.
+const PAGE: i64 = 1000;
 
 impl Hall {
-    /// The opening record as of now, once the opening's decryption is over.
+    /// The opening record as of now, once the opening's decryption is over: the fold of its
+    /// public log up to the platform's signed head (see [`crate::domain::record`]).
     pub async fn record(&self, opening_id: &str) -> Result<OpeningRecord, HallError> {
-        for _ in 0..ATTEMPTS {
-            let head = self.signed_head(opening_id, Role::Public).await?;
-            let record = self.record_at(opening_id, &head).await?;
-            // Made at that head only if no event came meanwhile; else made again.
-            let now = self.inner.db.last_event(opening_id).await?.map(|(s, _)| s);
-            if now == Some(head.seq) {
-                let bytes = serde_json::to_vec(&record).expect("a JSON value serializes");
-                return Ok(OpeningRecord {
-                    digest: hex::encode(crypto::sm3(&bytes)),
-                    record,
-                    log_head: head,
-                });
+        let opening = self.opening(opening_id).await?;
+        if !RECORDED_STATES.contains(&opening.state.as_str()) {
+            return Err(RecordError::NotOver(opening.state).into());
+        }
+        let head = self.signed_head(opening_id, Role::Public).await?;
+        let mut fold = RecordFold::new(opening_id);
+        let mut after = 0;
+        while after < head.seq {
+            let page = self.inner.db.events_since(opening_id, after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for e in page
+                .iter()
+                .filter(|e| e.seq <= head.seq && e.audience == "public")
+            {
+                let payload: serde_json::Value = serde_json::from_str(&e.payload)
+                    .map_err(|_| HallError::Internal(format!("event {} is not JSON", e.seq)))?;
+                fold.apply(LogEvent {
+                    seq: e.seq,
+                    ts_ms: e.ts_ms,
+                    kind: &e.kind,
+                    payload: &payload,
+                })?;
             }
         }
-        Err(HallError::WrongState(
-            "the opening keeps changing while its record is made; try again in a moment".into(),
-        ))
-    }
-
-    /// The record from the tables, naming the log's `head`.
-    async fn record_at(
-        &self,
-        opening_id: &str,
-        head: &SignedHead,
-    ) -> Result<serde_json::Value, HallError> {
-        let opening = self.opening(opening_id).await?;
-        if !RECORDED.contains(&opening.state.as_str()) {
-            return Err(HallError::WrongState(format!(
-                "the opening is {}: its record is made once decryption has ended (or the opening \
-                 failed)",
-                opening.state
-            )));
-        }
-        let bidders = self.inner.db.bidders(opening_id).await?;
-        let bids = self.inner.db.bids(opening_id).await?;
-        let objections = self.objection_views(opening_id, &bidders).await?;
-        let bid_entries: Vec<serde_json::Value> = bids
-            .iter()
-            .map(|bid| {
-                let bidder = bidders.iter().find(|b| b.id == bid.bidder_id);
-                let summary: Option<serde_json::Value> = bid
-                    .summary
-                    .as_deref()
-                    .and_then(|s| serde_json::from_str(s).ok());
-                json!({
-                    "bidder": bidder.map(|b| json!({"uscc": b.uscc, "name": b.name, "signed_in_ms": b.signed_in_ms})),
-                    "received_ms": bid.received_ms, "size": bid.size, "sm3": bid.sm3,
-                    "state": bid.state, "fault": bid.fault, "outcome": outcome(bid),
-                    "failure": bid.failure, "summary": summary,
-                })
-            })
-            .collect();
-        let without_bid: Vec<serde_json::Value> = bidders
-            .iter()
-            .filter(|b| !bids.iter().any(|bid| bid.bidder_id == b.id))
-            .map(|b| json!({"uscc": b.uscc, "name": b.name, "signed_in_ms": b.signed_in_ms}))
-            .collect();
-        Ok(json!({
-            "title": "开标记录",
-            "opening": {
-                "id": opening.id, "tender_id": opening.tender_id, "name": opening.name,
-                "deadline_ms": opening.deadline_ms, "opening_ms": opening.opening_ms,
-                "decrypt_limit_secs": opening.decrypt_limit_secs,
-                "decrypt_started_ms": opening.decrypt_started_ms,
-                "decrypt_deadline_ms": opening.decrypt_deadline_ms,
-                "state": opening.state, "failure": opening.failure,
-            },
-            "bids": bid_entries,
-            "bidders_without_bid": without_bid,
-            "objections": objections,
-            "log": {"seq": head.seq, "hash": head.hash},
-        }))
+        let record = fold.record(head.seq, &head.hash)?;
+        let bytes = serde_json::to_vec(&record).expect("a JSON value serializes");
+        Ok(OpeningRecord {
+            digest: hex::encode(crypto::sm3(&bytes)),
+            record,
+            log_head: head,
+        })
     }
 }
 

@@ -573,6 +573,81 @@ impl TestApp {
         r.body.as_array().expect("a list of events").clone()
     }
 
+    /// The opening record as served to anyone (`{record, digest, log_head}`), checked: it agrees
+    /// with the opening's tables (the agent's view of them), and anyone folds the public log up
+    /// to the point it names into the same record.
+    pub async fn checked_record(&self, opening: &str) -> Value {
+        use kaibiao::domain::record::{LogEvent, RecordFold};
+        let path = format!("/api/openings/{opening}/record");
+        let served = self.call("GET", &path, None, None).await;
+        assert_eq!(served.status, 200, "{}", served.body);
+        let rec = &served.body["record"];
+        let tables = self.snapshot(opening).await;
+        for key in [
+            "id",
+            "tender_id",
+            "name",
+            "deadline_ms",
+            "opening_ms",
+            "decrypt_limit_secs",
+            "decrypt_started_ms",
+            "decrypt_deadline_ms",
+            "state",
+            "failure",
+        ] {
+            assert_eq!(rec["opening"][key], tables["opening"][key], "opening.{key}");
+        }
+        let (bids, rows) = (
+            rec["bids"].as_array().unwrap(),
+            tables["bids"].as_array().unwrap(),
+        );
+        assert_eq!(bids.len(), rows.len(), "{rec}");
+        for (bid, row) in bids.iter().zip(rows) {
+            assert_eq!(bid["bidder"]["uscc"], row["bidder_code"]);
+            for key in [
+                "received_ms",
+                "size",
+                "sm3",
+                "state",
+                "fault",
+                "failure",
+                "summary",
+            ] {
+                assert_eq!(bid[key], row[key], "bid.{key} of {row}");
+            }
+        }
+        let without_bid = rec["bidders_without_bid"].as_array().unwrap();
+        for b in tables["bidders"].as_array().unwrap() {
+            let recorded = bids
+                .iter()
+                .map(|x| &x["bidder"])
+                .chain(without_bid)
+                .find(|x| x["uscc"] == b["uscc"])
+                .unwrap_or_else(|| panic!("{b} is in the record"));
+            assert_eq!(recorded["signed_in_ms"], b["signed_in_ms"], "{b}");
+        }
+        assert_eq!(rec["objections"], tables["objections"]);
+
+        let seq = rec["log"]["seq"].as_i64().unwrap();
+        let mut fold = RecordFold::new(opening);
+        for e in self.public_events(opening).await {
+            if e["seq"].as_i64().unwrap() > seq {
+                break;
+            }
+            let payload: Value = serde_json::from_str(e["payload"].as_str().unwrap()).unwrap();
+            fold.apply(LogEvent {
+                seq: e["seq"].as_i64().unwrap(),
+                ts_ms: e["ts_ms"].as_i64().unwrap(),
+                kind: e["kind"].as_str().unwrap(),
+                payload: &payload,
+            })
+            .unwrap();
+        }
+        let hash = rec["log"]["hash"].as_str().unwrap();
+        assert_eq!(&fold.record(seq, hash).unwrap(), rec);
+        served.body
+    }
+
     /// The payloads of the opening's public events of `kind`, in order.
     pub async fn public_payloads(&self, opening: &str, kind: &str) -> Vec<Value> {
         payloads_of(&self.public_events(opening).await, kind)

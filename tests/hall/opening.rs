@@ -210,6 +210,10 @@ async fn a_bid_received_in_time_and_checked_after_decryption_started_gets_its_qr
         .count();
     assert_eq!(stored, 2, "one sealed file per bid");
     app.assert_chain_valid(&opening).await;
+    // The bid checked late is in the record the public log folds to.
+    assert_eq!(app.act(&opening, "end-decryption").await.status, 200);
+    let record = app.checked_record(&opening).await;
+    assert_eq!(record["record"]["bids"].as_array().unwrap().len(), 2);
     app.cleanup().await;
 }
 
@@ -305,6 +309,9 @@ async fn a_window_that_ran_out_while_no_server_ran_ends_through_the_platform(bac
     assert_eq!(r.body["error"], "window_closed");
     let after = app.snapshot(&opening).await;
     assert_eq!(after["bids"], state["bids"]);
+    let record = app.checked_record(&opening).await;
+    let withdrawn = "未解密（平台原因，视为撤回）";
+    assert!(record.to_string().contains(withdrawn), "{record}");
     app.cleanup().await;
 }
 
@@ -529,6 +536,9 @@ async fn twenty_bidders_from_upload_to_evaluator_download(backend: Backend) {
             .status,
         200
     );
+    let record = app.checked_record(&opening).await;
+    assert_eq!(record["record"]["opening"]["state"], "closed");
+    assert_eq!(record["record"]["bids"].as_array().unwrap().len(), 20);
     app.cleanup().await;
 }
 
@@ -928,6 +938,12 @@ async fn a_decryption_the_platform_fails_is_tried_again_or_given_up(backend: Bac
         .clone();
     assert_eq!(decrypted["plain_sm3"], hex::encode(crypto::sm3(&a.data)));
     assert_eq!(app.agent("POST", &release, None).await.status, 200);
+    // The record, folded from the public log, says whose fault the given-up bid was.
+    let record = app.checked_record(&opening).await;
+    assert!(
+        record.to_string().contains("解密服务器磁盘故障"),
+        "{record}"
+    );
     app.cleanup().await;
 }
 

@@ -1,5 +1,6 @@
-//! The opening record (开标记录): made once decryption is over, from the opening's tables at a
-//! point of the log it names, with its digest and the platform's signed head of that point.
+//! The opening record (开标记录): made once decryption is over, folded from the opening's public
+//! log up to a point it names, with its digest and the platform's signed head of that point; it
+//! agrees with the opening's tables, and `kaibiao check-record` re-derives it from the log.
 
 use serde_json::{Value, json};
 
@@ -8,6 +9,7 @@ use crate::helpers::{Backend, TestApp, TestBidder, spawn_app};
 crate::on_both_databases!(
     the_record_tells_what_became_of_every_bid_and_objection,
     a_failed_opening_has_a_record_and_no_record_is_made_before_the_end,
+    anyone_rederives_the_record_from_the_public_log_with_the_command,
     bidders_confirm_the_issued_record_by_scan_signing
 );
 
@@ -72,9 +74,8 @@ async fn the_record_tells_what_became_of_every_bid_and_objection(backend: Backen
     app.advance_secs(601);
     ended(&app, &opening).await;
 
-    let r = record(&app, &opening).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    let rec = &r.body["record"];
+    let r = app.checked_record(&opening).await;
+    let rec = &r["record"];
     assert_eq!(rec["title"], "开标记录");
     assert_eq!(rec["opening"]["state"], "decryption_ended");
     let bids = rec["bids"].as_array().unwrap();
@@ -115,8 +116,7 @@ async fn the_record_tells_what_became_of_every_bid_and_objection(backend: Backen
     let last = events.last().unwrap();
     assert_eq!(rec["log"]["seq"], last["seq"]);
     assert_eq!(rec["log"]["hash"], last["hash"]);
-    let head: kaibiao::hall::SignedHead =
-        serde_json::from_value(r.body["log_head"].clone()).unwrap();
+    let head: kaibiao::hall::SignedHead = serde_json::from_value(r["log_head"].clone()).unwrap();
     assert_eq!(
         (head.seq, &head.hash),
         (
@@ -127,21 +127,18 @@ async fn the_record_tells_what_became_of_every_bid_and_objection(backend: Backen
     head.verify(&app.platform_key().await).unwrap();
     let bytes = serde_json::to_vec(rec).unwrap();
     assert_eq!(
-        r.body["digest"],
+        r["digest"],
         hex::encode(kaibiao::crypto::sm3(&bytes)),
         "the digest is of the record as served"
     );
 
     // Made again without a change, it is the same record; after the release it says so.
-    assert_eq!(
-        record(&app, &opening).await.body["digest"],
-        r.body["digest"]
-    );
+    assert_eq!(record(&app, &opening).await.body["digest"], r["digest"]);
     assert_eq!(app.act(&opening, "release").await.status, 200);
-    let again = record(&app, &opening).await;
-    assert_eq!(again.body["record"]["opening"]["state"], "released");
-    assert_ne!(again.body["digest"], r.body["digest"]);
-    assert!(again.body["record"]["log"]["seq"].as_i64() > rec["log"]["seq"].as_i64());
+    let again = app.checked_record(&opening).await;
+    assert_eq!(again["record"]["opening"]["state"], "released");
+    assert_ne!(again["digest"], r["digest"]);
+    assert!(again["record"]["log"]["seq"].as_i64() > rec["log"]["seq"].as_i64());
 
     // The printable page renders from it.
     let page = app.get_bytes(&format!("/hall/{opening}/record")).await;
@@ -170,9 +167,8 @@ async fn a_failed_opening_has_a_record_and_no_record_is_made_before_the_end(back
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = record(&app, &opening).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    let rec = &r.body["record"];
+    let r = app.checked_record(&opening).await;
+    let rec = &r["record"];
     assert_eq!(rec["opening"]["state"], "failed");
     assert_eq!(rec["opening"]["failure"], reason);
     assert_eq!(rec["bids"][0]["bidder"]["name"], only.name.as_str());
@@ -378,5 +374,86 @@ async fn bidders_confirm_the_issued_record_by_scan_signing(backend: Backend) {
         ]
     );
     app.assert_chain_valid(&opening).await;
+    app.cleanup().await;
+}
+
+/// Runs `kaibiao check-record --server … --opening OPENING ARGS`: its exit status and output.
+async fn check_record(app: &TestApp, opening: &str, args: &[&str]) -> (bool, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kaibiao"));
+    command
+        .args(["check-record", "--server", &app.base, "--opening", opening])
+        .args(args);
+    let out = actix_web::rt::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+async fn anyone_rederives_the_record_from_the_public_log_with_the_command(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let scanned = TestBidder::new(app.dir.path(), 1, 20_000);
+    let waiting = TestBidder::new(app.dir.path(), 2, 20_000);
+    let opening = app.opening_with_bids(&[&scanned, &waiting], 60, 600).await;
+    app.start_after(&opening, 61).await;
+    assert_eq!(app.scan(&opening, &scanned).await.status, 200);
+    app.wait_until_settled(&opening).await;
+    let path = format!("/api/openings/{opening}/objections");
+    let body = json!({"bidder": waiting.uscc.as_str(), "text": "手机证书无法扫码"});
+    assert_eq!(app.agent("POST", &path, Some(body)).await.status, 201);
+    let answer = json!({"answer": "平台运行正常，请在解密时限内重试"});
+    let r = app
+        .agent("POST", &format!("{path}/1/answer"), Some(answer))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    app.advance_secs(601);
+    ended(&app, &opening).await;
+
+    // The record as of now, with the platform's key from outside the hall.
+    let key_file = |name: &str, key: &sm2::PublicKey| {
+        let path = app.dir.path().join(name);
+        std::fs::write(&path, kaibiao::crypto::public_key_pem(key).unwrap()).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let platform = key_file("platform.pem", &app.platform_key().await);
+    let (ok, out) = check_record(&app, &opening, &["--platform-key", &platform]).await;
+    assert!(
+        ok && out.contains("is what the opening's public log folds to"),
+        "{out}"
+    );
+    let stranger = kaibiao::crypto::generate_secret_key().public_key();
+    let stranger = key_file("stranger.pem", &stranger);
+    let (ok, out) = check_record(&app, &opening, &["--platform-key", &stranger]).await;
+    assert!(
+        !ok && out.contains("not signed by this platform key"),
+        "{out}"
+    );
+    let (ok, out) = check_record(&app, &opening, &[]).await;
+    assert!(!ok && out.contains("give --platform-key"), "{out}");
+    let (ok, out) = check_record(&app, "no-such-opening", &["--platform-key", &platform]).await;
+    assert!(!ok && out.contains("not found"), "{out}");
+
+    // A version issued for confirmation.
+    assert_eq!(app.act(&opening, "record/issue").await.status, 201);
+    let (ok, out) = check_record(&app, &opening, &["--version", "1"]).await;
+    assert!(ok && out.contains("version 1 of the record"), "{out}");
+
+    // The log rewritten after the record was issued (the answer to the objection changed): the
+    // issued record is no longer what the log folds to, and the command says where.
+    app.sql(
+        "UPDATE events SET payload = replace(payload, '请在解密时限内重试', '无需重试') \
+         WHERE opening_id = $1 AND kind = 'objection.answered'",
+        &opening,
+    )
+    .await;
+    let (ok, out) = check_record(&app, &opening, &["--version", "1"]).await;
+    assert!(
+        !ok && out.contains("MISMATCH") && out.contains(".objections[0].answer"),
+        "{out}"
+    );
     app.cleanup().await;
 }

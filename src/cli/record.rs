@@ -9,8 +9,9 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use kaibiao::crypto;
+use kaibiao::db::EventRow;
 use kaibiao::domain::record::{LogEvent, RecordFold};
-use kaibiao::hall::SignedHead;
+use kaibiao::hall::{EventDigest, GENESIS, SignedHead, chain_link, event_body_digest};
 
 use super::hall::{phone_client, phone_get};
 
@@ -116,71 +117,27 @@ pub fn check_record(args: CheckRecordArgs) -> anyhow::Result<ExitCode> {
         };
 
         // The public log up to that point, folded.
+        let events: Vec<EventRow> =
+            pages(&client, &format!("{base}/events"), seq, "the opening's log").await?;
         let mut fold = RecordFold::new(&args.opening);
-        let mut after = 0;
-        let mut folded = 0;
-        let mut hash_seen = None;
-        while after < seq {
-            let page = phone_get(
-                &client,
-                &format!("{base}/events?after={after}"),
-                "the opening's log",
-            )
-            .await?;
-            let page: Vec<Value> =
-                serde_json::from_slice(&page).context("the hall's log is not a list of events")?;
-            let Some(last) = page.last() else { break };
-            after = last["seq"].as_i64().context("an event without a number")?;
-            for e in page
-                .iter()
-                .filter(|e| e["seq"].as_i64().is_some_and(|s| s <= seq))
-            {
-                let event_seq = e["seq"].as_i64().unwrap_or_default();
-                if event_seq == seq {
-                    hash_seen = e["hash"].as_str().map(str::to_owned);
-                }
-                let payload: Value = serde_json::from_str(e["payload"].as_str().unwrap_or(""))
-                    .with_context(|| format!("event {event_seq}'s payload is not JSON"))?;
-                fold.apply(LogEvent {
-                    seq: event_seq,
-                    ts_ms: e["ts_ms"].as_i64().unwrap_or_default(),
-                    kind: e["kind"].as_str().unwrap_or_default(),
-                    payload: &payload,
-                })?;
-                folded += 1;
-            }
+        for e in &events {
+            let payload: Value = serde_json::from_str(&e.payload)
+                .with_context(|| format!("event {}'s payload is not JSON", e.seq))?;
+            fold.apply(LogEvent {
+                seq: e.seq,
+                ts_ms: e.ts_ms,
+                kind: &e.kind,
+                payload: &payload,
+            })?;
         }
-        if after < seq {
-            println!(
-                "MISMATCH: the record names event {seq} of the log, but the log the hall gives \
-                 ends at event {after}"
-            );
-            return Ok(ExitCode::FAILURE);
-        }
-        if let Some(seen) = hash_seen.as_deref()
-            && seen != hash
-        {
-            println!(
-                "MISMATCH: the record names chain value {hash} at event {seq}, the log has {seen}"
-            );
-            return Ok(ExitCode::FAILURE);
-        }
+
+        // The chain through every event up to that point, those the public does not read
+        // included (by their digests), and the events read are those it chains.
+        let chain = chain_check(&client, &base, seq, hash, &events).await?;
         let derived = fold.record(seq, hash)?;
         let mut differences = Vec::new();
         differ("", &derived, &record, &mut differences);
-        if differences.is_empty() {
-            println!(
-                "{what} of opening {} (SM3 {digest}) is what the opening's public log folds to, \
-                 {folded} public events up to event {seq}{}",
-                args.opening,
-                if args.version.is_none() {
-                    ", whose head the platform signed"
-                } else {
-                    ""
-                }
-            );
-            Ok(ExitCode::SUCCESS)
-        } else {
+        if !differences.is_empty() {
             println!(
                 "MISMATCH: {what} of opening {} differs from what its public log up to event \
                  {seq} folds to, at:",
@@ -192,8 +149,30 @@ pub fn check_record(args: CheckRecordArgs) -> anyhow::Result<ExitCode> {
             if differences.len() > MAX_DIFFERENCES {
                 println!("  and {} more", differences.len() - MAX_DIFFERENCES);
             }
-            Ok(ExitCode::FAILURE)
         }
+        let chained = match chain {
+            Chain::Checked => format!("the chain of all {seq} events checked"),
+            Chain::Broken(why) => {
+                println!("MISMATCH: {why}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Chain::Unavailable(why) => format!("the chain not checked here: {why}"),
+        };
+        if !differences.is_empty() {
+            return Ok(ExitCode::FAILURE);
+        }
+        println!(
+            "{what} of opening {} (SM3 {digest}) is what the opening's public log folds to: {} \
+             public events up to event {seq}{}; {chained}",
+            args.opening,
+            events.len(),
+            if args.version.is_none() {
+                ", whose head the platform signed"
+            } else {
+                ""
+            }
+        );
+        Ok(ExitCode::SUCCESS)
     })
 }
 
@@ -220,4 +199,96 @@ fn differ(path: &str, from_log: &Value, served: &Value, out: &mut Vec<String>) {
         (a, b) if a != b => out.push(format!("{path}: the log says {a}, the hall's record {b}")),
         _ => {}
     }
+}
+
+/// Every item of a paged list (`?after=N`, items numbered by `seq`) up to number `up_to`.
+async fn pages<T: serde::de::DeserializeOwned + Numbered>(
+    client: &awc::Client,
+    url: &str,
+    up_to: i64,
+    what: &str,
+) -> anyhow::Result<Vec<T>> {
+    let mut items: Vec<T> = Vec::new();
+    let mut after = 0;
+    while after < up_to {
+        let page = phone_get(client, &format!("{url}?after={after}"), what).await?;
+        let page: Vec<T> = serde_json::from_slice(&page)
+            .with_context(|| format!("the hall's answer is not {what}"))?;
+        let Some(last) = page.last() else { break };
+        after = last.number();
+        items.extend(page.into_iter().filter(|i| i.number() <= up_to));
+    }
+    Ok(items)
+}
+
+trait Numbered {
+    fn number(&self) -> i64;
+}
+
+impl Numbered for EventRow {
+    fn number(&self) -> i64 {
+        self.seq
+    }
+}
+
+impl Numbered for EventDigest {
+    fn number(&self) -> i64 {
+        self.seq
+    }
+}
+
+enum Chain {
+    Checked,
+    Broken(String),
+    Unavailable(String),
+}
+
+/// Checks the opening's chain from its start to event `seq`, whose value must be `hash`, through
+/// the digests of every event, and that each of the `read` events is the one chained.
+async fn chain_check(
+    client: &awc::Client,
+    base: &str,
+    seq: i64,
+    hash: &str,
+    read: &[EventRow],
+) -> anyhow::Result<Chain> {
+    let url = format!("{base}/events/digests");
+    let digests: Vec<EventDigest> = match pages(client, &url, seq, "the log's digests").await {
+        Ok(d) => d,
+        Err(e) => return Ok(Chain::Unavailable(e.to_string())),
+    };
+    let mut prev = GENESIS.to_owned();
+    for (i, d) in digests.iter().enumerate() {
+        if d.seq != i as i64 + 1 {
+            return Ok(Chain::Broken(format!(
+                "the log's digests go from event {} to event {}: an event is missing",
+                i, d.seq
+            )));
+        }
+        let link = chain_link(&prev, d.seq, &d.audience, &d.body_sm3);
+        if link != d.hash {
+            return Ok(Chain::Broken(format!(
+                "event {} does not chain to the one before: the log was changed after it was \
+                 written",
+                d.seq
+            )));
+        }
+        prev = link;
+    }
+    if digests.len() as i64 != seq || prev != hash {
+        return Ok(Chain::Broken(format!(
+            "the log's chain does not lead to the value the record names at event {seq}"
+        )));
+    }
+    for e in read {
+        let d = &digests[(e.seq - 1) as usize];
+        if event_body_digest(e) != d.body_sm3 || e.audience != d.audience || e.hash != d.hash {
+            return Ok(Chain::Broken(format!(
+                "event {} ({}) as the hall gives it is not the event its chain holds: it was \
+                 changed after it was written",
+                e.seq, e.kind
+            )));
+        }
+    }
+    Ok(Chain::Checked)
 }

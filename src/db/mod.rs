@@ -150,6 +150,16 @@ impl WriteTx {
     }
 
     /// The newest event of an opening (sequence number and hash), as this transaction sees it.
+    /// How opening `opening_id`'s events are chained (1 if there is no such opening).
+    pub async fn chain_version(&mut self, opening_id: &str) -> Result<i64, DbError> {
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT chain_version FROM openings WHERE id = $1")
+                .bind(opening_id)
+                .fetch_optional(&mut *self.0)
+                .await?;
+        Ok(version.unwrap_or(1))
+    }
+
     pub async fn last_event(&mut self, opening_id: &str) -> Result<Option<(i64, String)>, DbError> {
         let row = sqlx::query(
             "SELECT seq, hash FROM events WHERE opening_id = $1 ORDER BY seq DESC LIMIT 1",
@@ -200,6 +210,8 @@ pub struct OpeningRow {
     pub failure: Option<String>,
     pub created_by: String,
     pub created_ms: i64,
+    /// How its events are chained ([`crate::hall::chain_hash`]).
+    pub chain_version: i64,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -325,7 +337,7 @@ pub struct ChallengeRow {
     pub created_ms: i64,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct EventRow {
     pub opening_id: String,
     pub seq: i64,
@@ -336,7 +348,7 @@ pub struct EventRow {
     pub hash: String,
 }
 
-const OPENING_COLS: &str = "id, tender_id, name, deadline_ms, opening_ms, decrypt_limit_secs, state, decrypt_started_ms, decrypt_deadline_ms, hall_public, hall_secret_sealed, failure, created_by, created_ms";
+const OPENING_COLS: &str = "id, tender_id, name, deadline_ms, opening_ms, decrypt_limit_secs, state, decrypt_started_ms, decrypt_deadline_ms, hall_public, hall_secret_sealed, failure, created_by, created_ms, chain_version";
 const BID_COLS: &str = "id, opening_id, bidder_id, state, path, size, sm3, plaintext_len, received_ms, summary, answer, plain_path, plain_sm3, failure, fault";
 
 impl Db {
@@ -495,7 +507,7 @@ impl Db {
         events: Vec<NewEvent>,
     ) -> Result<Vec<StagedEvent>, DbError> {
         let mut tx = self.begin_write().await?.0;
-        sqlx::query(&format!("INSERT INTO openings ({OPENING_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"))
+        sqlx::query(&format!("INSERT INTO openings ({OPENING_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"))
             .bind(&o.id)
             .bind(&o.tender_id)
             .bind(&o.name)
@@ -510,6 +522,7 @@ impl Db {
             .bind(o.failure.clone())
             .bind(&o.created_by)
             .bind(o.created_ms)
+            .bind(o.chain_version)
             .execute(&mut *tx)
             .await?;
         let staged = stage(&mut tx, &o.id, events, o.created_ms).await?;

@@ -1,8 +1,14 @@
 //! The append-only, SM3 hash-chained event log of each opening, and its live broadcast.
 //!
-//! Every state change is stored with the next per-opening sequence number *before* it is sent.
-//! `hash_n = SM3(hash_{n-1} ‖ seq ‖ ts ‖ kind ‖ audience ‖ payload)` (hex, fields separated by
-//! newlines, `hash_0` = 64 zeros), so any change to a stored event breaks the chain.
+//! Every state change is stored with the next per-opening sequence number *before* it is sent,
+//! chained to the one before, so any change to a stored event breaks the chain (`hash_0` = 64
+//! zeros; hex; fields separated by newlines). Two ways of chaining, chosen per opening:
+//! - version 1 (openings made before version 2 existed):
+//!   `hash_n = SM3(hash_{n-1} ‖ seq ‖ ts ‖ kind ‖ audience ‖ payload)`;
+//! - version 2: `body_n = SM3(ts ‖ kind ‖ payload)`, `hash_n = SM3(hash_{n-1} ‖ seq ‖ audience ‖
+//!   body_n)`. Given the digest `body_n` of each event it may not read, anyone can check the
+//!   whole chain up to a head the platform signed, and so that the events it can read are those
+//!   the platform wrote (see [`EventDigest`]); the digest tells nothing of what it hashes.
 
 use std::sync::Arc;
 
@@ -85,12 +91,51 @@ pub struct EventBus {
     writer: mpsc::Sender<Append>,
 }
 
-pub fn chain_hash(prev: &str, e: &EventRow) -> String {
+/// The chain's value after event `e`, chained the opening's way (`version`, see the module's
+/// documentation) to `prev`, the value before it.
+pub fn chain_hash(version: i64, prev: &str, e: &EventRow) -> String {
+    if version >= 2 {
+        return chain_link(prev, e.seq, &e.audience, &event_body_digest(e));
+    }
     let text = format!(
         "{prev}\n{}\n{}\n{}\n{}\n{}",
         e.seq, e.ts_ms, e.kind, e.audience, e.payload
     );
     hex::encode(crypto::sm3(text.as_bytes()))
+}
+
+/// `body_n` of chain version 2: the digest of an event's time, kind and payload.
+pub fn event_body_digest(e: &EventRow) -> String {
+    let text = format!("{}\n{}\n{}", e.ts_ms, e.kind, e.payload);
+    hex::encode(crypto::sm3(text.as_bytes()))
+}
+
+/// `hash_n` of chain version 2, from `hash_{n-1}`, the event's number and audience and its
+/// [`event_body_digest`].
+pub fn chain_link(prev: &str, seq: i64, audience: &str, body_digest: &str) -> String {
+    let text = format!("{prev}\n{seq}\n{audience}\n{body_digest}");
+    hex::encode(crypto::sm3(text.as_bytes()))
+}
+
+/// What a viewer is given of an event it may not read (chain version 2, once the bidders are
+/// published): enough to carry the chain through it, nothing of what it says.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EventDigest {
+    pub seq: i64,
+    pub audience: String,
+    pub body_sm3: String,
+    pub hash: String,
+}
+
+impl EventDigest {
+    pub fn of(e: &EventRow) -> EventDigest {
+        EventDigest {
+            seq: e.seq,
+            audience: e.audience.clone(),
+            body_sm3: event_body_digest(e),
+            hash: e.hash.clone(),
+        }
+    }
 }
 
 fn sender(channels: &Channels, opening_id: &str) -> broadcast::Sender<BusMsg> {
@@ -100,12 +145,15 @@ fn sender(channels: &Channels, opening_id: &str) -> broadcast::Sender<BusMsg> {
         .clone()
 }
 
+/// An opening's last event number, chain value and chain version, as the writer keeps them.
+type Tail = (i64, String, i64);
+
 /// Applies `appends` in one transaction: each one's write, then (if it held) its events, numbered
 /// and chained after the tails in `tails`. Returns each append's outcome and the stored rows;
 /// `tails` advances only if the transaction committed.
 async fn commit(
     db: &Db,
-    tails: &mut HashMap<String, (i64, String)>,
+    tails: &mut HashMap<String, Tail>,
     appends: &[Append],
 ) -> Result<(Vec<bool>, Vec<EventRow>), DbError> {
     let mut next = tails.clone();
@@ -122,13 +170,14 @@ async fn commit(
             continue;
         }
         if !next.contains_key(&append.opening_id) {
-            let tail = tx.last_event(&append.opening_id).await?;
-            next.insert(
-                append.opening_id.clone(),
-                tail.unwrap_or((0, GENESIS.to_owned())),
-            );
+            let (seq, hash) = tx
+                .last_event(&append.opening_id)
+                .await?
+                .unwrap_or((0, GENESIS.to_owned()));
+            let version = tx.chain_version(&append.opening_id).await?;
+            next.insert(append.opening_id.clone(), (seq, hash, version));
         }
-        let (seq, hash) = next.get_mut(&append.opening_id).expect("loaded above");
+        let (seq, hash, version) = next.get_mut(&append.opening_id).expect("loaded above");
         for (kind, audience, payload) in &append.events {
             *seq += 1;
             let mut event = EventRow {
@@ -140,7 +189,7 @@ async fn commit(
                 payload: payload.to_string(),
                 hash: String::new(),
             };
-            event.hash = chain_hash(hash, &event);
+            event.hash = chain_hash(*version, hash, &event);
             *hash = event.hash.clone();
             rows.push(event);
         }
@@ -158,7 +207,7 @@ async fn commit(
 /// fail the others. With one writer the hot path's writes never contend with each other for
 /// SQLite's single write lock (the rarer writes — challenges, state changes — still may).
 async fn writer(db: Db, channels: Channels, mut queue: mpsc::Receiver<Append>) {
-    let mut tails: HashMap<String, (i64, String)> = HashMap::new();
+    let mut tails: HashMap<String, Tail> = HashMap::new();
     let mut batch = Vec::with_capacity(GROUP_COMMIT);
     while queue.recv_many(&mut batch, GROUP_COMMIT).await > 0 {
         let groups: Vec<Vec<Append>> = match commit(&db, &mut tails, &batch).await {
@@ -309,7 +358,11 @@ impl EventBus {
 
     /// Recomputes the whole chain of an opening; returns the number of events, or the first
     /// sequence number whose hash does not match.
-    pub async fn verify_chain(&self, opening_id: &str) -> Result<Result<i64, i64>, HallError> {
+    pub async fn verify_chain(
+        &self,
+        opening_id: &str,
+        version: i64,
+    ) -> Result<Result<i64, i64>, HallError> {
         let mut prev = GENESIS.to_owned();
         let mut after = 0;
         loop {
@@ -318,7 +371,7 @@ impl EventBus {
                 return Ok(Ok(after));
             }
             for e in page {
-                if e.seq != after + 1 || chain_hash(&prev, &e) != e.hash {
+                if e.seq != after + 1 || chain_hash(version, &prev, &e) != e.hash {
                     return Ok(Err(e.seq));
                 }
                 prev = e.hash.clone();

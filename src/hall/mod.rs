@@ -27,7 +27,10 @@ use sm2::pkcs8::EncodePublicKey;
 
 pub use attest::{LogVerdict, SignedHead};
 pub use error::HallError;
-pub use events::{BusMsg, EventBus, GENESIS, Published, Role, chain_hash, render};
+pub use events::{
+    BusMsg, EventBus, EventDigest, GENESIS, Published, Role, chain_hash, chain_link,
+    event_body_digest, render,
+};
 pub use objections::MAX_OBJECTION_CHARS;
 pub use record::OpeningRecord;
 use vault::Vault;
@@ -819,6 +822,7 @@ impl Hall {
             failure: None,
             created_by: agent_id.to_owned(),
             created_ms: now,
+            chain_version: 2,
         };
         let created = json!({"tender_id": row.tender_id, "name": row.name, "deadline_ms": row.deadline_ms,
                              "opening_ms": row.opening_ms, "decrypt_limit_secs": row.decrypt_limit_secs});
@@ -1335,13 +1339,46 @@ impl Hall {
         opening_id: &str,
         head: Option<(i64, &str)>,
     ) -> Result<LogVerdict, HallError> {
-        self.opening(opening_id).await?;
-        let chain = self.inner.bus.verify_chain(opening_id).await?;
+        let opening = self.opening(opening_id).await?;
+        let chain = self
+            .inner
+            .bus
+            .verify_chain(opening_id, opening.chain_version)
+            .await?;
         let stored = match head {
             Some((seq, _)) if seq > 0 => self.event_hash(opening_id, seq).await?,
             _ => None,
         };
         Ok(LogVerdict::judge(chain, head, stored.as_deref()))
+    }
+
+    /// The digests of an opening's events after `after` (a page of up to 1000), every event's
+    /// whether `role` may read it or not: with them anyone checks the whole chain up to a head
+    /// the platform signed (chain version 2). Given once the bidders are published, since before
+    /// that the number of registrations and uploads is not told.
+    pub async fn event_digests(
+        &self,
+        opening_id: &str,
+        role: Role,
+        after: i64,
+    ) -> Result<Vec<EventDigest>, HallError> {
+        let opening = self.opening(opening_id).await?;
+        if opening.chain_version < 2 {
+            return Err(HallError::WrongState(
+                "this opening's log is chained the earlier way (version 1), which only the \
+                 platform can check: ask it with /events/verify"
+                    .into(),
+            ));
+        }
+        if !bids_published(&opening, role) {
+            return Err(HallError::WrongState(
+                "the log's digests are given once the bidders are published (when decryption \
+                 starts): before, who registered and uploaded is not told"
+                    .into(),
+            ));
+        }
+        let page = self.inner.db.events_since(opening_id, after, 1000).await?;
+        Ok(page.iter().map(EventDigest::of).collect())
     }
 
     /// The chain's value after event `seq` of an opening's log ([`GENESIS`] before the first).

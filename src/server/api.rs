@@ -34,6 +34,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(verify_events),
         )
         .route("/api/openings/{id}/events/head", web::get().to(log_head))
+        .route(
+            "/api/openings/{id}/events/digests",
+            web::get().to(event_digests),
+        )
         .route("/api/openings/{id}/record", web::get().to(record))
         .route(
             "/api/openings/{id}/record/issue",
@@ -275,6 +279,18 @@ async fn events(
         .filter(|e| role.can_see(&e.audience))
         .collect();
     Ok(HttpResponse::Ok().json(events))
+}
+
+/// Every event's digest after `after` (chain version 2), so that anyone checks the chain through
+/// the events it may not read.
+async fn event_digests(
+    hall: web::Data<Hall>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    q: web::Query<After>,
+) -> Result<HttpResponse> {
+    let role = role_for(&req, &hall, &id).await;
+    Ok(HttpResponse::Ok().json(hall.event_digests(&id, role, q.after).await?))
 }
 
 /// A head of the log the platform signed earlier (`seq` and `hash` of a [`SignedHead`]), for

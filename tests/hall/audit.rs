@@ -17,7 +17,8 @@ crate::on_both_databases!(
     the_released_plaintext_is_proven_to_be_what_the_bidder_signed,
     a_signed_head_shows_a_log_rewritten_or_cut_short,
     the_platform_signs_every_receipt_with_one_lasting_key,
-    a_public_head_before_the_opening_counts_no_bid
+    a_public_head_before_the_opening_counts_no_bid,
+    anyone_checks_the_chain_through_the_events_it_may_not_read
 );
 
 /// An opening whose bids are all decrypted, the decryption ended.
@@ -449,7 +450,7 @@ async fn a_signed_head_shows_a_log_rewritten_or_cut_short(backend: Backend) {
         if e["kind"] == "bid.summary" {
             row.payload = row.payload.replace(&price, &format!("1{price}"));
         }
-        row.hash = kaibiao::hall::chain_hash(&prev, &row);
+        row.hash = kaibiao::hall::chain_hash(2, &prev, &row);
         let statement = format!(
             "UPDATE events SET payload = $1, hash = '{}' WHERE opening_id = '{opening}' \
              AND seq = {}",
@@ -565,6 +566,93 @@ async fn a_public_head_before_the_opening_counts_no_bid(backend: Backend) {
     assert!(
         agent["seq"].as_i64().unwrap() > before["seq"].as_i64().unwrap(),
         "{agent}"
+    );
+    app.cleanup().await;
+}
+
+/// The log's digests (`/events/digests`, chain version 2): with them anyone carries the chain
+/// through the events it may not read, up to the head the platform signs, and checks the events
+/// it reads are those chained; the digests tell nothing of what they hash, and are given only
+/// once the bidders are published. Openings chained the earlier way still verify.
+async fn anyone_checks_the_chain_through_the_events_it_may_not_read(backend: Backend) {
+    use kaibiao::hall::{GENESIS, chain_link, event_body_digest};
+    let app = spawn_app(&backend).await;
+    let b = TestBidder::new(app.dir.path(), 1, 20_000);
+    let digests_path = |opening: &str| format!("/api/openings/{opening}/events/digests");
+
+    // Before the bidders are published, only the agent has them.
+    let waiting = app.opening_with_bids(&[&b], 60, 1800).await;
+    let r = app.call("GET", &digests_path(&waiting), None, None).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body["message"].as_str().unwrap().contains("published"),
+        "{}",
+        r.body
+    );
+    let r = app.agent("GET", &digests_path(&waiting), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let opening = decrypted(&app, &[&b]).await;
+    let all = app.events(&opening).await;
+    let r = app.call("GET", &digests_path(&opening), None, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let digests = r.body.as_array().unwrap();
+    assert_eq!(
+        digests.len(),
+        all.len(),
+        "one digest per event, read or not"
+    );
+    let mut prev = GENESIS.to_owned();
+    for d in digests {
+        let keys: Vec<&String> = d.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["audience", "body_sm3", "hash", "seq"], "{d}");
+        prev = chain_link(
+            &prev,
+            d["seq"].as_i64().unwrap(),
+            d["audience"].as_str().unwrap(),
+            d["body_sm3"].as_str().unwrap(),
+        );
+        assert_eq!(prev, d["hash"].as_str().unwrap(), "{d}");
+    }
+    let head = signed_head(&app, &opening, None).await;
+    assert_eq!(
+        head["hash"],
+        prev.as_str(),
+        "the chain leads to the signed head"
+    );
+    let public = app.public_events(&opening).await;
+    assert!(public.len() < all.len(), "some events are the agent's only");
+    for e in &public {
+        let row: EventRow = serde_json::from_value(e.clone()).unwrap();
+        let d = &digests[(row.seq - 1) as usize];
+        assert_eq!(d["body_sm3"], event_body_digest(&row).as_str());
+    }
+
+    // An opening chained the earlier way (version 1): the platform still verifies it; its
+    // digests are not given, since they would not carry the chain.
+    app.sql(
+        "UPDATE openings SET chain_version = 1 WHERE id = $1",
+        &opening,
+    )
+    .await;
+    let mut prev = GENESIS.to_owned();
+    for e in &all {
+        let mut row: EventRow = serde_json::from_value(e.clone()).unwrap();
+        row.hash = kaibiao::hall::chain_hash(1, &prev, &row);
+        let statement = format!(
+            "UPDATE events SET hash = '{}' WHERE opening_id = $1 AND seq = {}",
+            row.hash, row.seq
+        );
+        app.sql(&statement, &opening).await;
+        prev = row.hash;
+    }
+    app.assert_chain_valid(&opening).await;
+    let r = app.call("GET", &digests_path(&opening), None, None).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body["message"].as_str().unwrap().contains("version 1"),
+        "{}",
+        r.body
     );
     app.cleanup().await;
 }

@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use kaibiao::crypto;
 use kaibiao::db::EventRow;
-use kaibiao::domain::record::{LogEvent, RecordFold};
-use kaibiao::hall::{EventDigest, GENESIS, SignedHead, chain_link, event_body_digest};
+use kaibiao::domain::record::RecordFold;
+use kaibiao::hall::{EventDigest, GENESIS, SignedHead, chain_link, event_body_digest, fold_rows};
 
 use super::hall::{phone_client, phone_get};
 
@@ -120,16 +120,7 @@ pub fn check_record(args: CheckRecordArgs) -> anyhow::Result<ExitCode> {
         let events: Vec<EventRow> =
             pages(&client, &format!("{base}/events"), seq, "the opening's log").await?;
         let mut fold = RecordFold::new(&args.opening);
-        for e in &events {
-            let payload: Value = serde_json::from_str(&e.payload)
-                .with_context(|| format!("event {}'s payload is not JSON", e.seq))?;
-            fold.apply(LogEvent {
-                seq: e.seq,
-                ts_ms: e.ts_ms,
-                kind: &e.kind,
-                payload: &payload,
-            })?;
-        }
+        fold_rows(&mut fold, &events)?;
 
         // The chain through every event up to that point, those the public does not read
         // included (by their digests), and the events read are those it chains.

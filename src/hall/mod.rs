@@ -32,7 +32,7 @@ pub use events::{
     event_body_digest, render,
 };
 pub use objections::MAX_OBJECTION_CHARS;
-pub use record::OpeningRecord;
+pub use record::{OpeningRecord, fold_rows};
 use vault::Vault;
 
 use crate::config::Settings;

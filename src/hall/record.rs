@@ -22,7 +22,7 @@ use serde_json::json;
 
 use super::{Hall, HallError, Role, SignedHead, ev};
 use crate::crypto;
-use crate::db::{Confirmed, IssuedRecordRow};
+use crate::db::{Confirmed, EventRow, IssuedRecordRow};
 use crate::domain::record::{LogEvent, RECORDED_STATES, RecordError, RecordFold};
 use crate::phone::{RecordConfirmation, RecordView, record_confirmation_message};
 
@@ -36,6 +36,28 @@ pub struct OpeningRecord {
 
 /// How many events are read from the database at a time to fold the record.
 const PAGE: i64 = 1000;
+
+/// Folds stored events (as the database or `/events` gives them) into `fold`, oldest first.
+pub fn fold_rows<'a>(
+    fold: &mut RecordFold,
+    rows: impl IntoIterator<Item = &'a EventRow>,
+) -> Result<(), RecordError> {
+    for e in rows {
+        let payload: serde_json::Value =
+            serde_json::from_str(&e.payload).map_err(|_| RecordError::Malformed {
+                seq: e.seq,
+                kind: e.kind.clone(),
+                field: "payload",
+            })?;
+        fold.apply(LogEvent {
+            seq: e.seq,
+            ts_ms: e.ts_ms,
+            kind: &e.kind,
+            payload: &payload,
+        })?;
+    }
+    Ok(())
+}
 
 impl Hall {
     /// The opening record as of now, once the opening's decryption is over: the fold of its
@@ -52,19 +74,10 @@ impl Hall {
             let page = self.inner.db.events_since(opening_id, after, PAGE).await?;
             let Some(last) = page.last() else { break };
             after = last.seq;
-            for e in page
+            let public = page
                 .iter()
-                .filter(|e| e.seq <= head.seq && e.audience == "public")
-            {
-                let payload: serde_json::Value = serde_json::from_str(&e.payload)
-                    .map_err(|_| HallError::Internal(format!("event {} is not JSON", e.seq)))?;
-                fold.apply(LogEvent {
-                    seq: e.seq,
-                    ts_ms: e.ts_ms,
-                    kind: &e.kind,
-                    payload: &payload,
-                })?;
-            }
+                .filter(|e| e.seq <= head.seq && e.audience == "public");
+            fold_rows(&mut fold, public)?;
         }
         let record = fold.record(head.seq, &head.hash)?;
         let bytes = serde_json::to_vec(&record).expect("a JSON value serializes");

@@ -577,7 +577,7 @@ impl TestApp {
     /// with the opening's tables (the agent's view of them), and anyone folds the public log up
     /// to the point it names into the same record.
     pub async fn checked_record(&self, opening: &str) -> Value {
-        use kaibiao::domain::record::{LogEvent, RecordFold};
+        use kaibiao::domain::record::RecordFold;
         let path = format!("/api/openings/{opening}/record");
         let served = self.call("GET", &path, None, None).await;
         assert_eq!(served.status, 200, "{}", served.body);
@@ -630,19 +630,9 @@ impl TestApp {
 
         let seq = rec["log"]["seq"].as_i64().unwrap();
         let mut fold = RecordFold::new(opening);
-        for e in self.public_events(opening).await {
-            if e["seq"].as_i64().unwrap() > seq {
-                break;
-            }
-            let payload: Value = serde_json::from_str(e["payload"].as_str().unwrap()).unwrap();
-            fold.apply(LogEvent {
-                seq: e["seq"].as_i64().unwrap(),
-                ts_ms: e["ts_ms"].as_i64().unwrap(),
-                kind: e["kind"].as_str().unwrap(),
-                payload: &payload,
-            })
-            .unwrap();
-        }
+        let rows: Vec<kaibiao::db::EventRow> =
+            serde_json::from_value(Value::Array(self.public_events(opening).await)).unwrap();
+        kaibiao::hall::fold_rows(&mut fold, rows.iter().filter(|e| e.seq <= seq)).unwrap();
         let hash = rec["log"]["hash"].as_str().unwrap();
         assert_eq!(&fold.record(seq, hash).unwrap(), rec);
         served.body

@@ -35,6 +35,27 @@ async fn ended(app: &TestApp, opening: &str) {
     panic!("the window did not end");
 }
 
+/// `scanned` scans; `waiting` objects, answered; the window (600 s) runs out.
+async fn scanned_objected_ended(
+    app: &TestApp,
+    opening: &str,
+    scanned: &TestBidder,
+    waiting: &TestBidder,
+) {
+    assert_eq!(app.scan(opening, scanned).await.status, 200);
+    app.wait_until_settled(opening).await;
+    let path = format!("/api/openings/{opening}/objections");
+    let body = json!({"bidder": waiting.uscc.as_str(), "text": "手机证书无法扫码"});
+    assert_eq!(app.agent("POST", &path, Some(body)).await.status, 201);
+    let answer = json!({"answer": "平台运行正常，请在解密时限内重试"});
+    let r = app
+        .agent("POST", &format!("{path}/1/answer"), Some(answer))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    app.advance_secs(601);
+    ended(app, opening).await;
+}
+
 async fn the_record_tells_what_became_of_every_bid_and_objection(backend: Backend) {
     let app = spawn_app(&backend).await;
     let scanned = TestBidder::new(app.dir.path(), 1, 20_000);
@@ -61,18 +82,7 @@ async fn the_record_tells_what_became_of_every_bid_and_objection(backend: Backen
             .contains("once decryption has ended")
     );
 
-    assert_eq!(app.scan(&opening, &scanned).await.status, 200);
-    app.wait_until_settled(&opening).await;
-    let path = format!("/api/openings/{opening}/objections");
-    let body = json!({"bidder": waiting.uscc.as_str(), "text": "手机证书无法扫码"});
-    assert_eq!(app.agent("POST", &path, Some(body)).await.status, 201);
-    let answer = json!({"answer": "平台运行正常，请在解密时限内重试"});
-    let r = app
-        .agent("POST", &format!("{path}/1/answer"), Some(answer))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    app.advance_secs(601);
-    ended(&app, &opening).await;
+    scanned_objected_ended(&app, &opening, &scanned, &waiting).await;
 
     let r = app.checked_record(&opening).await;
     let rec = &r["record"];
@@ -400,18 +410,7 @@ async fn anyone_rederives_the_record_from_the_public_log_with_the_command(backen
     let waiting = TestBidder::new(app.dir.path(), 2, 20_000);
     let opening = app.opening_with_bids(&[&scanned, &waiting], 60, 600).await;
     app.start_after(&opening, 61).await;
-    assert_eq!(app.scan(&opening, &scanned).await.status, 200);
-    app.wait_until_settled(&opening).await;
-    let path = format!("/api/openings/{opening}/objections");
-    let body = json!({"bidder": waiting.uscc.as_str(), "text": "手机证书无法扫码"});
-    assert_eq!(app.agent("POST", &path, Some(body)).await.status, 201);
-    let answer = json!({"answer": "平台运行正常，请在解密时限内重试"});
-    let r = app
-        .agent("POST", &format!("{path}/1/answer"), Some(answer))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    app.advance_secs(601);
-    ended(&app, &opening).await;
+    scanned_objected_ended(&app, &opening, &scanned, &waiting).await;
 
     // The record as of now, with the platform's key from outside the hall.
     let key_file = |name: &str, key: &sm2::PublicKey| {

@@ -193,46 +193,58 @@ pub fn phone_act(
 ) -> anyhow::Result<ExitCode> {
     let sign = private_key(sign_key)?;
     actix_web::rt::System::new().block_on(async move {
-        let client = phone_client();
-        match act {
-            PhoneAct::SignIn { url } => {
-                let view: phone::SignInView =
-                    serde_json::from_slice(&phone_get(&client, url, "the sign-in code").await?)
-                        .context("the hall's answer is not a sign-in")?;
-                let answer = phone::sign_in(&view, bidder, &sign)?;
-                let reply = phone_post(&client, &view.answer_url, &answer).await?;
-                println!(
-                    "signed in to {} {} at {}",
-                    view.tender_id, view.tender_name, reply["signed_in_ms"]
-                );
-            }
-            PhoneAct::Confirm { url } => {
-                let view: phone::RecordView =
-                    serde_json::from_slice(&phone_get(&client, url, "the record's code").await?)
-                        .context("the hall's answer is not a record to confirm")?;
-                let record = phone_get(&client, &view.record_url, "the record").await?;
-                let answer = phone::confirm_record(&view, &record, bidder, &sign)?;
-                phone_post(&client, &view.answer_url, &answer).await?;
-                println!(
-                    "confirmed version {} of the record of {} {} (SM3 {})",
-                    view.version, view.tender_id, view.tender_name, view.digest
-                );
-            }
-            PhoneAct::Object {
-                server,
-                opening,
-                text,
-            } => {
-                let answer = phone::sign_objection(opening, bidder, text, &sign)?;
-                let url = format!(
-                    "{}/api/phone/objections/{opening}",
-                    server.trim_end_matches('/')
-                );
-                let reply = phone_post(&client, &url, &answer).await?;
-                println!("objection {} recorded", reply["n"]);
-            }
-        }
+        println!("{}", phone_do(&phone_client(), act, bidder, &sign).await?);
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Does `act` as bidder `bidder` signing with `sign`, over HTTP as a phone would; what was done.
+async fn phone_do(
+    client: &awc::Client,
+    act: PhoneAct<'_>,
+    bidder: &str,
+    sign: &sm2::SecretKey,
+) -> anyhow::Result<String> {
+    Ok(match act {
+        PhoneAct::SignIn { url } => {
+            let view: phone::SignInView =
+                serde_json::from_slice(&phone_get(client, url, "the sign-in code").await?)
+                    .context("the hall's answer is not a sign-in")?;
+            let answer = phone::sign_in(&view, bidder, sign)?;
+            let reply = phone_post(client, &view.answer_url, &answer).await?;
+            let at = reply["signed_in_ms"].as_i64().unwrap_or_default();
+            format!(
+                "signed in to {} {} at {}",
+                view.tender_id,
+                view.tender_name,
+                kaibiao::hall::fmt_time(at)
+            )
+        }
+        PhoneAct::Confirm { url } => {
+            let view: phone::RecordView =
+                serde_json::from_slice(&phone_get(client, url, "the record's code").await?)
+                    .context("the hall's answer is not a record to confirm")?;
+            let record = phone_get(client, &view.record_url, "the record").await?;
+            let answer = phone::confirm_record(&view, &record, bidder, sign)?;
+            phone_post(client, &view.answer_url, &answer).await?;
+            format!(
+                "confirmed version {} of the record of {} {} (SM3 {})",
+                view.version, view.tender_id, view.tender_name, view.digest
+            )
+        }
+        PhoneAct::Object {
+            server,
+            opening,
+            text,
+        } => {
+            let answer = phone::sign_objection(opening, bidder, text, sign)?;
+            let url = format!(
+                "{}/api/phone/objections/{opening}",
+                server.trim_end_matches('/')
+            );
+            let reply = phone_post(client, &url, &answer).await?;
+            format!("objection {} recorded", reply["n"])
+        }
     })
 }
 
@@ -393,15 +405,24 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             anyhow::ensure!(res.status().is_success(), "upload refused: {}", String::from_utf8_lossy(&body));
             println!("uploaded {} — receipt SM3 {}", b.name, serde_json::from_slice::<serde_json::Value>(&body)?["sm3"].as_str().unwrap_or(""));
         }
+        // Every bidder but the last signs in (签到) with its phone.
+        let sign_in = hall.sign_in_url(&opening.id);
+        for b in &bidders[..bidders.len().saturating_sub(1)] {
+            let act = PhoneAct::SignIn { url: &sign_in };
+            println!("{}: {}", b.name, phone_do(&client, act, b.uscc.as_str(), &b.sign).await?);
+        }
         let wait = (opening.opening_ms - hall.now()).max(0) as u64;
         println!("bid deadline in {}s; decryption starts then", wait / 1000);
         tokio::time::sleep(Duration::from_millis(wait + 200)).await;
         hall.start_decryption(&opening.id).await?;
         println!("decryption started: phones scan after random delays");
-        for (i, b) in bidders.into_iter().enumerate() {
+        let bidders = std::sync::Arc::new(bidders);
+        for i in 0..bidders.len() {
             let hall = hall.clone();
             let opening_id = opening.id.clone();
+            let bidders = bidders.clone();
             actix_web::rt::spawn(async move {
+                let b = &bidders[i];
                 let delay = 2 + (crypto::random_bytes::<1>().map(|r| r[0]).unwrap_or(0) as u64 % 8) + i as u64;
                 tokio::time::sleep(Duration::from_secs(delay)).await;
                 let snapshot = hall.snapshot(&opening_id, kaibiao::hall::Role::Public).await.ok();
@@ -417,6 +438,46 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 }
             });
         }
+        // Once every bid is decrypted: an objection and its answer, the end of decryption, the
+        // record issued and confirmed by every bidder's phone.
+        let closing = {
+            let (hall, opening_id, base) = (hall.clone(), opening.id.clone(), base.clone());
+            async move {
+                let limit = Duration::from_secs(opening.decrypt_limit_secs as u64);
+                let started = std::time::Instant::now();
+                while started.elapsed() < limit {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let snapshot = hall.snapshot(&opening_id, kaibiao::hall::Role::Public).await?;
+                    let bids = snapshot["bids"].as_array().cloned().unwrap_or_default();
+                    if bids.iter().all(|b| matches!(b["state"].as_str(), Some("decrypted" | "failed"))) {
+                        break;
+                    }
+                }
+                let first = &bidders[0];
+                let text = "请说明各投标人的解密用时是否一致";
+                let act = PhoneAct::Object { server: &base, opening: &opening_id, text };
+                println!("{}: {}", first.name, phone_do(&client, act, first.uscc.as_str(), &first.sign).await?);
+                hall.answer_objection(&opening_id, 1, "各投标文件均在解密时限内由投标人扫码解密，用时取决于文件大小").await?;
+                println!("the agent answered objection 1");
+                hall.end_decryption(&opening_id).await?;
+                let (version, digest) = hall.issue_record(&opening_id).await?;
+                println!("decryption ended; record version {version} issued (SM3 {digest})");
+                let url = hall.record_qr_url(&opening_id, version);
+                for b in bidders.iter() {
+                    let act = PhoneAct::Confirm { url: &url };
+                    println!("{}: {}", b.name, phone_do(&client, act, b.uscc.as_str(), &b.sign).await?);
+                }
+                println!(
+                    "\n  the record:  {base}/hall/{opening_id}/record\n  check it:    kaibiao check-record --server {base} --opening {opening_id} --version {version}\n"
+                );
+                anyhow::Ok(())
+            }
+        };
+        actix_web::rt::spawn(async move {
+            if let Err(e) = closing.await {
+                println!("the demo's closing steps stopped: {e:#}");
+            }
+        });
         println!("press Ctrl-C to stop the demo");
         server.await??;
         drop(work);

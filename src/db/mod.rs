@@ -149,7 +149,6 @@ impl WriteTx {
         Ok(batch::apply(&mut self.0, write).await?)
     }
 
-    /// The newest event of an opening (sequence number and hash), as this transaction sees it.
     /// How opening `opening_id`'s events are chained (1 if there is no such opening).
     pub async fn chain_version(&mut self, opening_id: &str) -> Result<i64, DbError> {
         let version: Option<i64> =
@@ -160,6 +159,7 @@ impl WriteTx {
         Ok(version.unwrap_or(1))
     }
 
+    /// The newest event of an opening (sequence number and hash), as this transaction sees it.
     pub async fn last_event(&mut self, opening_id: &str) -> Result<Option<(i64, String)>, DbError> {
         let row = sqlx::query(
             "SELECT seq, hash FROM events WHERE opening_id = $1 ORDER BY seq DESC LIMIT 1",

@@ -4,6 +4,7 @@
 
 mod audit;
 mod browser;
+mod demo;
 mod helpers;
 mod objections;
 mod opening;

@@ -31,6 +31,81 @@ pub struct CheckRecordArgs {
     /// the platform's signature over the log's head the record names. Needed without --version.
     #[arg(long)]
     platform_key: Option<PathBuf>,
+    /// A point of the log seen earlier, `SEQ:HASH`: the event number and chain value (at least
+    /// its first 16 hex digits) the hall display's footer showed (记录摘要), e.g. in a recording
+    /// of the room. The log must still pass through it. May be given more than once.
+    #[arg(long = "pin", value_name = "SEQ:HASH")]
+    pins: Vec<String>,
+    /// A head of the log the platform signed earlier (the JSON of `/events/head`), kept by
+    /// whoever asked: checked with --platform-key, then pinned like --pin. May be given more than
+    /// once.
+    #[arg(long = "head", value_name = "FILE")]
+    heads: Vec<PathBuf>,
+}
+
+/// A point the log must pass through: event `seq` with a chain value starting `hash`, and where
+/// it was seen.
+struct Pin {
+    seq: i64,
+    hash: String,
+    from: String,
+}
+
+/// The pins given on the command line, signed heads checked with the platform's key.
+fn pins(args: &CheckRecordArgs, platform: Option<&sm2::PublicKey>) -> anyhow::Result<Vec<Pin>> {
+    let mut pins = Vec::new();
+    for pin in &args.pins {
+        let parsed = pin.split_once(':').and_then(|(seq, hash)| {
+            let hash = hash.trim().to_ascii_lowercase();
+            let hex =
+                hash.len() >= 16 && hash.len() <= 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+            Some((seq.trim().parse::<i64>().ok()?, hash)).filter(|(n, _)| hex && *n >= 0)
+        });
+        let Some((seq, hash)) = parsed else {
+            bail!(
+                "--pin {pin}: give the event number and at least 16 hex digits of its chain \
+                 value, as SEQ:HASH (the hall display's footer shows both)"
+            );
+        };
+        pins.push(Pin {
+            seq,
+            hash,
+            from: format!("--pin {pin}"),
+        });
+    }
+    for path in &args.heads {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let head: SignedHead = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a signed head of the log", path.display()))?;
+        let Some(platform) = platform else {
+            bail!(
+                "give --platform-key to check the signed head in {}",
+                path.display()
+            );
+        };
+        if head.opening_id != args.opening {
+            bail!(
+                "{} is a head of opening {}, not of {}",
+                path.display(),
+                head.opening_id,
+                args.opening
+            );
+        }
+        head.verify(platform).map_err(|_| {
+            anyhow::anyhow!(
+                "the head in {} is not signed by this platform key: a field was changed, or \
+                 another key signed it",
+                path.display()
+            )
+        })?;
+        pins.push(Pin {
+            seq: head.seq,
+            hash: head.hash.to_ascii_lowercase(),
+            from: format!("the signed head in {}", path.display()),
+        });
+    }
+    Ok(pins)
 }
 
 /// The most paths told when the record and the log's fold differ.
@@ -53,6 +128,7 @@ pub fn check_record(args: CheckRecordArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
+    let pins = pins(&args, platform.as_ref())?;
     let base = format!(
         "{}/api/openings/{}",
         args.server.trim_end_matches('/'),
@@ -124,7 +200,7 @@ pub fn check_record(args: CheckRecordArgs) -> anyhow::Result<ExitCode> {
 
         // The chain through every event up to that point, those the public does not read
         // included (by their digests), and the events read are those it chains.
-        let chain = chain_check(&client, &base, seq, hash, &events).await?;
+        let chain = chain_check(&client, &base, (seq, hash), &events, &pins).await?;
         let derived = fold.record(seq, hash)?;
         let mut differences = Vec::new();
         differ("", &derived, &record, &mut differences);
@@ -142,9 +218,18 @@ pub fn check_record(args: CheckRecordArgs) -> anyhow::Result<ExitCode> {
             }
         }
         let chained = match chain {
-            Chain::Checked => format!("the chain of all {seq} events checked"),
+            Chain::Checked if pins.is_empty() => format!("the chain of all {seq} events checked"),
+            Chain::Checked => format!(
+                "the chain of all {seq} events checked, and it passes through the {} point(s) \
+                 seen earlier",
+                pins.len()
+            ),
             Chain::Broken(why) => {
                 println!("MISMATCH: {why}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Chain::Unavailable(why) if !pins.is_empty() => {
+                println!("CANNOT CHECK the points seen earlier: {why}");
                 return Ok(ExitCode::FAILURE);
             }
             Chain::Unavailable(why) => format!("the chain not checked here: {why}"),
@@ -235,16 +320,18 @@ enum Chain {
 }
 
 /// Checks the opening's chain from its start to event `seq`, whose value must be `hash`, through
-/// the digests of every event, and that each of the `read` events is the one chained.
+/// the digests of every event; that each of the `read` events is the one chained; and that the
+/// chain passes through every pin.
 async fn chain_check(
     client: &awc::Client,
     base: &str,
-    seq: i64,
-    hash: &str,
+    (seq, hash): (i64, &str),
     read: &[EventRow],
+    pins: &[Pin],
 ) -> anyhow::Result<Chain> {
     let url = format!("{base}/events/digests");
-    let digests: Vec<EventDigest> = match pages(client, &url, seq, "the log's digests").await {
+    let up_to = pins.iter().map(|p| p.seq).fold(seq, i64::max);
+    let digests: Vec<EventDigest> = match pages(client, &url, up_to, "the log's digests").await {
         Ok(d) => d,
         Err(e) => return Ok(Chain::Unavailable(e.to_string())),
     };
@@ -266,10 +353,34 @@ async fn chain_check(
         }
         prev = link;
     }
-    if digests.len() as i64 != seq || prev != hash {
+    let value_at = |n: i64| match n {
+        0 => Some(GENESIS),
+        n => digests.get((n - 1) as usize).map(|d| d.hash.as_str()),
+    };
+    if value_at(seq) != Some(hash) {
         return Ok(Chain::Broken(format!(
             "the log's chain does not lead to the value the record names at event {seq}"
         )));
+    }
+    for pin in pins {
+        match value_at(pin.seq) {
+            None => {
+                return Ok(Chain::Broken(format!(
+                    "the log ends at event {}, but {} saw event {}: the log was cut short",
+                    digests.len(),
+                    pin.from,
+                    pin.seq
+                )));
+            }
+            Some(value) if !value.starts_with(&pin.hash) => {
+                return Ok(Chain::Broken(format!(
+                    "{} saw chain value {} at event {}; the log now has {value} there: it was \
+                     rewritten at or before event {}",
+                    pin.from, pin.hash, pin.seq, pin.seq
+                )));
+            }
+            Some(_) => {}
+        }
     }
     for e in read {
         let d = &digests[(e.seq - 1) as usize];

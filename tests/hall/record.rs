@@ -434,6 +434,36 @@ async fn anyone_rederives_the_record_from_the_public_log_with_the_command(backen
     );
     let (ok, out) = check_record(&app, &opening, &[]).await;
     assert!(!ok && out.contains("give --platform-key"), "{out}");
+
+    // What the hall display's footer shows now (记录摘要: event number, chain value's first 16
+    // hex digits), as a recording of the room keeps it, and a head the platform signs now, as a
+    // viewer keeps it: the log passes through both.
+    let shown = app.public_snapshot(&opening).await;
+    let footer = &shown["last_hash"].as_str().unwrap()[..16];
+    let pin = format!("{}:{footer}", shown["last_seq"]);
+    let head = app
+        .call(
+            "GET",
+            &format!("/api/openings/{opening}/events/head"),
+            None,
+            None,
+        )
+        .await;
+    let head_file = app.dir.path().join("head.json");
+    std::fs::write(&head_file, head.body.to_string()).unwrap();
+    let head_file = head_file.to_string_lossy().into_owned();
+    let kept = [
+        "--platform-key",
+        &platform,
+        "--pin",
+        &pin,
+        "--head",
+        &head_file,
+    ];
+    let (ok, out) = check_record(&app, &opening, &kept).await;
+    assert!(ok && out.contains("passes through the 2 point(s)"), "{out}");
+    let (ok, out) = check_record(&app, &opening, &["--version", "1", "--pin", "3:abc"]).await;
+    assert!(!ok && out.contains("at least 16 hex digits"), "{out}");
     let (ok, out) = check_record(&app, "no-such-opening", &["--platform-key", &platform]).await;
     assert!(!ok && out.contains("not found"), "{out}");
 
@@ -459,5 +489,28 @@ async fn anyone_rederives_the_record_from_the_public_log_with_the_command(backen
     // the command, does not hold.
     let (ok, out) = check_record(&app, &opening, &["--platform-key", &platform]).await;
     assert!(!ok && out.contains("does not chain"), "{out}");
+
+    // Whoever can write the database rechains the rewritten log: the chain holds again and the
+    // platform signs its new head, so someone who kept nothing sees no fault; the footer and the
+    // head kept earlier show the rewrite.
+    app.rechain(&opening).await;
+    let (ok, out) = check_record(&app, &opening, &["--platform-key", &platform]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = check_record(&app, &opening, &kept[..4]).await;
+    assert!(
+        !ok && out.contains(&format!("saw chain value {footer}"))
+            && out.contains("rewritten at or before event"),
+        "{out}"
+    );
+    let (ok, out) = check_record(
+        &app,
+        &opening,
+        &["--platform-key", &platform, "--head", &head_file],
+    )
+    .await;
+    assert!(
+        !ok && out.contains("the signed head in") && out.contains("rewritten"),
+        "{out}"
+    );
     app.cleanup().await;
 }

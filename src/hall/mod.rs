@@ -319,6 +319,9 @@ struct Inner {
     announced_refusals: DashMap<(String, &'static str), Instant>,
     /// The last heads of each opening's log signed (see [`Hall::signed_head`]).
     signed_heads: DashMap<(String, i64), SignedHead>,
+    /// The last record made of each opening: made again only once its log moved on (the log is
+    /// append-only, so a record made at a head stays the record of that head).
+    records: DashMap<String, Arc<OpeningRecord>>,
     /// When the tick last recorded that the hall runs (see [`Db::beat`]).
     beaten_ms: std::sync::atomic::AtomicI64,
     /// Uploads being checked, by opening: received before the deadline, they are filed even if
@@ -504,6 +507,7 @@ impl Hall {
                 announced_refusals: DashMap::new(),
                 beaten_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
                 signed_heads: DashMap::new(),
+                records: DashMap::new(),
                 checking: DashMap::new(),
                 runtime: tokio::runtime::Handle::current(),
                 tasks: std::sync::Mutex::new(Some(tokio::task::JoinSet::new())),

@@ -18,6 +18,8 @@
 //! A record issued again (say after another objection) supersedes the earlier version, whose
 //! confirmations stay with it.
 
+use std::sync::Arc;
+
 use serde_json::json;
 
 use super::{Hall, HallError, Role, SignedHead, ev};
@@ -62,12 +64,18 @@ pub fn fold_rows<'a>(
 impl Hall {
     /// The opening record as of now, once the opening's decryption is over: the fold of its
     /// public log up to the platform's signed head (see [`crate::domain::record`]).
-    pub async fn record(&self, opening_id: &str) -> Result<OpeningRecord, HallError> {
+    pub async fn record(&self, opening_id: &str) -> Result<Arc<OpeningRecord>, HallError> {
         let opening = self.opening(opening_id).await?;
         if !RECORDED_STATES.contains(&opening.state.as_str()) {
             return Err(RecordError::NotOver(opening.state).into());
         }
         let head = self.signed_head(opening_id, Role::Public).await?;
+        if let Some(made) = self.inner.records.get(opening_id)
+            && made.log_head.seq == head.seq
+            && made.log_head.hash == head.hash
+        {
+            return Ok(made.clone());
+        }
         let mut fold = RecordFold::new(opening_id);
         let mut after = 0;
         while after < head.seq {
@@ -81,11 +89,15 @@ impl Hall {
         }
         let record = fold.record(head.seq, &head.hash)?;
         let bytes = serde_json::to_vec(&record).expect("a JSON value serializes");
-        Ok(OpeningRecord {
+        let made = Arc::new(OpeningRecord {
             digest: hex::encode(crypto::sm3(&bytes)),
             record,
             log_head: head,
-        })
+        });
+        self.inner
+            .records
+            .insert(opening_id.to_owned(), made.clone());
+        Ok(made)
     }
 }
 
@@ -107,7 +119,7 @@ impl Hall {
             .issue_record(opening_id, &made.digest, &text, events, self.now())
             .await?;
         self.publish(staged).await;
-        Ok((version, made.digest))
+        Ok((version, made.digest.clone()))
     }
 
     async fn latest_record(&self, opening_id: &str) -> Result<IssuedRecordRow, HallError> {

@@ -232,6 +232,51 @@ pub fn sign_in(
     })
 }
 
+/// What the phone is shown when it scans a bidder's login code (扫码登录).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LoginView {
+    pub opening_id: String,
+    pub tender_id: String,
+    pub tender_name: String,
+    /// The login code: signed, it starts a session on the browser that shows it.
+    pub nonce: String,
+    /// Until when the code can be signed (ms since the epoch).
+    pub expires_ms: i64,
+    /// Where to POST the [`Login`].
+    pub answer_url: String,
+}
+
+/// A bidder's login: its code, and its signature over [`login_message`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    /// The bidder's unified social credit code.
+    pub bidder: String,
+    /// SM2/SM3 signature (DER, base64) over [`login_message`].
+    pub signature: String,
+}
+
+/// The message a bidder signs to log in at the browser showing login code `nonce` of an
+/// opening: bound to that one code (used once, short-lived) and that opening.
+pub fn login_message(opening_id: &str, nonce: &str, bidder: &str) -> Vec<u8> {
+    let mut m = b"kaibiao login v1\0".to_vec();
+    m.extend_from_slice(opening_id.as_bytes());
+    m.push(0);
+    m.extend_from_slice(nonce.as_bytes());
+    m.push(0);
+    m.extend_from_slice(bidder.trim().as_bytes());
+    m
+}
+
+/// Logs in as bidder `bidder` at the browser showing the code `view` is of.
+pub fn login(view: &LoginView, bidder: &str, sign_key: &SecretKey) -> Result<Login, PhoneError> {
+    let message = login_message(&view.opening_id, &view.nonce, bidder);
+    Ok(Login {
+        bidder: bidder.trim().to_owned(),
+        signature: B64.encode(crypto::sign(sign_key, &message)?),
+    })
+}
+
 /// What the phone is shown when it scans the code to confirm the opening record (扫码签章).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RecordView {

@@ -174,6 +174,8 @@ fn private_key(path: &std::path::Path) -> anyhow::Result<sm2::SecretKey> {
 pub enum PhoneAct<'a> {
     /// Sign in with the sign-in QR code's URL.
     SignIn { url: &'a str },
+    /// Log in the browser that shows the login code whose URL this is.
+    Login { url: &'a str },
     /// Confirm the record whose QR code's URL this is.
     Confirm { url: &'a str },
     /// Raise an objection at the opening `opening` of the hall at `server`.
@@ -218,6 +220,19 @@ async fn phone_do(
                 view.tender_id,
                 view.tender_name,
                 kaibiao::hall::fmt_time(at)
+            )
+        }
+        PhoneAct::Login { url } => {
+            let view: phone::LoginView =
+                serde_json::from_slice(&phone_get(client, url, "the login code").await?)
+                    .context("the hall's answer is not a login code")?;
+            let answer = phone::login(&view, bidder, sign)?;
+            phone_post(client, &view.answer_url, &answer).await?;
+            format!(
+                "logged in to {} {} as {}",
+                view.tender_id,
+                view.tender_name,
+                bidder.trim()
             )
         }
         PhoneAct::Confirm { url } => {

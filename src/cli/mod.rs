@@ -105,6 +105,13 @@ enum PhoneCommand {
         #[command(flatten)]
         bidder: PhoneBidder,
     },
+    /// Scan a login code (扫码登录) a browser shows: log that browser in as the bidder.
+    Login {
+        /// What the login QR code holds (its URL).
+        payload: String,
+        #[command(flatten)]
+        bidder: PhoneBidder,
+    },
     /// Scan the record's QR code (扫码签章): read the opening record, check its digest, sign it.
     Confirm {
         /// What the record's QR code holds (its URL).
@@ -161,6 +168,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => hall::phone_scan(&payload, server.as_deref(), &enc_key, &sign_key),
         Command::Phone(PhoneCommand::SignIn { payload, bidder }) => hall::phone_act(
             hall::PhoneAct::SignIn { url: &payload },
+            &bidder.bidder,
+            &bidder.sign_key,
+        ),
+        Command::Phone(PhoneCommand::Login { payload, bidder }) => hall::phone_act(
+            hall::PhoneAct::Login { url: &payload },
             &bidder.bidder,
             &bidder.sign_key,
         ),

@@ -305,6 +305,29 @@ pub struct IssuedRecordRow {
     pub issued_ms: i64,
 }
 
+/// A bidder's scan-login code (扫码登录), as [`Db::bidder_login`] reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BidderLoginRow {
+    pub nonce: String,
+    pub opening_id: String,
+    pub secret_sm3: String,
+    pub expires_ms: i64,
+    pub bidder_id: Option<String>,
+    pub signed_ms: Option<i64>,
+    pub taken: i64,
+}
+
+/// What became of a session asked for with [`Db::take_bidder_session`].
+#[derive(Debug)]
+pub enum SessionTaken {
+    /// The session starts for this bidder.
+    Started { bidder_id: String },
+    /// The phone has not signed the code yet.
+    Waiting,
+    /// No such code, a wrong secret, expired, or taken already.
+    Refused,
+}
+
 /// What became of a sign-in given to [`Db::sign_in`].
 #[derive(Debug)]
 pub enum SignedIn {
@@ -791,6 +814,136 @@ impl Db {
         let staged = stage(&mut tx, opening_id, events, now).await?;
         tx.commit().await?;
         Ok(SignedIn::Recorded(staged))
+    }
+
+    // --- bidders' scan logins ---------------------------------------------------------------
+
+    /// Stores a new login code of opening `opening_id`, and forgets codes that expired.
+    pub async fn insert_bidder_login(
+        &self,
+        nonce: &str,
+        opening_id: &str,
+        secret_sm3: &str,
+        expires_ms: i64,
+        now: i64,
+    ) -> Result<(), DbError> {
+        let mut tx = self.begin_write().await?.0;
+        sqlx::query("DELETE FROM bidder_logins WHERE expires_ms < $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO bidder_logins (nonce, opening_id, secret_sm3, expires_ms) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(nonce)
+        .bind(opening_id)
+        .bind(secret_sm3)
+        .bind(expires_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn bidder_login(&self, nonce: &str) -> Result<Option<BidderLoginRow>, DbError> {
+        Ok(sqlx::query_as(
+            "SELECT nonce, opening_id, secret_sm3, expires_ms, bidder_id, signed_ms, taken \
+             FROM bidder_logins WHERE nonce = $1",
+        )
+        .bind(nonce)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Records that bidder `bidder_id`'s phone signed login code `nonce`, if no phone has and
+    /// it has not expired; whether it did.
+    pub async fn sign_bidder_login(
+        &self,
+        nonce: &str,
+        bidder_id: &str,
+        now: i64,
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "UPDATE bidder_logins SET bidder_id = $1, signed_ms = $2 \
+             WHERE nonce = $3 AND bidder_id IS NULL AND expires_ms > $2",
+        )
+        .bind(bidder_id)
+        .bind(now)
+        .bind(nonce)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Starts the session of signed login code `nonce` for the holder of its secret, once: the
+    /// session's token is kept by its SM3, `token_sm3`, until `session_expires_ms`.
+    pub async fn take_bidder_session(
+        &self,
+        nonce: &str,
+        secret_sm3: &str,
+        token_sm3: &str,
+        session_expires_ms: i64,
+        now: i64,
+    ) -> Result<SessionTaken, DbError> {
+        let mut tx = self.begin_write().await?.0;
+        let Some(login): Option<BidderLoginRow> = sqlx::query_as(
+            "SELECT nonce, opening_id, secret_sm3, expires_ms, bidder_id, signed_ms, taken \
+             FROM bidder_logins WHERE nonce = $1",
+        )
+        .bind(nonce)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(SessionTaken::Refused);
+        };
+        if login.secret_sm3 != secret_sm3 || login.taken != 0 {
+            return Ok(SessionTaken::Refused);
+        }
+        let Some(bidder_id) = login.bidder_id else {
+            return Ok(if login.expires_ms > now {
+                SessionTaken::Waiting
+            } else {
+                SessionTaken::Refused
+            });
+        };
+        sqlx::query("UPDATE bidder_logins SET taken = 1 WHERE nonce = $1")
+            .bind(nonce)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO bidder_sessions (token_sm3, opening_id, bidder_id, created_ms, expires_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token_sm3)
+        .bind(&login.opening_id)
+        .bind(&bidder_id)
+        .bind(now)
+        .bind(session_expires_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(SessionTaken::Started { bidder_id })
+    }
+
+    /// The opening and bidder of a session that has not expired.
+    pub async fn bidder_session(
+        &self,
+        token_sm3: &str,
+        now: i64,
+    ) -> Result<Option<(String, String)>, DbError> {
+        let row = sqlx::query(
+            "SELECT opening_id, bidder_id FROM bidder_sessions \
+             WHERE token_sm3 = $1 AND expires_ms > $2",
+        )
+        .bind(token_sm3)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get("opening_id")?, r.try_get("bidder_id")?)),
+            None => None,
+        })
     }
 
     /// Stores `record` (its SM3 `digest`) as the opening's next issued version, with the events

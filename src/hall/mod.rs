@@ -4,6 +4,7 @@
 //! (`crate::server`) is a thin translation of requests into these calls.
 
 mod attest;
+mod bidder_login;
 mod digests;
 mod error;
 mod events;
@@ -26,6 +27,7 @@ use sm2::SecretKey;
 use sm2::pkcs8::EncodePublicKey;
 
 pub use attest::{LogVerdict, SignedHead};
+pub use bidder_login::{BidderSession, LOGIN_CODE_MS, NewLogin};
 pub use error::HallError;
 pub use events::{
     BusMsg, EventBus, EventDigest, GENESIS, Published, Role, chain_hash, chain_link,

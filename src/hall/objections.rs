@@ -23,7 +23,7 @@ const OPEN_FOR_OBJECTIONS: &[&str] = &["decrypting", "decryption_ended", "releas
 pub const MAX_OBJECTION_CHARS: usize = 2000;
 
 /// The text of an objection or answer, trimmed, or what is wrong with it.
-fn entry<'a>(text: &'a str, what: &str) -> Result<&'a str, HallError> {
+pub(super) fn entry<'a>(text: &'a str, what: &str) -> Result<&'a str, HallError> {
     let text = text.trim();
     if text.is_empty() {
         return Err(HallError::Invalid(format!("give the {what}'s text")));
@@ -83,7 +83,7 @@ impl Hall {
     /// Refuses unless the opening takes objections and answers now. Checked before any bidder's
     /// code is looked up: before the bidders are published, whether a code is registered is not
     /// told.
-    async fn open_for_objections(&self, opening_id: &str) -> Result<(), HallError> {
+    pub(super) async fn open_for_objections(&self, opening_id: &str) -> Result<(), HallError> {
         let opening = self.opening(opening_id).await?;
         if OPEN_FOR_OBJECTIONS.contains(&opening.state.as_str()) {
             Ok(())
@@ -117,7 +117,7 @@ impl Hall {
 
     /// Records objection `text` (checked) of `bidder`, with the bidder's `signature` if it raised
     /// it itself. The opening's state is checked again in the write's transaction.
-    async fn record_objection(
+    pub(super) async fn record_objection(
         &self,
         opening_id: &str,
         bidder: Option<&BidderRow>,

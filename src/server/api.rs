@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use super::ApiError;
-use super::auth::{Agent, Evaluator, SESSION_COOKIE, role_for};
+use super::auth::{Agent, Evaluator, LoggedInBidder, SESSION_COOKIE, role_for};
 use crate::hall::{Hall, HallError, LogVerdict, NewBidder, NewOpening, Role};
 use crate::phone::{Answer, RecordConfirmation, SignIn, SignedObjection};
 
@@ -58,6 +58,25 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/api/phone/objections/{id}",
             web::post().to(raise_signed_objection),
+        )
+        .route(
+            "/api/openings/{id}/bidder-login",
+            web::post().to(new_bidder_login),
+        )
+        .route(
+            "/api/openings/{id}/bidder-login/{nonce}/qr.svg",
+            web::get().to(bidder_login_qr_svg),
+        )
+        .route(
+            "/api/bidder-login/{nonce}/session",
+            web::post().to(take_bidder_session),
+        )
+        .route("/api/phone/logins/{nonce}", web::get().to(login_view))
+        .route("/api/phone/logins/{nonce}", web::post().to(bidder_login))
+        .route("/api/openings/{id}/me", web::get().to(bidder_view))
+        .route(
+            "/api/openings/{id}/me/objections",
+            web::post().to(raise_own_objection),
         )
         .route("/api/phone/sign-in/{id}", web::get().to(sign_in_view))
         .route("/api/phone/sign-in/{id}", web::post().to(sign_in))
@@ -732,6 +751,82 @@ async fn sign_in(
 ) -> Result<HttpResponse> {
     let at = hall.sign_in(&id, &json_body::<SignIn>(&body)?).await?;
     Ok(HttpResponse::Ok().json(json!({"signed_in_ms": at})))
+}
+
+/// A new login code for a bidder's browser (扫码登录).
+async fn new_bidder_login(hall: web::Data<Hall>, id: web::Path<String>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Created().json(hall.new_bidder_login(&id).await?))
+}
+
+/// The QR code of a login code, while it can be signed.
+async fn bidder_login_qr_svg(
+    hall: web::Data<Hall>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (id, nonce) = path.into_inner();
+    let view = hall.login_view(&nonce).await?;
+    if view.opening_id != id {
+        return Err(HallError::NotFound("login code").into());
+    }
+    Ok(qr_response(&view.answer_url)?)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionAsk {
+    secret: String,
+}
+
+/// The browser that asked for a login code takes its session once the phone signed it (202
+/// until then).
+async fn take_bidder_session(
+    hall: web::Data<Hall>,
+    nonce: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let ask = json_body::<SessionAsk>(&body)?;
+    Ok(match hall.take_bidder_session(&nonce, &ask.secret).await? {
+        Some(session) => HttpResponse::Ok().json(session),
+        None => HttpResponse::Accepted().json(json!({"state": "waiting for the phone"})),
+    })
+}
+
+/// What the phone is shown when it scans a login code.
+async fn login_view(hall: web::Data<Hall>, nonce: web::Path<String>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(hall.login_view(&nonce).await?))
+}
+
+/// A bidder's phone signs a login code.
+async fn bidder_login(
+    hall: web::Data<Hall>,
+    nonce: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    hall.bidder_login(&nonce, &json_body::<crate::phone::Login>(&body)?)
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"logged_in": true})))
+}
+
+/// A logged-in bidder's own view of the opening.
+async fn bidder_view(hall: web::Data<Hall>, bidder: LoggedInBidder) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(hall.bidder_view(&bidder.0).await?))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnObjection {
+    text: String,
+}
+
+/// A logged-in bidder raises an objection in its own name.
+async fn raise_own_objection(
+    hall: web::Data<Hall>,
+    bidder: LoggedInBidder,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let objection = json_body::<OwnObjection>(&body)?;
+    let n = hall.raise_own_objection(&bidder.0, &objection.text).await?;
+    Ok(HttpResponse::Created().json(json!({"n": n})))
 }
 
 /// The sign-in QR code the hall display shows while sign-in is open.

@@ -73,6 +73,28 @@ impl FromRequest for Evaluator {
     }
 }
 
+/// A bidder logged in by scanning (`Authorization: Bearer bs_…`), at the opening of the path's
+/// `{id}`.
+pub struct LoggedInBidder(pub crate::db::BidderRow);
+
+impl FromRequest for LoggedInBidder {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let hall = req.app_data::<web::Data<Hall>>().cloned();
+        let token = bearer(req).filter(|t| t.starts_with("bs_"));
+        let opening = req.match_info().get("id").map(str::to_owned);
+        Box::pin(async move {
+            let hall = hall.ok_or_else(|| HallError::Internal("no hall".into()))?;
+            let (token, opening) = token.zip(opening).ok_or(HallError::Unauthorized)?;
+            Ok(LoggedInBidder(
+                hall.bidder_for_session(&token, &opening).await?,
+            ))
+        })
+    }
+}
+
 /// The role of a websocket or snapshot reader: agent, evaluator of this opening, or public.
 pub async fn role_for(req: &HttpRequest, hall: &Hall, opening_id: &str) -> crate::hall::Role {
     use crate::hall::Role;

@@ -3,6 +3,7 @@
 //! PostgreSQL.
 
 mod audit;
+mod bidder_login;
 mod browser;
 mod demo;
 mod helpers;

@@ -1,0 +1,223 @@
+//! Bidders' scan login (扫码登录): a browser shows a login code, the bidder's phone signs it, the
+//! browser that asked (and only it) takes a session, and with it the bidder sees its own bid and
+//! raises objections in its own name.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, Reply, TestApp, TestBidder, spawn_app};
+
+crate::on_both_databases!(
+    a_bidder_logs_in_by_scanning_and_sees_its_own_bid,
+    a_login_code_is_refused_forged_expired_or_for_another
+);
+
+/// What the browser does to show a login code: `{nonce, secret, qr_url, expires_ms}`.
+pub(crate) async fn new_login(app: &TestApp, opening: &str) -> Value {
+    let r = app
+        .call(
+            "POST",
+            &format!("/api/openings/{opening}/bidder-login"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.body
+}
+
+/// The phone scans the code (its URL) and signs as `bidder` with `key`.
+pub(crate) async fn phone_logs_in(
+    app: &TestApp,
+    qr_url: &str,
+    bidder: &TestBidder,
+    key: &sm2::SecretKey,
+) -> Reply {
+    let path = qr_url.strip_prefix(&app.base).expect("the hall's own URL");
+    let r = app.call("GET", path, None, None).await;
+    if r.status != 200 {
+        return r;
+    }
+    let view: kaibiao::phone::LoginView = serde_json::from_value(r.body).unwrap();
+    let login = kaibiao::phone::login(&view, bidder.uscc.as_str(), key).unwrap();
+    let answer = view.answer_url.strip_prefix(&app.base).unwrap().to_owned();
+    app.call(
+        "POST",
+        &answer,
+        Some(serde_json::to_value(login).unwrap()),
+        None,
+    )
+    .await
+}
+
+/// The browser asks for its session with `secret`.
+async fn take(app: &TestApp, login: &Value, secret: &str) -> Reply {
+    let path = format!(
+        "/api/bidder-login/{}/session",
+        login["nonce"].as_str().unwrap()
+    );
+    app.call("POST", &path, Some(json!({"secret": secret})), None)
+        .await
+}
+
+async fn a_bidder_logs_in_by_scanning_and_sees_its_own_bid(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let a = TestBidder::new(app.dir.path(), 1, 20_000);
+    let b = TestBidder::new(app.dir.path(), 2, 20_000);
+    let opening = app.opening_with_bids(&[&a, &b], 60, 1800).await;
+    app.start_after(&opening, 61).await;
+
+    let login = new_login(&app, &opening).await;
+    let secret = login["secret"].as_str().unwrap().to_owned();
+    let qr = format!(
+        "/api/openings/{opening}/bidder-login/{}/qr.svg",
+        login["nonce"].as_str().unwrap()
+    );
+    let svg = String::from_utf8(app.get_bytes(&qr).await).unwrap();
+    assert!(svg.contains("<svg"), "{svg}");
+    // Before the phone signs, the browser waits.
+    assert_eq!(take(&app, &login, &secret).await.status, 202);
+
+    let qr_url = login["qr_url"].as_str().unwrap();
+    let r = phone_logs_in(&app, qr_url, &a, &a.sign).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A code is signed once.
+    let r = phone_logs_in(&app, qr_url, &b, &b.sign).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+
+    // Only the browser holding the secret takes the session, once.
+    assert_eq!(take(&app, &login, "0123").await.status, 409);
+    let r = take(&app, &login, &secret).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["bidder"]["uscc"], a.uscc.as_str());
+    let token = r.body["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("bs_"));
+    let again = take(&app, &login, &secret).await;
+    assert_eq!(again.status, 409, "{}", again.body);
+
+    // The bidder's own view: its bid, waiting for its key, with its QR code.
+    let me = format!("/api/openings/{opening}/me");
+    let r = app.call("GET", &me, None, Some(&token)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["bidder"]["name"], a.name.as_str());
+    assert_eq!(r.body["bid"]["state"], "awaiting_key");
+    let bid_qr = r.body["bid"]["qr"]["url"].as_str().unwrap();
+    assert_eq!(Some(bid_qr.to_owned()), app.qr_url(&opening, &a).await);
+    assert_eq!(app.call("GET", &me, None, None).await.status, 401);
+    assert_eq!(app.agent("GET", &me, None).await.status, 401);
+
+    // An objection in its own name, answered by the agent: the bidder sees the answer.
+    let mine = format!("{me}/objections");
+    let r = app
+        .call(
+            "POST",
+            &mine,
+            Some(json!({"text": "我方解密二维码无法显示"})),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let n = r.body["n"].as_i64().unwrap();
+    let r = app
+        .call("POST", &mine, Some(json!({"text": "x"})), None)
+        .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let answer = format!("/api/openings/{opening}/objections/{n}/answer");
+    let r = app
+        .agent("POST", &answer, Some(json!({"answer": "已刷新二维码"})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let view = app.call("GET", &me, None, Some(&token)).await.body;
+    assert_eq!(view["objections"][0]["answer"], "已刷新二维码");
+    let public = app.public_snapshot(&opening).await;
+    assert_eq!(public["objections"][0]["bidder"]["uscc"], a.uscc.as_str());
+
+    // After its scan, the bid is decrypted and the view says so.
+    assert_eq!(app.scan(&opening, &a).await.status, 200);
+    app.wait_until_settled(&opening).await;
+    let view = app.call("GET", &me, None, Some(&token)).await.body;
+    assert_eq!(view["bid"]["outcome"], "解密成功");
+    assert_eq!(view["bid"]["summary"]["price_fen"], a.summary.price_fen);
+    app.cleanup().await;
+}
+
+async fn a_login_code_is_refused_forged_expired_or_for_another(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let a = TestBidder::new(app.dir.path(), 1, 20_000);
+    let stranger = TestBidder::new(app.dir.path(), 9, 20_000);
+    let opening = app.opening_with_bids(&[&a], 1200, 1800).await;
+    let other = app.opening_with_bids(&[&stranger], 1200, 1800).await;
+
+    // Signed with a key not registered for the bidder, or as a code no bidder has: refused
+    // alike (before publication a login tells no one who registered), and the code still usable.
+    let login = new_login(&app, &opening).await;
+    let qr_url = login["qr_url"].as_str().unwrap();
+    let forged = phone_logs_in(&app, qr_url, &a, &stranger.sign).await;
+    assert_eq!(forged.body["error"], "bad_signature", "{}", forged.body);
+    let unknown = phone_logs_in(&app, qr_url, &stranger, &stranger.sign).await;
+    assert_eq!(unknown.status, forged.status);
+    assert_eq!(unknown.body["error"], "bad_signature", "{}", unknown.body);
+    let r = phone_logs_in(&app, qr_url, &a, &a.sign).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let secret = login["secret"].as_str().unwrap();
+    let token = take(&app, &login, secret).await.body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A session is of its own opening only.
+    let r = app
+        .call(
+            "GET",
+            &format!("/api/openings/{other}/me"),
+            None,
+            Some(&token),
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    // Before decryption, the bid is received and shows no QR code; objections are not open yet.
+    let me = app
+        .call(
+            "GET",
+            &format!("/api/openings/{opening}/me"),
+            None,
+            Some(&token),
+        )
+        .await;
+    assert_eq!(me.body["bid"]["state"], "received", "{}", me.body);
+    assert_eq!(me.body["bid"]["qr"], Value::Null);
+    let r = app
+        .call(
+            "POST",
+            &format!("/api/openings/{opening}/me/objections"),
+            Some(json!({"text": "异议"})),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+
+    // A code not signed in time expires: the phone and the browser are told to start again.
+    let late = new_login(&app, &opening).await;
+    app.advance_secs(kaibiao::hall::LOGIN_CODE_MS / 1000 + 1);
+    let r = phone_logs_in(&app, late["qr_url"].as_str().unwrap(), &a, &a.sign).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("reload the page"),
+        "{}",
+        r.body
+    );
+    let r = take(&app, &late, late["secret"].as_str().unwrap()).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    // A code unknown to the hall.
+    let r = app
+        .call(
+            "GET",
+            "/api/phone/logins/00000000000000000000000000000000",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    app.cleanup().await;
+}

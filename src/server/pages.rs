@@ -13,6 +13,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/console", web::get().to(console))
         .route("/hall/{id}", web::get().to(hall_page))
         .route("/hall/{id}/record", web::get().to(record_page))
+        .route("/hall/{id}/bidder", web::get().to(bidder_page))
         .route("/static/{file}", web::get().to(asset));
 }
 
@@ -27,6 +28,14 @@ struct HallPage {
 #[derive(Template)]
 #[template(path = "record.html")]
 struct RecordPage {
+    opening_id: String,
+    tender_id: String,
+    name: String,
+}
+
+#[derive(Template)]
+#[template(path = "bidder.html")]
+struct BidderPage {
     opening_id: String,
     tender_id: String,
     name: String,
@@ -81,6 +90,22 @@ async fn record_page(
     )
 }
 
+/// A bidder's own page: scan login (扫码登录), then its bid and objections (`bidder.js`).
+async fn bidder_page(
+    hall: web::Data<Hall>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let opening = hall.opening(&id).await?;
+    html(
+        BidderPage {
+            opening_id: opening.id,
+            tender_id: opening.tender_id,
+            name: opening.name,
+        }
+        .render(),
+    )
+}
+
 const ASSETS: &[(&str, &str, &str)] = &[
     (
         "hall.js",
@@ -96,6 +121,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "record.js",
         "text/javascript; charset=utf-8",
         include_str!("../../static/record.js"),
+    ),
+    (
+        "bidder.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/bidder.js"),
     ),
     (
         "style.css",

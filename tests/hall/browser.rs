@@ -863,3 +863,88 @@ async fn the_console_gives_up_a_bid_the_platform_cannot_decrypt() {
     drop(page);
     app.cleanup().await;
 }
+
+/// A bidder's own page (不见面开标): the phone logs the page in by scanning its code; the page
+/// shows the bidder's bid waiting for its key, with its decryption QR code, live; the bidder
+/// raises an objection from it and sees the agent's answer, then its bid decrypted.
+#[actix_web::test]
+async fn a_bidder_logs_its_page_in_by_scanning_and_follows_its_bid() {
+    let app = spawn_app(&Backend::Sqlite).await;
+    let a = TestBidder::new(app.dir.path(), 1, 20_000);
+    let b = TestBidder::new(app.dir.path(), 2, 20_000);
+    let opening = app.opening_with_bids(&[&a, &b], 60, 1800).await;
+    app.start_after(&opening, 61).await;
+    let url = format!("{}/hall/{opening}/bidder", app.base);
+    let Some(mut page) = Browser::open(&app, &url).await else {
+        app.cleanup().await;
+        return;
+    };
+    page.wait_for_value(
+        "the login code shown",
+        "(img => !document.getElementById('login').hidden && img.complete && \
+         img.naturalWidth > 0)(document.getElementById('login-qr'))",
+        json!(true),
+    )
+    .await;
+    let code = page
+        .eval("document.getElementById('login-qr').dataset.url")
+        .await;
+    let r = crate::bidder_login::phone_logs_in(&app, code.as_str().unwrap(), &a, &a.sign).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    page.wait_for_value(
+        "the bidder logged in",
+        "document.getElementById('me-name').textContent",
+        json!(format!("{}（{}）", a.name, a.uscc.as_str())),
+    )
+    .await;
+    page.wait_for_value(
+        "its decryption QR code shown",
+        "(img => !document.getElementById('decrypt').hidden && img.complete && \
+         img.naturalWidth > 0)(document.getElementById('decrypt-qr'))",
+        json!(true),
+    )
+    .await;
+
+    let text = "解密二维码刷新过快";
+    page.eval(&format!(
+        "document.getElementById('objection-text').value = '{text}'; \
+         document.getElementById('objection-form').requestSubmit(); true"
+    ))
+    .await;
+    let mine = "document.getElementById('my-objections').textContent";
+    page.wait_for_value(
+        "the objection listed",
+        &format!("{mine}.includes('{text}') && {mine}.includes('等待答复')"),
+        json!(true),
+    )
+    .await;
+    let answer = format!("/api/openings/{opening}/objections/1/answer");
+    let r = app
+        .agent(
+            "POST",
+            &answer,
+            Some(json!({"answer": "二维码有效期为两分钟"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    page.wait_for_value(
+        "the answer shown, live",
+        &format!("{mine}.includes('二维码有效期为两分钟')"),
+        json!(true),
+    )
+    .await;
+
+    assert_eq!(app.scan(&opening, &a).await.status, 200);
+    page.wait_for_value(
+        "its bid decrypted, live",
+        "document.getElementById('fact-状态').textContent",
+        json!("已解密"),
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.getElementById('decrypt').hidden").await,
+        true
+    );
+    drop(page);
+    app.cleanup().await;
+}

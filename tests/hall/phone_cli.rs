@@ -1,5 +1,5 @@
 //! The reference phone (`kaibiao phone …`) as a bidder runs it against a live hall: sign in,
-//! raise an objection, scan to decrypt, confirm the record.
+//! raise an objection, scan to decrypt, confirm the record, log a browser in.
 
 use serde_json::json;
 
@@ -83,5 +83,18 @@ async fn the_reference_phone_signs_in_objects_and_confirms_the_record(backend: B
     assert_eq!(shown["record"]["confirmations"][0]["uscc"], a.uscc.as_str());
     let bidder = &shown["bidders"][0];
     assert!(bidder["signed_in_ms"].as_i64().is_some(), "{bidder}");
+
+    // The phone logs a browser in by scanning its login code.
+    let code = crate::bidder_login::new_login(&app, &opening).await;
+    let (ok, out, err) = phone(&app, &a, &["login", code["qr_url"].as_str().unwrap()]).await;
+    assert!(ok && out.starts_with("logged in to"), "{out}{err}");
+    let path = format!(
+        "/api/bidder-login/{}/session",
+        code["nonce"].as_str().unwrap()
+    );
+    let r = app
+        .call("POST", &path, Some(json!({"secret": code["secret"]})), None)
+        .await;
+    assert_eq!(r.body["bidder"]["uscc"], a.uscc.as_str(), "{}", r.body);
     app.cleanup().await;
 }

@@ -907,8 +907,17 @@ impl Db {
                 SessionTaken::Refused
             });
         };
-        sqlx::query("UPDATE bidder_logins SET taken = 1 WHERE nonce = $1")
-            .bind(nonce)
+        // Taken once, even by two asking at the same moment.
+        let taking =
+            sqlx::query("UPDATE bidder_logins SET taken = 1 WHERE nonce = $1 AND taken = 0")
+                .bind(nonce)
+                .execute(&mut *tx)
+                .await?;
+        if taking.rows_affected() != 1 {
+            return Ok(SessionTaken::Refused);
+        }
+        sqlx::query("DELETE FROM bidder_sessions WHERE expires_ms < $1")
+            .bind(now)
             .execute(&mut *tx)
             .await?;
         sqlx::query(

@@ -122,8 +122,23 @@ impl Hall {
         nonce: &str,
         secret: &str,
     ) -> Result<Option<BidderSession>, HallError> {
-        let token = format!("bs_{}", random_hex::<32>()?);
+        // Pages ask every second while they wait: read first, and write only once the phone
+        // has signed (the write is checked again in its transaction).
         let now = self.now();
+        let login = self.inner.db.bidder_login(nonce).await?;
+        match login {
+            Some(l) if l.taken == 0 && l.secret_sm3 == token_hash(secret) => {
+                if l.bidder_id.is_none() {
+                    return if l.expires_ms > now {
+                        Ok(None)
+                    } else {
+                        Err(unknown_code())
+                    };
+                }
+            }
+            _ => return Err(unknown_code()),
+        }
+        let token = format!("bs_{}", random_hex::<32>()?);
         let taken = self
             .inner
             .db

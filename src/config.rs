@@ -34,6 +34,9 @@ pub struct Settings {
     pub challenge_ttl_secs: u64,
     /// How often the server pings each websocket client.
     pub ws_heartbeat_secs: u64,
+    /// How often, at most, every viewer of an opening whose log moved on is sent the platform's
+    /// signed head of it (so that viewers keep proof of what the log held).
+    pub head_push_secs: u64,
     /// A websocket client that has not answered (pong or any message) for this long is dropped,
     /// so a viewer that stops reading holds no buffers.
     pub ws_client_timeout_secs: u64,
@@ -111,6 +114,7 @@ impl Default for Settings {
             max_upload_bytes: 8 * 1024 * 1024 * 1024,
             challenge_ttl_secs: 120,
             ws_heartbeat_secs: 5,
+            head_push_secs: 5,
             ws_client_timeout_secs: 20,
             admin_password: None,
             secure_cookies: false,
@@ -131,6 +135,7 @@ impl std::fmt::Debug for Settings {
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("challenge_ttl_secs", &self.challenge_ttl_secs)
             .field("ws_heartbeat_secs", &self.ws_heartbeat_secs)
+            .field("head_push_secs", &self.head_push_secs)
             .field("ws_client_timeout_secs", &self.ws_client_timeout_secs)
             .field(
                 "admin_password",

@@ -185,6 +185,7 @@
     ws.onmessage = ev => {
       const m = JSON.parse(ev.data);
       if (m.type === 'hello') { clockOffset = m.server_ms - Date.now(); }
+      else if (m.type === 'head') { keepHead(m.head); }
       else if (m.type === 'event') {
         if (m.seq <= lastSeq) return;
         lastSeq = m.seq; document.getElementById('seq').textContent = lastSeq; showHead(m.hash);
@@ -202,6 +203,29 @@
       setTimeout(connect, 1500);
     };
   }
+
+  // The platform's latest signed head of the log, pushed while the log moves on (and asked for
+  // once at load): proof of what the log held, kept in this browser and saved on request.
+  let signedHead = null;
+  function keepHead(h) {
+    if (!h || (signedHead && signedHead.seq > h.seq)) return;
+    signedHead = h;
+    try { localStorage.setItem('kaibiao-head-' + opening, JSON.stringify(h)); } catch (e) { /* private mode */ }
+    const link = document.getElementById('save-head');
+    link.hidden = false;
+    link.title = '平台签名：事件 ' + h.seq + '，链值 ' + h.hash.slice(0, 16) + '…';
+  }
+  window.kaibiaoSignedHead = () => signedHead;
+  document.getElementById('save-head').addEventListener('click', ev => {
+    ev.preventDefault();
+    if (!signedHead) return;
+    const a = document.createElement('a');
+    a.href = URL.createObjectURL(new Blob([JSON.stringify(signedHead, null, 2)], { type: 'application/json' }));
+    a.download = 'kaibiao-head-' + opening + '-' + signedHead.seq + '.json';
+    a.click();
+  });
+  fetch('/api/openings/' + opening + '/events/head', { credentials: 'same-origin' })
+    .then(r => r.ok ? r.json() : null).then(keepHead).catch(() => {});
 
   setInterval(tickClock, 250);
   load();

@@ -54,8 +54,9 @@ pub struct Published {
 #[derive(Debug, Clone)]
 pub enum BusMsg {
     Event(Arc<Published>),
-    /// Coalesced decryption progress: not a state change, not stored.
-    Progress(ByteString),
+    /// A frame sent to every viewer as it is, not a state change, not stored: coalesced
+    /// decryption progress, the platform's signed head of the log.
+    Frame(ByteString),
 }
 
 /// The websocket frame of an event: `{"type":"event","seq":…,"ts_ms":…,"kind":…,"data":…,"hash":…}`.
@@ -352,8 +353,18 @@ impl EventBus {
         let _ = self.send("", None, Vec::new(), 0).await;
     }
 
-    pub fn progress(&self, opening_id: &str, message: ByteString) {
-        let _ = sender(&self.channels, opening_id).send(BusMsg::Progress(message));
+    /// Sends `frame` to every viewer of the opening as it is (see [`BusMsg::Frame`]).
+    pub fn frame(&self, opening_id: &str, frame: ByteString) {
+        let _ = sender(&self.channels, opening_id).send(BusMsg::Frame(frame));
+    }
+
+    /// The openings someone is watching now (a websocket is subscribed to their broadcast).
+    pub fn watched(&self) -> Vec<String> {
+        self.channels
+            .iter()
+            .filter(|c| c.value().receiver_count() > 0)
+            .map(|c| c.key().clone())
+            .collect()
     }
 
     /// Recomputes the whole chain of an opening; returns the number of events, or the first

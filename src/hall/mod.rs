@@ -324,6 +324,8 @@ struct Inner {
     /// The last record made of each opening: made again only once its log moved on (the log is
     /// append-only, so a record made at a head stays the record of that head).
     records: DashMap<String, Arc<OpeningRecord>>,
+    /// The number of the last signed head pushed to each opening's viewers.
+    pushed_heads: DashMap<String, i64>,
     /// When the tick last recorded that the hall runs (see [`Db::beat`]).
     beaten_ms: std::sync::atomic::AtomicI64,
     /// Uploads being checked, by opening: received before the deadline, they are filed even if
@@ -510,6 +512,7 @@ impl Hall {
                 beaten_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
                 signed_heads: DashMap::new(),
                 records: DashMap::new(),
+                pushed_heads: DashMap::new(),
                 checking: DashMap::new(),
                 runtime: tokio::runtime::Handle::current(),
                 tasks: std::sync::Mutex::new(Some(tokio::task::JoinSet::new())),
@@ -2674,7 +2677,28 @@ impl Hall {
                                  "rate": (done as f64 / secs) as u64});
             self.inner
                 .bus
-                .progress(&active.opening_id, message.to_string().into());
+                .frame(&active.opening_id, message.to_string().into());
+        }
+    }
+
+    /// Sends the viewers of every opening watched now whose log moved on since the last push the
+    /// platform's signed head of it (`{"type": "head", "head": …}`), as the public may see it:
+    /// every viewer then holds proof of what the log held, to check the log against later
+    /// (`kaibiao check-record --head`), without asking for it.
+    pub async fn push_heads(&self) {
+        for opening_id in self.inner.bus.watched() {
+            let head = match self.signed_head(&opening_id, Role::Public).await {
+                Ok(head) => head,
+                Err(error) => {
+                    tracing::warn!(opening = %opening_id, %error, "cannot sign the log's head to push it");
+                    continue;
+                }
+            };
+            if self.inner.pushed_heads.insert(opening_id.clone(), head.seq) == Some(head.seq) {
+                continue;
+            }
+            let frame = json!({"type": "head", "head": head});
+            self.inner.bus.frame(&opening_id, frame.to_string().into());
         }
     }
 

@@ -270,12 +270,21 @@ fn spawn_background(hall: Hall) -> Vec<tokio::task::JoinHandle<()>> {
             }
         }
     });
+    let reporter = hall.clone();
     let progress = tokio::spawn(async move {
         let mut interval = tokio::time::interval(Duration::from_millis(250));
         loop {
             interval.tick().await;
-            hall.publish_progress();
+            reporter.publish_progress();
         }
     });
-    vec![tick, progress]
+    let every = Duration::from_secs(hall.settings().head_push_secs.max(1));
+    let heads = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        loop {
+            interval.tick().await;
+            hall.push_heads().await;
+        }
+    });
+    vec![tick, progress, heads]
 }

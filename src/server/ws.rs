@@ -168,7 +168,7 @@ async fn run(
                         break None;
                     }
                 }
-                Ok(BusMsg::Progress(p)) => {
+                Ok(BusMsg::Frame(p)) => {
                     if send(&mut session, p).await.is_err() {
                         break None;
                     }

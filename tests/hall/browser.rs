@@ -718,6 +718,27 @@ async fn the_hall_display_follows_the_opening_live_without_reloading() {
         "the page loaded the snapshot once and followed events after"
     );
 
+    // The platform's signed head of the log as it now stands reaches the page without its
+    // asking (pushed while the log moves on), and the page keeps it to be saved.
+    let last = app.public_snapshot(&opening).await["last_seq"].clone();
+    page.wait_for_value(
+        "the signed head of the log as it stands",
+        "window.kaibiaoSignedHead() && window.kaibiaoSignedHead().seq",
+        last,
+    )
+    .await;
+    let kept = page
+        .eval("JSON.stringify(window.kaibiaoSignedHead())")
+        .await;
+    let head: kaibiao::hall::SignedHead = serde_json::from_str(kept.as_str().unwrap()).unwrap();
+    head.verify(&app.platform_key().await).unwrap();
+    assert_eq!(
+        page.eval("document.getElementById('save-head').hidden")
+            .await,
+        false
+    );
+    assert_eq!(page.eval("window.fetches").await, 0);
+
     // The agent's own view of the hall also sees the agent's events; one the display has nothing
     // to draw for (the evaluation system's token issued) is taken in its stride, not answered by
     // loading the snapshot again.

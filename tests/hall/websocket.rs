@@ -7,7 +7,8 @@ use crate::helpers::{Backend, TestApp, TestBidder, Viewer, spawn_app, spawn_app_
 crate::on_both_databases!(
     a_viewer_resumes_without_gaps_or_repeats,
     progress_and_heartbeats_flow,
-    a_viewer_that_stops_reading_is_dropped_and_the_others_go_on
+    a_viewer_that_stops_reading_is_dropped_and_the_others_go_on,
+    viewers_are_sent_the_platforms_signed_head_as_the_log_moves_on
 );
 
 /// The server's count of open websockets, from `/metrics`.
@@ -181,6 +182,51 @@ async fn a_viewer_far_behind_gets_a_snapshot(backend: Backend) {
         last + 1,
         "the feed continues right after the snapshot"
     );
+    viewer.close().await;
+    app.cleanup().await;
+}
+
+/// While the log moves on, every viewer is sent the platform's signed head of it, as the public
+/// may see it, without asking: proof of what the log held, checked with the platform's key.
+async fn viewers_are_sent_the_platforms_signed_head_as_the_log_moves_on(backend: Backend) {
+    let app = spawn_app_with(&backend, |s| s.head_push_secs = 1).await;
+    let a = TestBidder::new(app.dir.path(), 1, 20_000);
+    let opening = app.opening_with_bids(&[&a], 60, 1800).await;
+    let mut viewer = Viewer::connect(&app, &opening, 0, None).await;
+    app.start_after(&opening, 61).await;
+    assert_eq!(app.scan(&opening, &a).await.status, 200);
+    app.wait_until_settled(&opening).await;
+    let last = app.public_snapshot(&opening).await["last_seq"]
+        .as_i64()
+        .unwrap();
+    let key = app.platform_key().await;
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let head = loop {
+        assert!(
+            std::time::Instant::now() < until,
+            "no signed head of event {last} came"
+        );
+        let Some(m) = viewer.next(Duration::from_secs(2)).await else {
+            continue;
+        };
+        if m["type"] == "head" && m["head"]["seq"] == last {
+            break m["head"].clone();
+        }
+    };
+    let head: kaibiao::hall::SignedHead = serde_json::from_value(head).unwrap();
+    head.verify(&key).unwrap();
+    assert_eq!(head.opening_id, opening);
+    // Pushed once per point of the log: no head again while nothing happens.
+    let mut again = 0;
+    let quiet = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < quiet {
+        if let Some(m) = viewer.next(Duration::from_millis(500)).await
+            && m["type"] == "head"
+        {
+            again += 1;
+        }
+    }
+    assert_eq!(again, 0, "a head is pushed once");
     viewer.close().await;
     app.cleanup().await;
 }

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the server.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -18,6 +20,8 @@ pub struct Metrics {
     /// Decryptions started again because no task was running them (after a restart, a task
     /// ended by a stopping server, or a finished decryption the database failed to record).
     pub decryptions_taken_up: IntCounter,
+    /// What bidders did, by action: `sign_in`, `login`, `objection`, `record_confirmation`.
+    pub bidder_actions: IntCounterVec,
 }
 
 impl Metrics {
@@ -58,6 +62,14 @@ impl Metrics {
             "Decryptions of accepted keys started again because no task was running them (after a restart or a lost task)",
         )
         .expect("valid");
+        let bidder_actions = IntCounterVec::new(
+            Opts::new(
+                "bidder_actions_total",
+                "Bidders' sign-ins, scan logins, objections and record confirmations accepted",
+            ),
+            &["action"],
+        )
+        .expect("valid");
         for c in [
             Box::new(bytes_decrypted.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(decrypt_throughput.clone()),
@@ -69,6 +81,7 @@ impl Metrics {
             Box::new(refusals.clone()),
             Box::new(platform_failures.clone()),
             Box::new(decryptions_taken_up.clone()),
+            Box::new(bidder_actions.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -84,6 +97,7 @@ impl Metrics {
             refusals,
             platform_failures,
             decryptions_taken_up,
+            bidder_actions,
         }
     }
 

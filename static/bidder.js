@@ -82,6 +82,12 @@
     ws.onclose = () => setTimeout(connect, 1500);
   }
 
+  document.getElementById('logout').addEventListener('click', async () => {
+    await post('/api/openings/' + opening + '/me/logout', {}, token);
+    sessionStorage.removeItem(key); token = null;
+    login();
+  });
+
   document.getElementById('objection-form').addEventListener('submit', async ev => {
     ev.preventDefault();
     const text = document.getElementById('objection-text');

@@ -935,6 +935,15 @@ impl Db {
         Ok(SessionTaken::Started { bidder_id })
     }
 
+    /// Forgets a bidder's session.
+    pub async fn end_bidder_session(&self, token_sm3: &str) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM bidder_sessions WHERE token_sm3 = $1")
+            .bind(token_sm3)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The opening and bidder of a session that has not expired.
     pub async fn bidder_session(
         &self,

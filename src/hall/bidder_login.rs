@@ -112,6 +112,22 @@ impl Hall {
         {
             return Err(unknown_code());
         }
+        self.count_bidder_action("login");
+        Ok(())
+    }
+
+    /// Counts an accepted bidder action in `bidder_actions_total`.
+    pub(super) fn count_bidder_action(&self, action: &str) {
+        self.inner
+            .metrics
+            .bidder_actions
+            .with_label_values(&[action])
+            .inc();
+    }
+
+    /// Ends a bidder's session (logout): its token is no longer accepted.
+    pub async fn end_bidder_session(&self, token: &str) -> Result<(), HallError> {
+        self.inner.db.end_bidder_session(&token_hash(token)).await?;
         Ok(())
     }
 

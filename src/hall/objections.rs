@@ -147,6 +147,7 @@ impl Hall {
         match raised {
             Raised::Recorded(n, staged) => {
                 self.publish(staged).await;
+                self.count_bidder_action("objection");
                 Ok(n)
             }
             Raised::Already(n) => Err(HallError::WrongState(format!(

@@ -242,6 +242,7 @@ impl Hall {
         match confirmed {
             Confirmed::Recorded(staged) => {
                 self.publish(staged).await;
+                self.count_bidder_action("record_confirmation");
                 Ok(())
             }
             Confirmed::Already => Err(HallError::WrongState(format!(

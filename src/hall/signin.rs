@@ -86,6 +86,7 @@ impl Hall {
         match signed {
             SignedIn::Recorded(staged) => {
                 self.publish(staged).await;
+                self.count_bidder_action("sign_in");
                 Ok(now)
             }
             SignedIn::Already(at) => Err(HallError::WrongState(format!(

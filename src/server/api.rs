@@ -75,6 +75,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/phone/logins/{nonce}", web::post().to(bidder_login))
         .route("/api/openings/{id}/me", web::get().to(bidder_view))
         .route(
+            "/api/openings/{id}/me/logout",
+            web::post().to(end_bidder_session),
+        )
+        .route(
             "/api/openings/{id}/me/objections",
             web::post().to(raise_own_objection),
         )
@@ -807,9 +811,15 @@ async fn bidder_login(
     Ok(HttpResponse::Ok().json(json!({"logged_in": true})))
 }
 
+/// A logged-in bidder ends its session.
+async fn end_bidder_session(hall: web::Data<Hall>, bidder: LoggedInBidder) -> Result<HttpResponse> {
+    hall.end_bidder_session(&bidder.token).await?;
+    Ok(HttpResponse::Ok().json(json!({"logged_out": true})))
+}
+
 /// A logged-in bidder's own view of the opening.
 async fn bidder_view(hall: web::Data<Hall>, bidder: LoggedInBidder) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(hall.bidder_view(&bidder.0).await?))
+    Ok(HttpResponse::Ok().json(hall.bidder_view(&bidder.bidder).await?))
 }
 
 #[derive(serde::Deserialize)]
@@ -825,7 +835,9 @@ async fn raise_own_objection(
     body: web::Bytes,
 ) -> Result<HttpResponse> {
     let objection = json_body::<OwnObjection>(&body)?;
-    let n = hall.raise_own_objection(&bidder.0, &objection.text).await?;
+    let n = hall
+        .raise_own_objection(&bidder.bidder, &objection.text)
+        .await?;
     Ok(HttpResponse::Created().json(json!({"n": n})))
 }
 

@@ -74,8 +74,11 @@ impl FromRequest for Evaluator {
 }
 
 /// A bidder logged in by scanning (`Authorization: Bearer bs_…`), at the opening of the path's
-/// `{id}`.
-pub struct LoggedInBidder(pub crate::db::BidderRow);
+/// `{id}`, and its session's token.
+pub struct LoggedInBidder {
+    pub bidder: crate::db::BidderRow,
+    pub token: String,
+}
 
 impl FromRequest for LoggedInBidder {
     type Error = ApiError;
@@ -88,9 +91,10 @@ impl FromRequest for LoggedInBidder {
         Box::pin(async move {
             let hall = hall.ok_or_else(|| HallError::Internal("no hall".into()))?;
             let (token, opening) = token.zip(opening).ok_or(HallError::Unauthorized)?;
-            Ok(LoggedInBidder(
-                hall.bidder_for_session(&token, &opening).await?,
-            ))
+            Ok(LoggedInBidder {
+                bidder: hall.bidder_for_session(&token, &opening).await?,
+                token,
+            })
         })
     }
 }

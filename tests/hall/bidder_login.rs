@@ -137,6 +137,15 @@ async fn a_bidder_logs_in_by_scanning_and_sees_its_own_bid(backend: Backend) {
     let view = app.call("GET", &me, None, Some(&token)).await.body;
     assert_eq!(view["bid"]["outcome"], "解密成功");
     assert_eq!(view["bid"]["summary"]["price_fen"], a.summary.price_fen);
+    let counted = |action: &str| format!("bidder_actions_total{{action=\"{action}\"}}");
+    assert_eq!(app.metric(&counted("login")).await, 1.0);
+    assert_eq!(app.metric(&counted("objection")).await, 1.0);
+
+    // Logged out, the token is no longer taken.
+    let logout = format!("{me}/logout");
+    let r = app.call("POST", &logout, None, Some(&token)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(app.call("GET", &me, None, Some(&token)).await.status, 401);
     app.cleanup().await;
 }
 

@@ -966,6 +966,15 @@ async fn a_bidder_logs_its_page_in_by_scanning_and_follows_its_bid() {
         page.eval("document.getElementById('decrypt').hidden").await,
         true
     );
+    // Logging out shows a new login code.
+    page.eval("document.getElementById('logout').click(); true")
+        .await;
+    page.wait_for_value(
+        "a new login code after logging out",
+        "!document.getElementById('login').hidden && document.getElementById('me').hidden",
+        json!(true),
+    )
+    .await;
     drop(page);
     app.cleanup().await;
 }

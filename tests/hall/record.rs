@@ -270,6 +270,8 @@ async fn bidders_confirm_the_issued_record_by_scan_signing(backend: Backend) {
     assert_eq!(r.status, 200, "{}", r.body);
     let r = post_confirmation(&app, &opening, "1", body).await;
     assert_eq!(r.status, 409, "{}", r.body);
+    let counted = "bidder_actions_total{action=\"record_confirmation\"}";
+    assert_eq!(app.metric(counted).await, 1.0, "counted once");
     assert!(
         r.body["message"]
             .as_str()

@@ -70,6 +70,8 @@ async fn bidders_sign_in_by_scan_signing_before_decryption(backend: Backend) {
     assert_eq!(r.status, 200, "{}", r.body);
     let at = r.body["signed_in_ms"].as_i64().unwrap();
     assert!((before..=app.now_ms()).contains(&at), "{at}");
+    let counted = "bidder_actions_total{action=\"sign_in\"}";
+    assert_eq!(app.metric(counted).await, 1.0);
 
     // Replayed, forged, misattributed or malformed sign-ins change nothing; a code no bidder has
     // is refused as a wrong signature is (who registered is not told before the opening).

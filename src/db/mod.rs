@@ -973,8 +973,13 @@ impl Db {
         record: &str,
         events: impl FnOnce(i64) -> Vec<NewEvent>,
         now: i64,
-    ) -> Result<(i64, Vec<StagedEvent>), DbError> {
+    ) -> Result<Option<(i64, Vec<StagedEvent>)>, DbError> {
         let mut tx = self.begin_write().await?.0;
+        // Not once the opening is closed: its record was archived with the close.
+        let open = ["decryption_ended", "released", "failed"];
+        if !Self::lock_opening_in(&mut tx, opening_id, &open).await? {
+            return Ok(None);
+        }
         let version: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM issued_records WHERE opening_id = $1",
         )
@@ -994,7 +999,7 @@ impl Db {
         .await?;
         let staged = stage(&mut tx, opening_id, events(version), now).await?;
         tx.commit().await?;
-        Ok((version, staged))
+        Ok(Some((version, staged)))
     }
 
     /// The latest issued version of an opening's record, if any.

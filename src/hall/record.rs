@@ -117,7 +117,14 @@ impl Hall {
             .inner
             .db
             .issue_record(opening_id, &made.digest, &text, events, self.now())
-            .await?;
+            .await?
+            .ok_or_else(|| {
+                HallError::WrongState(
+                    "the opening is closed: the record confirmed before the close is the one \
+                     archived, and no new version is issued"
+                        .into(),
+                )
+            })?;
         self.publish(staged).await;
         Ok((version, made.digest.clone()))
     }

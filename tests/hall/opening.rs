@@ -539,6 +539,14 @@ async fn twenty_bidders_from_upload_to_evaluator_download(backend: Backend) {
     let record = app.checked_record(&opening).await;
     assert_eq!(record["record"]["opening"]["state"], "closed");
     assert_eq!(record["record"]["bids"].as_array().unwrap().len(), 20);
+    // Closed, the opening's record is archived: no new version is issued.
+    let r = app.act(&opening, "record/issue").await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body["message"].as_str().unwrap().contains("closed"),
+        "{}",
+        r.body
+    );
     app.cleanup().await;
 }
 

@@ -65,6 +65,19 @@
       const src = '/api/openings/' + opening + '/bids/' + b.id + '/qr.svg';
       if (img.dataset.url !== qr.url) { img.src = src + '?' + Date.now(); img.dataset.url = qr.url; }
     }
+    document.getElementById('sign-in').hidden = !v.sign_in;
+    if (v.sign_in) { const img = document.getElementById('sign-in-qr'); if (!img.src) img.src = '/api/openings/' + opening + '/sign-in/qr.svg'; }
+    const r = v.record;
+    document.getElementById('record').hidden = !r;
+    if (r) {
+      document.getElementById('record-said').textContent = r.confirmed
+        ? '已确认开标记录（第 ' + r.version + ' 版）'
+        : '开标记录第 ' + r.version + ' 版已发布：请查阅后用手机证书扫描下方二维码签章确认。';
+      const img = document.getElementById('record-qr');
+      img.hidden = r.confirmed;
+      const src = '/api/openings/' + opening + '/record/issued/' + r.version + '/qr.svg';
+      if (!r.confirmed && !img.src.endsWith(src)) img.src = src;
+    }
     document.getElementById('my-objections').innerHTML = v.objections.map(o =>
       '<li>' + esc(o.text) + '<div class="rate">' + esc(time(o.raised_ms)) + '</div>' +
       (o.answer ? '<div>答复：' + esc(o.answer) + '</div>' : '<div class="rate">等待答复</div>') + '</li>').join('');

@@ -208,9 +208,30 @@ impl Hall {
     }
 
     /// What a logged-in bidder sees of the opening: itself, its bid (with its decryption QR code
-    /// while it waits for the key) and its objections with their answers.
+    /// while it waits for the key), its objections with their answers, and what it has to scan
+    /// next: the sign-in code while sign-in is open and it has not signed in, the record's code
+    /// once a record is issued, with whether it confirmed it.
     pub async fn bidder_view(&self, bidder: &BidderRow) -> Result<serde_json::Value, HallError> {
         let opening = self.opening(&bidder.opening_id).await?;
+        let sign_in = (bidder.signed_in_ms.is_none()
+            && self
+                .sign_in_open(&opening.state, opening.opening_ms)
+                .is_ok())
+        .then(|| json!({"url": self.sign_in_url(&opening.id)}));
+        let record = match self.inner.db.latest_record(&opening.id).await? {
+            Some(issued) => {
+                let confirmed = self
+                    .inner
+                    .db
+                    .record_confirmations(&opening.id, issued.version)
+                    .await?
+                    .iter()
+                    .any(|(id, _, _)| *id == bidder.id);
+                json!({"version": issued.version, "digest": issued.digest, "confirmed": confirmed,
+                       "url": self.record_qr_url(&opening.id, issued.version)})
+            }
+            None => serde_json::Value::Null,
+        };
         let bids = self.inner.db.bids(&opening.id).await?;
         let challenges = self.inner.db.current_challenges(&opening.id).await?;
         let bid = bids.iter().find(|b| b.bidder_id == bidder.id).map(|bid| {
@@ -246,6 +267,8 @@ impl Hall {
             "bidder": {"uscc": bidder.uscc, "name": bidder.name, "signed_in_ms": bidder.signed_in_ms},
             "bid": bid,
             "objections": objections,
+            "sign_in": sign_in,
+            "record": record,
         }))
     }
 

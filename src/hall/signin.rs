@@ -36,7 +36,7 @@ impl Hall {
         })
     }
 
-    fn sign_in_open(&self, state: &str, opening_ms: i64) -> Result<(), HallError> {
+    pub(super) fn sign_in_open(&self, state: &str, opening_ms: i64) -> Result<(), HallError> {
         if state != "scheduled" {
             return Err(HallError::WrongState(
                 "sign-in closed when decryption started".into(),

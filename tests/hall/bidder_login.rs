@@ -137,6 +137,22 @@ async fn a_bidder_logs_in_by_scanning_and_sees_its_own_bid(backend: Backend) {
     let view = app.call("GET", &me, None, Some(&token)).await.body;
     assert_eq!(view["bid"]["outcome"], "解密成功");
     assert_eq!(view["bid"]["summary"]["price_fen"], a.summary.price_fen);
+    // Once a record is issued, the page shows its code until the bidder confirmed it.
+    assert_eq!(view["record"], Value::Null);
+    assert_eq!(app.scan(&opening, &b).await.status, 200);
+    app.wait_until_settled(&opening).await;
+    assert_eq!(app.act(&opening, "end-decryption").await.status, 200);
+    assert_eq!(app.act(&opening, "record/issue").await.status, 201);
+    let view = app.call("GET", &me, None, Some(&token)).await.body;
+    assert_eq!(view["record"]["version"], 1);
+    assert_eq!(view["record"]["confirmed"], false);
+    let (_, confirmation) = crate::record::phone_confirms(&app, &opening, 1, &a, &a.sign).await;
+    let body = serde_json::to_value(&confirmation).unwrap();
+    let r = crate::record::post_confirmation(&app, &opening, "1", body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let view = app.call("GET", &me, None, Some(&token)).await.body;
+    assert_eq!(view["record"]["confirmed"], true);
+
     let counted = |action: &str| format!("bidder_actions_total{{action=\"{action}\"}}");
     assert_eq!(app.metric(&counted("login")).await, 1.0);
     assert_eq!(app.metric(&counted("objection")).await, 1.0);
@@ -193,6 +209,30 @@ async fn a_login_code_is_refused_forged_expired_or_for_another(backend: Backend)
         .await;
     assert_eq!(me.body["bid"]["state"], "received", "{}", me.body);
     assert_eq!(me.body["bid"]["qr"], Value::Null);
+    // Sign-in is open (the opening is twenty minutes away): the page shows its code until the
+    // bidder signed in.
+    let sign_in = me.body["sign_in"]["url"].as_str().unwrap();
+    assert!(
+        sign_in.ends_with(&format!("/api/phone/sign-in/{opening}")),
+        "{sign_in}"
+    );
+    let signed = crate::signin::phone_signs_in(&app, &opening, &a, &a.sign).await;
+    assert_eq!(
+        crate::signin::post_sign_in(&app, &opening, signed)
+            .await
+            .status,
+        200
+    );
+    let me = app
+        .call(
+            "GET",
+            &format!("/api/openings/{opening}/me"),
+            None,
+            Some(&token),
+        )
+        .await;
+    assert_eq!(me.body["sign_in"], Value::Null, "{}", me.body);
+    assert!(me.body["bidder"]["signed_in_ms"].as_i64().is_some());
     let r = app
         .call(
             "POST",

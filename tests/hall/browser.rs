@@ -966,6 +966,30 @@ async fn a_bidder_logs_its_page_in_by_scanning_and_follows_its_bid() {
         page.eval("document.getElementById('decrypt').hidden").await,
         true
     );
+    // The record issued: the page shows its code until the bidder's phone confirmed it.
+    assert_eq!(app.scan(&opening, &b).await.status, 200);
+    app.wait_until_settled(&opening).await;
+    assert_eq!(app.act(&opening, "end-decryption").await.status, 200);
+    assert_eq!(app.act(&opening, "record/issue").await.status, 201);
+    page.wait_for_value(
+        "the record's code shown",
+        "(img => !document.getElementById('record').hidden && !img.hidden && img.complete && \
+         img.naturalWidth > 0)(document.getElementById('record-qr'))",
+        json!(true),
+    )
+    .await;
+    let (_, confirmation) = crate::record::phone_confirms(&app, &opening, 1, &a, &a.sign).await;
+    let body = serde_json::to_value(&confirmation).unwrap();
+    let r = crate::record::post_confirmation(&app, &opening, "1", body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    page.wait_for_value(
+        "the record confirmed, live",
+        "document.getElementById('record-said').textContent.startsWith('已确认') && \
+         document.getElementById('record-qr').hidden",
+        json!(true),
+    )
+    .await;
+
     // Logging out shows a new login code.
     page.eval("document.getElementById('logout').click(); true")
         .await;

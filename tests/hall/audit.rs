@@ -414,6 +414,11 @@ async fn a_signed_head_shows_a_log_rewritten_or_cut_short(backend: Backend) {
     let count = events.len() as i64;
     let last = events.last().unwrap();
 
+    let r = app
+        .call("GET", "/api/openings/no-such/events/head", None, None)
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+
     // The agent's head is the log's last event; the public's the last public one.
     let head = signed_head(&app, &opening, Some(&app.token.clone())).await;
     assert_eq!((&head["seq"], &head["hash"]), (&last["seq"], &last["hash"]));

@@ -818,7 +818,8 @@ impl Db {
 
     // --- bidders' scan logins ---------------------------------------------------------------
 
-    /// Stores a new login code of opening `opening_id`, and forgets codes that expired.
+    /// Stores a new login code of opening `opening_id` unless `most` codes of it are waiting
+    /// already (whether it did), and forgets codes that expired.
     pub async fn insert_bidder_login(
         &self,
         nonce: &str,
@@ -826,12 +827,22 @@ impl Db {
         secret_sm3: &str,
         expires_ms: i64,
         now: i64,
-    ) -> Result<(), DbError> {
+        most: i64,
+    ) -> Result<bool, DbError> {
         let mut tx = self.begin_write().await?.0;
         sqlx::query("DELETE FROM bidder_logins WHERE expires_ms < $1")
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM bidder_logins WHERE opening_id = $1 AND bidder_id IS NULL",
+        )
+        .bind(opening_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if waiting >= most {
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO bidder_logins (nonce, opening_id, secret_sm3, expires_ms) \
              VALUES ($1, $2, $3, $4)",
@@ -843,7 +854,7 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     pub async fn bidder_login(&self, nonce: &str) -> Result<Option<BidderLoginRow>, DbError> {

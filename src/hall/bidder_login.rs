@@ -22,6 +22,10 @@ use crate::phone::{Login, LoginView, login_message};
 /// How long a login code can be signed.
 pub const LOGIN_CODE_MS: i64 = 2 * 60_000;
 
+/// The most login codes of one opening waiting to be scanned at once: far more than its bidders
+/// need, and a bound on what anyone can make the hall keep by asking for codes.
+pub const MAX_WAITING_LOGIN_CODES: i64 = 500;
+
 /// How long a bidder's session lasts: a long opening day.
 pub const SESSION_MS: i64 = 12 * 3_600_000;
 
@@ -62,10 +66,25 @@ impl Hall {
         let secret = random_hex::<32>()?;
         let now = self.now();
         let expires_ms = now + LOGIN_CODE_MS;
-        self.inner
+        let stored = self
+            .inner
             .db
-            .insert_bidder_login(&nonce, opening_id, &token_hash(&secret), expires_ms, now)
+            .insert_bidder_login(
+                &nonce,
+                opening_id,
+                &token_hash(&secret),
+                expires_ms,
+                now,
+                MAX_WAITING_LOGIN_CODES,
+            )
             .await?;
+        if !stored {
+            return Err(HallError::WrongState(
+                "too many login codes of this opening are waiting to be scanned: try again in two \
+                 minutes"
+                    .into(),
+            ));
+        }
         Ok(NewLogin {
             qr_url: self.login_url(&nonce),
             nonce,

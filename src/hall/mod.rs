@@ -27,7 +27,7 @@ use sm2::SecretKey;
 use sm2::pkcs8::EncodePublicKey;
 
 pub use attest::{LogVerdict, SignedHead};
-pub use bidder_login::{BidderSession, LOGIN_CODE_MS, NewLogin};
+pub use bidder_login::{BidderSession, LOGIN_CODE_MS, MAX_WAITING_LOGIN_CODES, NewLogin};
 pub use error::HallError;
 pub use events::{
     BusMsg, EventBus, EventDigest, GENESIS, Published, Role, chain_hash, chain_link,

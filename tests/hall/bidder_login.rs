@@ -258,6 +258,27 @@ async fn a_login_code_is_refused_forged_expired_or_for_another(backend: Backend)
     );
     let r = take(&app, &late, late["secret"].as_str().unwrap()).await;
     assert_eq!(r.status, 409, "{}", r.body);
+    // Codes waiting to be scanned are bounded per opening; expired ones make room.
+    for _ in 0..kaibiao::hall::MAX_WAITING_LOGIN_CODES {
+        app.hall.new_bidder_login(&opening).await.unwrap();
+    }
+    let r = app
+        .call(
+            "POST",
+            &format!("/api/openings/{opening}/bidder-login"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body["message"].as_str().unwrap().contains("try again"),
+        "{}",
+        r.body
+    );
+    app.advance_secs(kaibiao::hall::LOGIN_CODE_MS / 1000 + 1);
+    new_login(&app, &opening).await;
+
     // A code unknown to the hall.
     let r = app
         .call(

@@ -242,6 +242,10 @@ pub struct LoginView {
     pub nonce: String,
     /// Until when the code can be signed (ms since the epoch).
     pub expires_ms: i64,
+    /// Four digits the browser shows beside the code ([`login_check_code`]): the phone shows
+    /// them too, and the bidder logs in only if they are the same, so that a code shown
+    /// somewhere else (someone asking the bidder to "scan to sign in") is not signed.
+    pub check_code: String,
     /// Where to POST the [`Login`].
     pub answer_url: String,
 }
@@ -254,6 +258,12 @@ pub struct Login {
     pub bidder: String,
     /// SM2/SM3 signature (DER, base64) over [`login_message`].
     pub signature: String,
+}
+
+/// The four digits shown beside login code `nonce` on the browser and on the phone.
+pub fn login_check_code(nonce: &str) -> String {
+    let d = crypto::sm3(nonce.as_bytes());
+    format!("{:04}", u16::from_be_bytes([d[0], d[1]]) % 10_000)
 }
 
 /// The message a bidder signs to log in at the browser showing login code `nonce` of an

@@ -28,12 +28,16 @@
     const img = document.getElementById('login-qr');
     img.src = '/api/openings/' + opening + '/bidder-login/' + code.body.nonce + '/qr.svg';
     img.dataset.url = code.body.qr_url;
+    document.getElementById('check-code').textContent = code.body.check_code;
     document.getElementById('login').hidden = false;
     status.textContent = '等待手机扫码登录…';
     const wait = async () => {
-      const r = await post('/api/bidder-login/' + code.body.nonce + '/session', { secret: code.body.secret });
+      let r;
+      try { r = await post('/api/bidder-login/' + code.body.nonce + '/session', { secret: code.body.secret }); }
+      catch (e) { setTimeout(wait, 2000); return; }  // the network: ask again
       if (r.status === 202) { setTimeout(wait, 1000); return; }
-      if (r.status !== 200) { login(); return; }  // expired or used: a new code
+      if (r.status === 409) { login(); return; }  // expired or used: a new code
+      if (r.status !== 200) { setTimeout(wait, 2000); return; }  // the server's trouble: ask again
       token = r.body.token; sessionStorage.setItem(key, token);
       document.getElementById('login').hidden = true;
       show();
@@ -85,14 +89,16 @@
   }
 
   // Any event of the opening may change what the bidder sees: its view is read again.
+  let ws = null;
   function connect() {
+    if (ws) return;
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const ws = new WebSocket(proto + '//' + location.host + '/ws/openings/' + opening);
+    ws = new WebSocket(proto + '//' + location.host + '/ws/openings/' + opening);
     ws.onmessage = ev => {
       const m = JSON.parse(ev.data);
       if (m.type === 'event' && token && !refreshing) refreshing = setTimeout(() => { refreshing = null; show(); }, 300);
     };
-    ws.onclose = () => setTimeout(connect, 1500);
+    ws.onclose = () => { ws = null; setTimeout(connect, 1500); };
   }
 
   document.getElementById('logout').addEventListener('click', async () => {

@@ -229,10 +229,11 @@ async fn phone_do(
             let answer = phone::login(&view, bidder, sign)?;
             phone_post(client, &view.answer_url, &answer).await?;
             format!(
-                "logged in to {} {} as {}",
+                "logged in to {} {} as {} (check code {}: the browser shows the same)",
                 view.tender_id,
                 view.tender_name,
-                bidder.trim()
+                bidder.trim(),
+                view.check_code
             )
         }
         PhoneAct::Confirm { url } => {

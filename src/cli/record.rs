@@ -128,7 +128,7 @@ pub fn check_record(args: CheckRecordArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let pins = pins(&args, platform.as_ref())?;
+    let mut pins = pins(&args, platform.as_ref())?;
     let base = format!(
         "{}/api/openings/{}",
         args.server.trim_end_matches('/'),
@@ -148,6 +148,29 @@ pub fn check_record(args: CheckRecordArgs) -> anyhow::Result<ExitCode> {
                 let record: Value = serde_json::from_slice(&text)
                     .context("the issued record the hall gave is not JSON")?;
                 let digest = hex::encode(crypto::sm3(&text));
+                // The log's head as the platform signs it now: the chain checked below must
+                // lead to it, so what is checked is anchored in a signature.
+                match &platform {
+                    Some(key) => {
+                        let head = phone_get(&client, &format!("{base}/events/head"), "the log's head")
+                            .await?;
+                        let head: SignedHead = serde_json::from_slice(&head)
+                            .context("the hall's head of the log is not a signed head")?;
+                        if head.verify(key).is_err() {
+                            println!("MISMATCH: the log's head the hall gives (event {}) is not signed by this platform key", head.seq);
+                            return Ok(ExitCode::FAILURE);
+                        }
+                        pins.push(Pin {
+                            seq: head.seq,
+                            hash: head.hash.to_ascii_lowercase(),
+                            from: "the platform's signed head of the log now".into(),
+                        });
+                    }
+                    None => println!(
+                        "NOTE: without --platform-key nothing the platform signed is checked: the \
+                         hall's own log is checked against itself"
+                    ),
+                }
                 (record, digest, format!("version {version} of the record"))
             }
             None => {
@@ -291,6 +314,12 @@ async fn pages<T: serde::de::DeserializeOwned + Numbered>(
         let page: Vec<T> = serde_json::from_slice(&page)
             .with_context(|| format!("the hall's answer is not {what}"))?;
         let Some(last) = page.last() else { break };
+        if last.number() <= after {
+            bail!(
+                "the hall gave {what} out of order (after {after}, up to {})",
+                last.number()
+            );
+        }
         after = last.number();
         items.extend(page.into_iter().filter(|i| i.number() <= up_to));
     }
@@ -381,6 +410,29 @@ async fn chain_check(
             }
             Some(_) => {}
         }
+    }
+    // The events read are every public one up to `seq`, once each, in order: none left out.
+    let public: Vec<i64> = digests
+        .iter()
+        .filter(|d| d.seq <= seq && d.audience == "public")
+        .map(|d| d.seq)
+        .collect();
+    let given: Vec<i64> = read.iter().map(|e| e.seq).collect();
+    if given != public {
+        let missing: Vec<String> = public
+            .iter()
+            .filter(|n| !given.contains(n))
+            .map(i64::to_string)
+            .collect();
+        return Ok(Chain::Broken(format!(
+            "the public events the hall gives are not those its chain holds (left out: {}): \
+             the record may leave out what they say",
+            if missing.is_empty() {
+                "none, but some repeated or out of order".to_owned()
+            } else {
+                missing.join(", ")
+            }
+        )));
     }
     for e in read {
         let d = &digests[(e.seq - 1) as usize];

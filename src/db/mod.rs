@@ -175,7 +175,7 @@ impl WriteTx {
 
     pub async fn insert_events(&mut self, events: &[EventRow]) -> Result<(), DbError> {
         for e in events {
-            sqlx::query("INSERT INTO events (opening_id, seq, ts_ms, kind, audience, payload, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            sqlx::query("INSERT INTO events (opening_id, seq, ts_ms, kind, audience, payload, hash, salt) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
                 .bind(&e.opening_id)
                 .bind(e.seq)
                 .bind(e.ts_ms)
@@ -183,6 +183,7 @@ impl WriteTx {
                 .bind(&e.audience)
                 .bind(&e.payload)
                 .bind(&e.hash)
+                .bind(&e.salt)
                 .execute(&mut *self.0)
                 .await?;
         }
@@ -369,6 +370,9 @@ pub struct EventRow {
     pub audience: String,
     pub payload: String,
     pub hash: String,
+    /// Chain version 2: random hex hashed with the event's body (empty in version 1).
+    #[serde(default)]
+    pub salt: String,
 }
 
 const OPENING_COLS: &str = "id, tender_id, name, deadline_ms, opening_ms, decrypt_limit_secs, state, decrypt_started_ms, decrypt_deadline_ms, hall_public, hall_secret_sealed, failure, created_by, created_ms, chain_version";
@@ -1724,7 +1728,7 @@ impl Db {
         after: i64,
         limit: i64,
     ) -> Result<Vec<EventRow>, DbError> {
-        Ok(sqlx::query_as("SELECT opening_id, seq, ts_ms, kind, audience, payload, hash FROM events WHERE opening_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+        Ok(sqlx::query_as("SELECT opening_id, seq, ts_ms, kind, audience, payload, hash, salt FROM events WHERE opening_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
             .bind(opening_id)
             .bind(after)
             .bind(limit)

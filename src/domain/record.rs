@@ -51,6 +51,11 @@ pub enum RecordError {
         "the opening is {0}: its record is made once decryption has ended (or the opening failed)"
     )]
     NotOver(String),
+    #[error(
+        "{0} bid(s) are still being decrypted: the record is made once each is decrypted or given \
+         up (the agent gives up a decryption the platform keeps failing)"
+    )]
+    StillDecrypting(usize),
 }
 
 /// The states of an opening whose record can be made: its decryption is over.
@@ -393,6 +398,10 @@ impl RecordFold {
         if !RECORDED_STATES.contains(&opening.state.as_str()) {
             return Err(RecordError::NotOver(opening.state.clone()));
         }
+        let decrypting = self.bids.iter().filter(|b| b.state == "decrypting").count();
+        if decrypting > 0 {
+            return Err(RecordError::StillDecrypting(decrypting));
+        }
         let bidder = |code: &str| self.bidders.iter().find(|b| b.uscc == code);
         let bidder_json =
             |b: &Bidder| json!({"uscc": b.uscc, "name": b.name, "signed_in_ms": b.signed_in_ms});
@@ -623,6 +632,23 @@ mod tests {
                 kind: "decryption.started".into(),
                 field: "started_ms"
             }
+        );
+        let decrypting = fold(&[
+            created(),
+            started(
+                json!([published_bid("b1", "U1", 5)]),
+                json!([bidder("U1", Value::Null)]),
+            ),
+            ("bid.key_accepted", json!({"bid_id": "b1"})),
+            (
+                "decryption.ended",
+                json!({"not_decrypted": [], "failure": "x", "fault": "bidder"}),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            decrypting.record(4, "h").unwrap_err(),
+            RecordError::StillDecrypting(1)
         );
         // Events the record does not depend on change nothing.
         assert!(fold(&[created(), ("qr.issued", json!({"anything": 1}))]).is_ok());

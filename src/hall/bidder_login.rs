@@ -17,7 +17,7 @@ use serde_json::json;
 use super::{Hall, HallError, random_hex, token_hash};
 use crate::db::{BidderRow, SessionTaken};
 use crate::domain::record::outcome;
-use crate::phone::{Login, LoginView, login_message};
+use crate::phone::{Login, LoginView, login_check_code, login_message};
 
 /// How long a login code can be signed.
 pub const LOGIN_CODE_MS: i64 = 2 * 60_000;
@@ -37,6 +37,8 @@ pub struct NewLogin {
     pub secret: String,
     /// What the QR code holds: where the phone fetches the [`LoginView`].
     pub qr_url: String,
+    /// Shown beside the code, and by the phone ([`crate::phone::login_check_code`]).
+    pub check_code: String,
     pub expires_ms: i64,
 }
 
@@ -87,6 +89,7 @@ impl Hall {
         }
         Ok(NewLogin {
             qr_url: self.login_url(&nonce),
+            check_code: login_check_code(&nonce),
             nonce,
             secret,
             expires_ms,
@@ -108,6 +111,7 @@ impl Hall {
             tender_id: opening.tender_id,
             tender_name: opening.name,
             answer_url: self.login_url(nonce),
+            check_code: login_check_code(nonce),
             nonce: login.nonce,
             expires_ms: login.expires_ms,
         })

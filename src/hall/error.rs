@@ -71,7 +71,10 @@ impl From<crate::domain::record::RecordError> for HallError {
     /// platform's trouble.
     fn from(e: crate::domain::record::RecordError) -> Self {
         match e {
-            crate::domain::record::RecordError::NotOver(_) => Self::WrongState(e.to_string()),
+            crate::domain::record::RecordError::NotOver(_)
+            | crate::domain::record::RecordError::StillDecrypting(_) => {
+                Self::WrongState(e.to_string())
+            }
             e => Self::Internal(e.to_string()),
         }
     }

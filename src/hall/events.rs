@@ -5,10 +5,12 @@
 //! zeros; hex; fields separated by newlines). Two ways of chaining, chosen per opening:
 //! - version 1 (openings made before version 2 existed):
 //!   `hash_n = SM3(hash_{n-1} ‖ seq ‖ ts ‖ kind ‖ audience ‖ payload)`;
-//! - version 2: `body_n = SM3(ts ‖ kind ‖ payload)`, `hash_n = SM3(hash_{n-1} ‖ seq ‖ audience ‖
-//!   body_n)`. Given the digest `body_n` of each event it may not read, anyone can check the
+//! - version 2: `body_n = SM3(salt ‖ ts ‖ kind ‖ payload)`, `hash_n = SM3(hash_{n-1} ‖ seq ‖
+//!   audience ‖ body_n)`, the salt 128 random bits per event, given with the event to those who
+//!   may read it. Given the digest `body_n` of each event it may not read, anyone can check the
 //!   whole chain up to a head the platform signed, and so that the events it can read are those
-//!   the platform wrote (see [`EventDigest`]); the digest tells nothing of what it hashes.
+//!   the platform wrote (see [`EventDigest`]); the salt keeps the digest from being matched
+//!   against guesses of what it hashes.
 
 use std::sync::Arc;
 
@@ -105,9 +107,9 @@ pub fn chain_hash(version: i64, prev: &str, e: &EventRow) -> String {
     hex::encode(crypto::sm3(text.as_bytes()))
 }
 
-/// `body_n` of chain version 2: the digest of an event's time, kind and payload.
+/// `body_n` of chain version 2: the digest of an event's salt, time, kind and payload.
 pub fn event_body_digest(e: &EventRow) -> String {
-    let text = format!("{}\n{}\n{}", e.ts_ms, e.kind, e.payload);
+    let text = format!("{}\n{}\n{}\n{}", e.salt, e.ts_ms, e.kind, e.payload);
     hex::encode(crypto::sm3(text.as_bytes()))
 }
 
@@ -189,6 +191,13 @@ async fn commit(
                 audience: audience.clone(),
                 payload: payload.to_string(),
                 hash: String::new(),
+                salt: if *version >= 2 {
+                    hex::encode(crypto::random_bytes::<16>().map_err(|e| {
+                        DbError::Write(format!("no randomness for an event's salt: {e}"))
+                    })?)
+                } else {
+                    String::new()
+                },
             };
             event.hash = chain_hash(*version, hash, &event);
             *hash = event.hash.clone();

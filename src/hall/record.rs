@@ -87,7 +87,14 @@ impl Hall {
                 .filter(|e| e.seq <= head.seq && e.audience == "public");
             fold_rows(&mut fold, public)?;
         }
-        let record = fold.record(head.seq, &head.hash)?;
+        let record = fold.record(head.seq, &head.hash).map_err(|e| match e {
+            // The tables moved on and the event saying so is about to be published.
+            RecordError::NotOver(_) => HallError::WrongState(
+                "the opening's log is catching up with its last change: try again in a moment"
+                    .into(),
+            ),
+            e => e.into(),
+        })?;
         let bytes = serde_json::to_vec(&record).expect("a JSON value serializes");
         let made = Arc::new(OpeningRecord {
             digest: hex::encode(crypto::sm3(&bytes)),

@@ -294,14 +294,21 @@ async fn events(
 ) -> Result<HttpResponse> {
     hall.opening(&id).await?;
     let role = role_for(&req, &hall, &id).await;
-    let events: Vec<_> = hall
-        .db()
-        .events_since(&id, q.after, 1000)
-        .await?
-        .into_iter()
-        .filter(|e| role.can_see(&e.audience))
-        .collect();
-    Ok(HttpResponse::Ok().json(events))
+    // A page holds what the caller may read of the next stored events; a run of a thousand it
+    // may not read (a large opening's registrations) does not end the list early.
+    let mut after = q.after;
+    loop {
+        let page = hall.db().events_since(&id, after, 1000).await?;
+        let full = page.len() == 1000;
+        after = page.last().map_or(after, |e| e.seq);
+        let events: Vec<_> = page
+            .into_iter()
+            .filter(|e| role.can_see(&e.audience))
+            .collect();
+        if !events.is_empty() || !full {
+            return Ok(HttpResponse::Ok().json(events));
+        }
+    }
 }
 
 /// Every event's digest after `after` (chain version 2), so that anyone checks the chain through

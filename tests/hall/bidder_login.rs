@@ -38,6 +38,11 @@ pub(crate) async fn phone_logs_in(
         return r;
     }
     let view: kaibiao::phone::LoginView = serde_json::from_value(r.body).unwrap();
+    assert_eq!(
+        view.check_code,
+        kaibiao::phone::login_check_code(&view.nonce)
+    );
+    assert_eq!(view.check_code.len(), 4);
     let login = kaibiao::phone::login(&view, bidder.uscc.as_str(), key).unwrap();
     let answer = view.answer_url.strip_prefix(&app.base).unwrap().to_owned();
     app.call(

@@ -910,6 +910,19 @@ async fn a_bidder_logs_its_page_in_by_scanning_and_follows_its_bid() {
     let code = page
         .eval("document.getElementById('login-qr').dataset.url")
         .await;
+    // The page shows the check code the phone will show.
+    let nonce = code
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        page.eval("document.getElementById('check-code').textContent")
+            .await,
+        json!(kaibiao::phone::login_check_code(&nonce))
+    );
     let r = crate::bidder_login::phone_logs_in(&app, code.as_str().unwrap(), &a, &a.sign).await;
     assert_eq!(r.status, 200, "{}", r.body);
     page.wait_for_value(

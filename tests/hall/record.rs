@@ -472,7 +472,19 @@ async fn anyone_rederives_the_record_from_the_public_log_with_the_command(backen
     // A version issued for confirmation.
     assert_eq!(app.act(&opening, "record/issue").await.status, 201);
     let (ok, out) = check_record(&app, &opening, &["--version", "1"]).await;
-    assert!(ok && out.contains("version 1 of the record"), "{out}");
+    assert!(
+        ok && out.contains("version 1 of the record")
+            && out.contains("NOTE: without --platform-key"),
+        "{out}"
+    );
+    // With the platform's key, the chain is held to the head the platform signs now.
+    let (ok, out) = check_record(
+        &app,
+        &opening,
+        &["--version", "1", "--platform-key", &platform],
+    )
+    .await;
+    assert!(ok && out.contains("passes through the 1 point(s)"), "{out}");
 
     // The log rewritten after the record was issued (the answer to the objection changed): the
     // issued record is no longer what the log folds to, and the command says where.

@@ -303,7 +303,12 @@ impl Hall {
     ) -> Result<i64, HallError> {
         self.open_for_objections(&bidder.opening_id).await?;
         let text = super::objections::entry(text, "objection")?;
-        self.record_objection(&bidder.opening_id, Some(bidder), text, None)
-            .await
+        self.record_objection(
+            &bidder.opening_id,
+            Some(bidder),
+            text,
+            super::objections::RaisedBy::LoggedIn,
+        )
+        .await
     }
 }

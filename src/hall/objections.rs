@@ -49,6 +49,17 @@ fn closed_for_objections(state: &str) -> HallError {
 }
 
 /// An objection as the snapshot and the record show it.
+/// How an objection reached the hall.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum RaisedBy<'a> {
+    /// Recorded by the agent (raised in the room).
+    Agent,
+    /// Raised by the bidder, signed with its phone: the signature.
+    Signed(&'a str),
+    /// Raised by the bidder on its page, logged in by scanning.
+    LoggedIn,
+}
+
 fn objection_view(o: &ObjectionRow, bidders: &[BidderRow]) -> serde_json::Value {
     let bidder = o
         .bidder_id
@@ -76,7 +87,7 @@ impl Hall {
             Some(uscc) => Some(self.bidder_coded(opening_id, uscc).await?),
             None => None,
         };
-        self.record_objection(opening_id, bidder.as_ref(), text, None)
+        self.record_objection(opening_id, bidder.as_ref(), text, RaisedBy::Agent)
             .await
     }
 
@@ -110,25 +121,27 @@ impl Hall {
             opening_id,
             Some(&bidder),
             text,
-            Some(objection.signature.trim()),
+            RaisedBy::Signed(objection.signature.trim()),
         )
         .await
     }
 
-    /// Records objection `text` (checked) of `bidder`, with the bidder's `signature` if it raised
-    /// it itself. The opening's state is checked again in the write's transaction.
+    /// Records objection `text` (checked) of `bidder`, raised as `by` says (the log keeps how).
+    /// The opening's state is checked again in the write's transaction.
     pub(super) async fn record_objection(
         &self,
         opening_id: &str,
         bidder: Option<&BidderRow>,
         text: &str,
-        signature: Option<&str>,
+        by: RaisedBy<'_>,
     ) -> Result<i64, HallError> {
         let events = |n: i64| {
             let who = bidder.map(|b| json!({"uscc": b.uscc, "name": b.name}));
             let mut payload = json!({"n": n, "bidder": who, "text": text});
-            if let Some(signature) = signature {
-                payload["signature"] = json!(signature);
+            match by {
+                RaisedBy::Agent => {}
+                RaisedBy::Signed(signature) => payload["signature"] = json!(signature),
+                RaisedBy::LoggedIn => payload["via"] = json!("login"),
             }
             vec![ev("objection.raised", "public", payload)]
         };

@@ -135,6 +135,9 @@ async fn a_bidder_logs_in_by_scanning_and_sees_its_own_bid(backend: Backend) {
     assert_eq!(view["objections"][0]["answer"], "已刷新二维码");
     let public = app.public_snapshot(&opening).await;
     assert_eq!(public["objections"][0]["bidder"]["uscc"], a.uscc.as_str());
+    // The log says it was raised on the bidder's page, not recorded by the agent.
+    let raised = app.public_payloads(&opening, "objection.raised").await;
+    assert_eq!(raised[0]["via"], "login", "{}", raised[0]);
 
     // After its scan, the bid is decrypted and the view says so.
     assert_eq!(app.scan(&opening, &a).await.status, 200);

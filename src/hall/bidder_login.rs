@@ -26,6 +26,10 @@ pub const LOGIN_CODE_MS: i64 = 2 * 60_000;
 /// need, and a bound on what anyone can make the hall keep by asking for codes.
 pub const MAX_WAITING_LOGIN_CODES: i64 = 500;
 
+/// The most login codes one client address may ask for in [`LOGIN_CODE_MS`]: a page asks for
+/// one every two minutes, a few pages of one office behind one address a few more.
+pub const MAX_LOGIN_CODES_PER_ADDRESS: u32 = 60;
+
 /// How long a bidder's session lasts: a long opening day.
 pub const SESSION_MS: i64 = 12 * 3_600_000;
 
@@ -61,12 +65,17 @@ impl Hall {
         format!("{}/api/phone/logins/{nonce}", self.public_url())
     }
 
-    /// A new login code for opening `opening_id`.
-    pub async fn new_bidder_login(&self, opening_id: &str) -> Result<NewLogin, HallError> {
+    /// A new login code for opening `opening_id`, asked for from client address `from`.
+    pub async fn new_bidder_login(
+        &self,
+        opening_id: &str,
+        from: &str,
+    ) -> Result<NewLogin, HallError> {
         self.opening(opening_id).await?;
+        let now = self.now();
+        self.count_login_code(from, now)?;
         let nonce = random_hex::<16>()?;
         let secret = random_hex::<32>()?;
-        let now = self.now();
         let expires_ms = now + LOGIN_CODE_MS;
         let stored = self
             .inner
@@ -136,6 +145,28 @@ impl Hall {
             return Err(unknown_code());
         }
         self.count_bidder_action("login");
+        Ok(())
+    }
+
+    /// Counts a login code asked for from `from`, refusing past [`MAX_LOGIN_CODES_PER_ADDRESS`]
+    /// in a window of [`LOGIN_CODE_MS`]: one client cannot keep an opening's codes all taken.
+    fn count_login_code(&self, from: &str, now: i64) -> Result<(), HallError> {
+        let codes = &self.inner.login_codes_asked;
+        if codes.len() > 10_000 {
+            codes.retain(|_, (since, _)| now - *since < LOGIN_CODE_MS);
+        }
+        let mut entry = codes.entry(from.to_owned()).or_insert((now, 0));
+        let (since, count) = &mut *entry;
+        if now - *since >= LOGIN_CODE_MS {
+            (*since, *count) = (now, 0);
+        }
+        if *count >= MAX_LOGIN_CODES_PER_ADDRESS {
+            let wait = (*since + LOGIN_CODE_MS - now).max(1000) / 1000;
+            return Err(HallError::WrongState(format!(
+                "too many login codes were asked for from this address: try again in {wait} s"
+            )));
+        }
+        *count += 1;
         Ok(())
     }
 

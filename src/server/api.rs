@@ -195,22 +195,8 @@ async fn login(
     req: HttpRequest,
     body: web::Json<Login>,
 ) -> Result<HttpResponse> {
-    // Where the attempt comes from, an IPv6 address by its /64 (one client's): wrong passwords
-    // from one place do not hold the agent back from another.
-    // Found once per request, by the request's span (see `span::ClientAddress`).
-    let client = req
-        .extensions()
-        .get::<super::span::ClientAddress>()
-        .map(|c| c.0)
-        .unwrap_or_else(|| client_address(&req, &hall.settings().trusted_proxies, |_| {}));
-    let from = match client {
-        Some(std::net::IpAddr::V6(ip)) => {
-            let s = ip.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-        Some(ip) => ip.to_string(),
-        None => String::new(),
-    };
+    // Wrong passwords from one place do not hold the agent back from another.
+    let from = client_key(&req, &hall);
     let token = hall.login(&body.username, &body.password, &from).await?;
     let cookie = Cookie::build(SESSION_COOKIE, token)
         .path("/")
@@ -605,6 +591,25 @@ struct Reason {
 /// `X-Forwarded-For` that is not one of them (each proxy appends the address it was reached
 /// from; what a client wrote before that is not to be believed). A hop that is not an address
 /// ends the walk at the proxy that passed it on, and is handed to `bad_hop`.
+/// Where a request comes from, as limits count it: its client's address, an IPv6 address by its
+/// /64 (one client's). Found once per request, by the request's span (see
+/// `span::ClientAddress`).
+fn client_key(req: &HttpRequest, hall: &Hall) -> String {
+    let client = req
+        .extensions()
+        .get::<super::span::ClientAddress>()
+        .map(|c| c.0)
+        .unwrap_or_else(|| client_address(req, &hall.settings().trusted_proxies, |_| {}));
+    match client {
+        Some(std::net::IpAddr::V6(ip)) => {
+            let s = ip.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Some(ip) => ip.to_string(),
+        None => String::new(),
+    }
+}
+
 pub(super) fn client_address(
     req: &HttpRequest,
     trusted: &[crate::config::IpRange],
@@ -765,8 +770,13 @@ async fn sign_in(
 }
 
 /// A new login code for a bidder's browser (扫码登录).
-async fn new_bidder_login(hall: web::Data<Hall>, id: web::Path<String>) -> Result<HttpResponse> {
-    Ok(HttpResponse::Created().json(hall.new_bidder_login(&id).await?))
+async fn new_bidder_login(
+    hall: web::Data<Hall>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    let from = client_key(&req, &hall);
+    Ok(HttpResponse::Created().json(hall.new_bidder_login(&id, &from).await?))
 }
 
 /// The QR code of a login code, while it can be signed.

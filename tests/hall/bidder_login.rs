@@ -267,8 +267,9 @@ async fn a_login_code_is_refused_forged_expired_or_for_another(backend: Backend)
     let r = take(&app, &late, late["secret"].as_str().unwrap()).await;
     assert_eq!(r.status, 409, "{}", r.body);
     // Codes waiting to be scanned are bounded per opening; expired ones make room.
-    for _ in 0..kaibiao::hall::MAX_WAITING_LOGIN_CODES {
-        app.hall.new_bidder_login(&opening).await.unwrap();
+    for i in 0..kaibiao::hall::MAX_WAITING_LOGIN_CODES {
+        let from = format!("10.0.{}.{}", i / 256, i % 256);
+        app.hall.new_bidder_login(&opening, &from).await.unwrap();
     }
     let r = app
         .call(
@@ -286,6 +287,20 @@ async fn a_login_code_is_refused_forged_expired_or_for_another(backend: Backend)
     );
     app.advance_secs(kaibiao::hall::LOGIN_CODE_MS / 1000 + 1);
     new_login(&app, &opening).await;
+    // One address asks for a bounded number of codes in two minutes, whatever the opening.
+    let from = "192.0.2.7";
+    for _ in 0..kaibiao::hall::MAX_LOGIN_CODES_PER_ADDRESS {
+        app.hall.new_bidder_login(&other, from).await.unwrap();
+    }
+    let refused = app.hall.new_bidder_login(&other, from).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("from this address"),
+        "{refused}"
+    );
+    app.hall
+        .new_bidder_login(&other, "192.0.2.8")
+        .await
+        .unwrap();
 
     // A code unknown to the hall.
     let r = app

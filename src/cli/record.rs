@@ -11,7 +11,7 @@ use serde_json::Value;
 use kaibiao::crypto;
 use kaibiao::db::EventRow;
 use kaibiao::domain::record::RecordFold;
-use kaibiao::hall::{EventDigest, GENESIS, SignedHead, chain_link, event_body_digest, fold_rows};
+use kaibiao::hall::{EventDigest, Pin, SignedHead, check_chain, fold_rows};
 
 use super::hall::{phone_client, phone_get};
 
@@ -41,14 +41,6 @@ pub struct CheckRecordArgs {
     /// once.
     #[arg(long = "head", value_name = "FILE")]
     heads: Vec<PathBuf>,
-}
-
-/// A point the log must pass through: event `seq` with a chain value starting `hash`, and where
-/// it was seen.
-struct Pin {
-    seq: i64,
-    hash: String,
-    from: String,
 }
 
 /// The pins given on the command line, signed heads checked with the platform's key.
@@ -364,85 +356,8 @@ async fn chain_check(
         Ok(d) => d,
         Err(e) => return Ok(Chain::Unavailable(e.to_string())),
     };
-    let mut prev = GENESIS.to_owned();
-    for (i, d) in digests.iter().enumerate() {
-        if d.seq != i as i64 + 1 {
-            return Ok(Chain::Broken(format!(
-                "the log's digests go from event {} to event {}: an event is missing",
-                i, d.seq
-            )));
-        }
-        let link = chain_link(&prev, d.seq, &d.audience, &d.body_sm3);
-        if link != d.hash {
-            return Ok(Chain::Broken(format!(
-                "event {} does not chain to the one before: the log was changed after it was \
-                 written",
-                d.seq
-            )));
-        }
-        prev = link;
-    }
-    let value_at = |n: i64| match n {
-        0 => Some(GENESIS),
-        n => digests.get((n - 1) as usize).map(|d| d.hash.as_str()),
-    };
-    if value_at(seq) != Some(hash) {
-        return Ok(Chain::Broken(format!(
-            "the log's chain does not lead to the value the record names at event {seq}"
-        )));
-    }
-    for pin in pins {
-        match value_at(pin.seq) {
-            None => {
-                return Ok(Chain::Broken(format!(
-                    "the log ends at event {}, but {} saw event {}: the log was cut short",
-                    digests.len(),
-                    pin.from,
-                    pin.seq
-                )));
-            }
-            Some(value) if !value.starts_with(&pin.hash) => {
-                return Ok(Chain::Broken(format!(
-                    "{} saw chain value {} at event {}; the log now has {value} there: it was \
-                     rewritten at or before event {}",
-                    pin.from, pin.hash, pin.seq, pin.seq
-                )));
-            }
-            Some(_) => {}
-        }
-    }
-    // The events read are every public one up to `seq`, once each, in order: none left out.
-    let public: Vec<i64> = digests
-        .iter()
-        .filter(|d| d.seq <= seq && d.audience == "public")
-        .map(|d| d.seq)
-        .collect();
-    let given: Vec<i64> = read.iter().map(|e| e.seq).collect();
-    if given != public {
-        let missing: Vec<String> = public
-            .iter()
-            .filter(|n| !given.contains(n))
-            .map(i64::to_string)
-            .collect();
-        return Ok(Chain::Broken(format!(
-            "the public events the hall gives are not those its chain holds (left out: {}): \
-             the record may leave out what they say",
-            if missing.is_empty() {
-                "none, but some repeated or out of order".to_owned()
-            } else {
-                missing.join(", ")
-            }
-        )));
-    }
-    for e in read {
-        let d = &digests[(e.seq - 1) as usize];
-        if event_body_digest(e) != d.body_sm3 || e.audience != d.audience || e.hash != d.hash {
-            return Ok(Chain::Broken(format!(
-                "event {} ({}) as the hall gives it is not the event its chain holds: it was \
-                 changed after it was written",
-                e.seq, e.kind
-            )));
-        }
-    }
-    Ok(Chain::Checked)
+    Ok(match check_chain(&digests, (seq, hash), read, pins) {
+        Ok(()) => Chain::Checked,
+        Err(why) => Chain::Broken(why),
+    })
 }

@@ -14,8 +14,10 @@
 use serde::{Deserialize, Serialize};
 use sm2::{PublicKey, SecretKey};
 
+use super::events::{EventDigest, GENESIS, chain_link, event_body_digest};
 use super::{HallError, Receipt};
 use crate::crypto::{self, KeyError};
+use crate::db::EventRow;
 
 const RECEIPT_LABEL: &str = "kaibiao upload receipt v1";
 const HEAD_LABEL: &str = "kaibiao log head v1";
@@ -142,9 +144,208 @@ fn verify_hex(key: &PublicKey, message: &[u8], signature: &str) -> Result<(), Ke
     crypto::verify(key, message, &signature)
 }
 
+/// A point an opening's log must pass through: event `seq` with a chain value starting `hash`
+/// (at least 16 hex digits), and where it was seen (for the message).
+#[derive(Debug, Clone)]
+pub struct Pin {
+    pub seq: i64,
+    pub hash: String,
+    pub from: String,
+}
+
+/// Checks an opening's chain (version 2) from its start through `digests`, the digest of every
+/// event in order: that it leads to `hash` at event `seq` and passes through every pin, and that
+/// `read`, the public events up to `seq` as the hall gave them, are exactly the public events the
+/// chain holds, each the one chained. What is wrong, in words, if anything.
+pub fn check_chain(
+    digests: &[EventDigest],
+    (seq, hash): (i64, &str),
+    read: &[EventRow],
+    pins: &[Pin],
+) -> Result<(), String> {
+    let mut prev = GENESIS.to_owned();
+    for (i, d) in digests.iter().enumerate() {
+        if d.seq != i as i64 + 1 {
+            return Err(format!(
+                "the log's digests go from event {} to event {}: an event is missing",
+                i, d.seq
+            ));
+        }
+        let link = chain_link(&prev, d.seq, &d.audience, &d.body_sm3);
+        if link != d.hash {
+            return Err(format!(
+                "event {} does not chain to the one before: the log was changed after it was \
+                 written",
+                d.seq
+            ));
+        }
+        prev = link;
+    }
+    let value_at = |n: i64| match n {
+        0 => Some(GENESIS),
+        n => digests.get((n - 1) as usize).map(|d| d.hash.as_str()),
+    };
+    if value_at(seq) != Some(hash) {
+        return Err(format!(
+            "the log's chain does not lead to the value the record names at event {seq}"
+        ));
+    }
+    for pin in pins {
+        match value_at(pin.seq) {
+            None => {
+                return Err(format!(
+                    "the log ends at event {}, but {} saw event {}: the log was cut short",
+                    digests.len(),
+                    pin.from,
+                    pin.seq
+                ));
+            }
+            Some(value) if !value.starts_with(&pin.hash) => {
+                return Err(format!(
+                    "{} saw chain value {} at event {}; the log now has {value} there: it was \
+                     rewritten at or before event {}",
+                    pin.from, pin.hash, pin.seq, pin.seq
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    // The events read are every public one up to `seq`, once each, in order: none left out.
+    let public: Vec<i64> = digests
+        .iter()
+        .filter(|d| d.seq <= seq && d.audience == "public")
+        .map(|d| d.seq)
+        .collect();
+    let given: Vec<i64> = read.iter().map(|e| e.seq).collect();
+    if given != public {
+        let missing: Vec<String> = public
+            .iter()
+            .filter(|n| !given.contains(n))
+            .map(i64::to_string)
+            .collect();
+        return Err(format!(
+            "the public events the hall gives are not those its chain holds (left out: {}): \
+             the record may leave out what they say",
+            if missing.is_empty() {
+                "none, but some repeated or out of order".to_owned()
+            } else {
+                missing.join(", ")
+            }
+        ));
+    }
+    for e in read {
+        let d = &digests[(e.seq - 1) as usize];
+        if event_body_digest(e) != d.body_sm3 || e.audience != d.audience || e.hash != d.hash {
+            return Err(format!(
+                "event {} ({}) as the hall gives it is not the event its chain holds: it was \
+                 changed after it was written",
+                e.seq, e.kind
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Five events chained (version 2), two of them the agent's; their digests; the public ones.
+    fn chain() -> (Vec<EventRow>, Vec<EventDigest>) {
+        let mut prev = GENESIS.to_owned();
+        let mut rows = Vec::new();
+        for (i, audience) in ["public", "agent", "public", "public", "agent"]
+            .iter()
+            .enumerate()
+        {
+            let mut row = EventRow {
+                opening_id: "o1".into(),
+                seq: i as i64 + 1,
+                ts_ms: 1000 + i as i64,
+                kind: format!("k{i}"),
+                audience: (*audience).into(),
+                payload: format!("{{\"n\":{i}}}"),
+                hash: String::new(),
+                salt: format!("{i:032x}"),
+            };
+            row.hash = super::super::chain_hash(2, &prev, &row);
+            prev = row.hash.clone();
+            rows.push(row);
+        }
+        let digests = rows.iter().map(EventDigest::of).collect();
+        (rows, digests)
+    }
+
+    fn public(rows: &[EventRow]) -> Vec<EventRow> {
+        rows.iter()
+            .filter(|r| r.audience == "public")
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn a_chain_is_checked_through_the_events_one_may_not_read() {
+        let (rows, digests) = chain();
+        let head = (5, rows[4].hash.as_str());
+        let read = public(&rows);
+        assert_eq!(check_chain(&digests, head, &read, &[]), Ok(()));
+        // Up to an earlier point, the events read stop there.
+        let earlier = (3, rows[2].hash.as_str());
+        assert_eq!(check_chain(&digests, earlier, &read[..2], &[]), Ok(()));
+
+        // A public event left out, or given twice.
+        let left_out = [read[0].clone(), read[2].clone()];
+        let said = check_chain(&digests, head, &left_out, &[]).unwrap_err();
+        assert!(said.contains("left out: 3"), "{said}");
+        let twice = [
+            read[0].clone(),
+            read[1].clone(),
+            read[1].clone(),
+            read[2].clone(),
+        ];
+        let said = check_chain(&digests, head, &twice, &[]).unwrap_err();
+        assert!(said.contains("repeated"), "{said}");
+
+        // A public event changed after it was chained.
+        let mut changed = read.clone();
+        changed[1].payload = "{\"n\":9}".into();
+        let said = check_chain(&digests, head, &changed, &[]).unwrap_err();
+        assert!(
+            said.contains("event 3 (k2)") && said.contains("not the event"),
+            "{said}"
+        );
+
+        // The digest of an event one may not read changed: the chain breaks there.
+        let mut forged = digests.clone();
+        forged[1].body_sm3 = "00".repeat(32);
+        let said = check_chain(&forged, head, &read, &[]).unwrap_err();
+        assert!(said.contains("event 2 does not chain"), "{said}");
+
+        // The chain must lead to the value named.
+        let said = check_chain(&digests, (5, rows[3].hash.as_str()), &read, &[]).unwrap_err();
+        assert!(said.contains("does not lead"), "{said}");
+    }
+
+    #[test]
+    fn a_chain_must_pass_through_the_points_seen_earlier() {
+        let (rows, digests) = chain();
+        let head = (5, rows[4].hash.as_str());
+        let read = public(&rows);
+        let pin = |seq: i64, hash: &str| Pin {
+            seq,
+            hash: hash.into(),
+            from: "the footer".into(),
+        };
+        let seen = [pin(2, &rows[1].hash[..16]), pin(0, &GENESIS[..16])];
+        assert_eq!(check_chain(&digests, head, &read, &seen), Ok(()));
+        let said = check_chain(&digests, head, &read, &[pin(4, &rows[1].hash[..16])]).unwrap_err();
+        assert!(
+            said.contains("the footer saw chain value") && said.contains("event 4"),
+            "{said}"
+        );
+        let said = check_chain(&digests, head, &read, &[pin(7, &rows[1].hash[..16])]).unwrap_err();
+        assert!(said.contains("cut short"), "{said}");
+    }
 
     fn receipt() -> Receipt {
         Receipt {

@@ -26,7 +26,7 @@ use serde_json::json;
 use sm2::SecretKey;
 use sm2::pkcs8::EncodePublicKey;
 
-pub use attest::{LogVerdict, SignedHead};
+pub use attest::{LogVerdict, Pin, SignedHead, check_chain};
 pub use bidder_login::{
     BidderSession, LOGIN_CODE_MS, MAX_LOGIN_CODES_PER_ADDRESS, MAX_WAITING_LOGIN_CODES, NewLogin,
 };

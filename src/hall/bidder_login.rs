@@ -272,17 +272,14 @@ impl Hall {
                 .sign_in_open(&opening.state, opening.opening_ms)
                 .is_ok())
         .then(|| json!({"url": self.sign_in_url(&opening.id)}));
-        let record = match self.inner.db.latest_record(&opening.id).await? {
+        let record = match self.issued_record(&opening.id).await? {
             Some(issued) => {
-                let confirmed = self
-                    .inner
-                    .db
-                    .record_confirmations(&opening.id, issued.version)
-                    .await?
-                    .iter()
-                    .any(|(id, _, _)| *id == bidder.id);
-                json!({"version": issued.version, "digest": issued.digest, "confirmed": confirmed,
-                       "url": self.record_qr_url(&opening.id, issued.version)})
+                let version = issued["version"].as_i64().unwrap_or_default();
+                let confirmed = issued["confirmations"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["uscc"] == bidder.uscc.as_str()));
+                json!({"version": version, "digest": issued["digest"], "confirmed": confirmed,
+                       "url": self.record_qr_url(&opening.id, version)})
             }
             None => serde_json::Value::Null,
         };

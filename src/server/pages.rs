@@ -62,16 +62,23 @@ async fn console() -> Result<HttpResponse, ApiError> {
     html(ConsolePage.render())
 }
 
+/// A page of one opening, from its id, tender id and name.
+async fn opening_page<T: Template>(
+    hall: &Hall,
+    id: &str,
+    page: fn(String, String, String) -> T,
+) -> Result<HttpResponse, ApiError> {
+    let opening = hall.opening(id).await?;
+    html(page(opening.id, opening.tender_id, opening.name).render())
+}
+
 async fn hall_page(hall: web::Data<Hall>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let opening = hall.opening(&id).await?;
-    html(
-        HallPage {
-            opening_id: opening.id,
-            tender_id: opening.tender_id,
-            name: opening.name,
-        }
-        .render(),
-    )
+    opening_page(&hall, &id, |opening_id, tender_id, name| HallPage {
+        opening_id,
+        tender_id,
+        name,
+    })
+    .await
 }
 
 /// The opening record, printable: rendered by `record.js` from `/api/openings/{id}/record`.
@@ -79,15 +86,12 @@ async fn record_page(
     hall: web::Data<Hall>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let opening = hall.opening(&id).await?;
-    html(
-        RecordPage {
-            opening_id: opening.id,
-            tender_id: opening.tender_id,
-            name: opening.name,
-        }
-        .render(),
-    )
+    opening_page(&hall, &id, |opening_id, tender_id, name| RecordPage {
+        opening_id,
+        tender_id,
+        name,
+    })
+    .await
 }
 
 /// A bidder's own page: scan login (扫码登录), then its bid and objections (`bidder.js`).
@@ -95,15 +99,12 @@ async fn bidder_page(
     hall: web::Data<Hall>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let opening = hall.opening(&id).await?;
-    html(
-        BidderPage {
-            opening_id: opening.id,
-            tender_id: opening.tender_id,
-            name: opening.name,
-        }
-        .render(),
-    )
+    opening_page(&hall, &id, |opening_id, tender_id, name| BidderPage {
+        opening_id,
+        tender_id,
+        name,
+    })
+    .await
 }
 
 const ASSETS: &[(&str, &str, &str)] = &[

@@ -52,6 +52,12 @@ pub struct Settings {
     /// itself a trusted proxy), so that wrong passwords hold back the client that sent them, not
     /// everyone behind the proxy. Empty: the header is ignored (anyone could write it).
     pub trusted_proxies: Vec<IpRange>,
+    /// A PEM file of the certificates of the CAs (roots or intermediates) whose SM2 certificates
+    /// bidders may register (CA 互认). Set, every registered key must be a certificate one of
+    /// them issued, valid and fit for its use, and a bid is taken only while its signing
+    /// certificate is valid. Unset: certificates and bare public keys are taken on the agent's
+    /// word (a warning is logged at start).
+    pub trusted_cas: Option<PathBuf>,
 }
 
 /// An address or a range of addresses (`10.0.0.0/8`, `::1`).
@@ -120,6 +126,7 @@ impl Default for Settings {
             secure_cookies: false,
             log: "info".into(),
             trusted_proxies: Vec::new(),
+            trusted_cas: None,
         }
     }
 }
@@ -142,6 +149,7 @@ impl std::fmt::Debug for Settings {
                 &self.admin_password.as_ref().map(|_| "<set>"),
             )
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("trusted_cas", &self.trusted_cas)
             .finish_non_exhaustive()
     }
 }

@@ -3,12 +3,14 @@
 //! - SM2 (GM/T 0003) keys in PKCS#8 / SPKI PEM or X.509 certificates, interchangeable with OpenSSL 3.
 //! - SM2 public-key encryption of 128-bit file keys, written as GM/T 0009 `SM2Cipher` DER (C1C3C2).
 //! - SM2 signatures with SM3 and the standard user ID `1234567812345678`, written as DER.
+//! - Certificates checked against the CAs the platform trusts (SM2 with SM3, one step).
 //! - SM4-GCM (RFC 8998) and the HKDF-SM3 key schedule of the sealed-bid container.
 
 mod aead;
 mod gcm;
 mod keys;
 mod simd;
+mod trust;
 
 pub use aead::{FileKey, open_in_place, seal_in_place, sm3};
 pub use gcm::{GcmStream, Sm4Gcm, TAG_LEN, TagMismatch};
@@ -20,3 +22,4 @@ pub use keys::{
 pub use simd::ghash::Ghash;
 pub use simd::sm3x16::{Sm3Batch, Sm3Lanes, sm3_many};
 pub use simd::{Sm4Fast, Sm4Path};
+pub use trust::{CertUsage, TrustError, TrustStore};

@@ -45,6 +45,9 @@ pub enum HallError {
         "the signature is not valid, or not made by a certificate registered for this bidder: sign with the bidder's registered signing certificate, or ask the tender agent to register the one you use"
     )]
     BadAnswerSignature,
+    /// A certificate not issued by a CA the platform trusts, or not valid now.
+    #[error("{0}")]
+    Untrusted(#[from] crate::crypto::TrustError),
     #[error("the decryption window is closed")]
     WindowClosed,
     #[error("this bid is already decrypted or being decrypted")]
@@ -107,6 +110,7 @@ impl HallError {
             Self::ChallengeUsed => "qr_used",
             Self::WrongCertificate => "wrong_certificate",
             Self::BadAnswerSignature => "bad_signature",
+            Self::Untrusted(_) => "untrusted_certificate",
             Self::WindowClosed => "window_closed",
             Self::AlreadyDecrypted => "already_decrypted",
             Self::NotReleased => "not_released",

@@ -316,6 +316,9 @@ struct Inner {
     delayed: DashMap<String, Delay>,
     /// The writer threads and chunk buffers every decryption shares (see [`engine::Writers`]).
     writers: engine::Writers,
+    /// The CAs whose certificates bidders may register (`trusted_cas`); `None`: any
+    /// certificate or public key, on the agent's word.
+    trust: Option<crypto::TrustStore>,
     logins: logins::Logins,
     /// Refusals shown on the hall display, by QR code and reason, until when they are
     /// remembered: each is shown once, so that anyone who can see a QR code (every viewer)
@@ -489,6 +492,25 @@ impl Hall {
         rayon::spawn(|| {
             logins::stand_in_hash();
         });
+        let trust = match &settings.trusted_cas {
+            Some(path) => {
+                let store = crypto::TrustStore::load(path)
+                    .map_err(|e| HallError::Setup(format!("trusted_cas: {e}")))?;
+                tracing::info!(
+                    cas = store.len(),
+                    "bidders' certificates must come from: {}",
+                    store.describe()
+                );
+                Some(store)
+            }
+            None => {
+                tracing::warn!(
+                    "no trusted_cas set: bidders' certificates and keys are taken on the agent's \
+                     word, checked against no CA"
+                );
+                None
+            }
+        };
         let decrypting = Arc::<Decrypting>::default();
         let hall = Self {
             inner: Arc::new(Inner {
@@ -511,6 +533,7 @@ impl Hall {
                     2 * rayon::current_num_threads(),
                     4 * rayon::current_num_threads(),
                 )?,
+                trust,
                 logins: logins::Logins::new(),
                 announced_refusals: DashMap::new(),
                 beaten_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
@@ -891,10 +914,24 @@ impl Hall {
             signed_in_ms: None,
         };
         let mut keys = Vec::new();
-        for (usage, pems) in [("sign", &new.sign_keys), ("enc", &new.enc_keys)] {
+        let now = std::time::Duration::from_millis(self.now().max(0) as u64);
+        for (usage, pems, cert_usage) in [
+            ("sign", &new.sign_keys, crypto::CertUsage::Sign),
+            ("enc", &new.enc_keys, crypto::CertUsage::Encrypt),
+        ] {
             for pem in pems {
                 let identity = crypto::load_public_pem(pem)
                     .map_err(|e| HallError::Invalid(format!("{usage} key: {e}")))?;
+                if let Some(trust) = &self.inner.trust {
+                    match &identity {
+                        crypto::PublicIdentity::PublicKey { .. } => {
+                            return Err(crypto::TrustError::BareKey.into());
+                        }
+                        crypto::PublicIdentity::Certificate { cert_der, .. } => {
+                            trust.check(cert_der, cert_usage, now)?
+                        }
+                    }
+                }
                 // 扫码绑定's rule: the certificate must be this enterprise's.
                 if !identity.names_enterprise(uscc.as_str(), &bidder.name) {
                     return Err(HallError::Invalid(format!(
@@ -1004,10 +1041,17 @@ impl Hall {
             )));
         }
         let sign_keys = self.inner.db.bidder_keys(&bidder.id, "sign").await?;
-        if !sign_keys.iter().any(|k| k.key_id == signer_id) {
+        let Some(signer) = sign_keys.iter().find(|k| k.key_id == signer_id) else {
             return Err(HallError::Invalid(
                 "the bid is signed by a certificate not registered for this bidder".into(),
             ));
+        };
+        // A signature counts while its certificate is valid: at the bid's arrival.
+        if let Some(trust) = &self.inner.trust
+            && signer.is_cert == 1
+        {
+            let at = std::time::Duration::from_millis(received_ms.max(0) as u64);
+            trust.check(&signer.der, crypto::CertUsage::Sign, at)?;
         }
         let enc_keys = self.inner.db.bidder_keys(&bidder.id, "enc").await?;
         if !header

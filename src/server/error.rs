@@ -32,7 +32,9 @@ impl ResponseError for ApiError {
             HallError::Unauthorized | HallError::BadLogin => StatusCode::UNAUTHORIZED,
             HallError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             HallError::NotReleased => StatusCode::FORBIDDEN,
-            HallError::Invalid(_) | HallError::BidRejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            HallError::Invalid(_) | HallError::BidRejected(_) | HallError::Untrusted(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             HallError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HallError::ChallengeExpired => StatusCode::GONE,
             HallError::WrongCertificate | HallError::BadAnswerSignature => {

@@ -5,6 +5,8 @@
 mod audit;
 mod bidder_login;
 mod browser;
+#[path = "../common/ca.rs"]
+mod ca;
 mod demo;
 mod helpers;
 mod objections;
@@ -14,4 +16,5 @@ mod record;
 mod refusals;
 mod roles;
 mod signin;
+mod trust;
 mod websocket;

@@ -1,0 +1,264 @@
+//! Bidders' certificates checked against the CAs the platform trusts, with CAs and certificates
+//! made by the `openssl` command.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use kaibiao::crypto::{self, CertUsage, TrustError, TrustStore};
+
+use crate::ca::{ENC_EXT, SIGN_EXT, TestCa, openssl};
+
+fn now() -> Duration {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    match crypto::load_public_pem(pem).unwrap() {
+        crypto::PublicIdentity::Certificate { cert_der, .. } => cert_der,
+        other => panic!("not a certificate: {other:?}"),
+    }
+}
+
+fn public_pem() -> String {
+    crypto::public_key_pem(&crypto::generate_secret_key().public_key()).unwrap()
+}
+
+const SUBJECT: &str = "/CN=测试建设有限公司/OU=91350100M000100Y43";
+
+/// A CA made with the standard user ID and one made with OpenSSL's empty one are both read, and
+/// each one's certificates pass for their use, now; a signing certificate is no encryption one.
+#[test]
+fn certificates_of_a_trusted_ca_pass_for_their_use_while_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    for standard_id in [true, false] {
+        let name = if standard_id { "std" } else { "empty" };
+        let Some(ca) = TestCa::new(dir.path(), name, "/CN=测试CA/O=某数字认证", standard_id)
+        else {
+            return;
+        };
+        let store = TrustStore::from_pem(ca.pem.as_bytes()).unwrap();
+        assert_eq!(store.len(), 1);
+        let sign = der(&ca.issue(
+            &format!("{name}-sign"),
+            SUBJECT,
+            &public_pem(),
+            SIGN_EXT,
+            10,
+        ));
+        let enc = der(&ca.issue(&format!("{name}-enc"), SUBJECT, &public_pem(), ENC_EXT, 10));
+        store.check(&sign, CertUsage::Sign, now()).unwrap();
+        store.check(&enc, CertUsage::Encrypt, now()).unwrap();
+        assert!(matches!(
+            store.check(&sign, CertUsage::Encrypt, now()),
+            Err(TrustError::WrongUsage { .. })
+        ));
+        assert!(matches!(
+            store.check(&enc, CertUsage::Sign, now()),
+            Err(TrustError::WrongUsage { .. })
+        ));
+        let later = now() + Duration::from_secs(11 * 86_400);
+        let expired = store.check(&sign, CertUsage::Sign, later).unwrap_err();
+        assert!(
+            matches!(expired, TrustError::OutsideValidity { .. }),
+            "{expired}"
+        );
+        assert!(expired.to_string().contains("证书已过期"), "{expired}");
+        let before = now() - Duration::from_secs(86_400);
+        assert!(matches!(
+            store.check(&sign, CertUsage::Sign, before),
+            Err(TrustError::OutsideValidity { .. })
+        ));
+    }
+}
+
+/// A certificate the CA did not sign is refused: one signed by another key under the CA's name
+/// (forged), one of an unknown CA, a self-signed one, the CA's own, and one carrying a critical
+/// extension nobody here understands. A CA whose certificate has expired passes nothing.
+#[test]
+fn forged_unknown_self_signed_and_odd_certificates_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(ca) = TestCa::new(dir.path(), "real", "/CN=测试CA", true) else {
+        return;
+    };
+    // Same name, other key: its key signs what claims to be the real CA's.
+    let impostor = TestCa::new(dir.path(), "impostor", "/CN=测试CA", true).unwrap();
+    let other = TestCa::new(dir.path(), "other", "/CN=另一CA", true).unwrap();
+    let store = TrustStore::from_pem(ca.pem.as_bytes()).unwrap();
+    let check = |pem: &str| store.check(&der(pem), CertUsage::Sign, now());
+
+    // Signed by the impostor under the real CA's name, without naming its key: the real CA's
+    // key is tried, and fails.
+    let no_key_id = format!("{SIGN_EXT}authorityKeyIdentifier=none\n");
+    let forged = impostor.issue("forged", SUBJECT, &public_pem(), &no_key_id, 10);
+    let refused = check(&forged).unwrap_err();
+    assert!(
+        matches!(refused, TrustError::BadSignature { .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("forged"), "{refused}");
+    // Naming its own key: no trusted CA has that key.
+    let named = impostor.issue("named", SUBJECT, &public_pem(), SIGN_EXT, 10);
+    assert!(matches!(
+        check(&named),
+        Err(TrustError::UnknownIssuer { .. })
+    ));
+    // A genuine certificate whose signature was changed.
+    let mut changed = der(&ca.issue("changed", SUBJECT, &public_pem(), SIGN_EXT, 10));
+    let last = changed.len() - 2;
+    changed[last] ^= 1;
+    assert!(matches!(
+        store.check(&changed, CertUsage::Sign, now()),
+        Err(TrustError::BadSignature { .. })
+    ));
+
+    let unknown = other.issue("unknown", SUBJECT, &public_pem(), SIGN_EXT, 10);
+    let refused = check(&unknown).unwrap_err();
+    assert!(
+        matches!(refused, TrustError::UnknownIssuer { .. }),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("测试CA"),
+        "names the trusted CAs: {refused}"
+    );
+
+    assert!(matches!(check(&impostor.pem), Err(TrustError::IsCa { .. })));
+    assert!(matches!(check(&ca.pem), Err(TrustError::IsCa { .. })));
+
+    let odd = ca.issue(
+        "odd",
+        SUBJECT,
+        &public_pem(),
+        &format!("{SIGN_EXT}1.2.3.4=critical,ASN1:UTF8String:x\n"),
+        10,
+    );
+    assert!(matches!(
+        check(&odd),
+        Err(TrustError::UnknownCritical { .. })
+    ));
+    // Without the odd extension the same CA's certificate passes: the refusals are the checks'.
+    check(&ca.issue("fine", SUBJECT, &public_pem(), SIGN_EXT, 10)).unwrap();
+
+    let short = TestCa::new(dir.path(), "short", "/CN=短期CA", true).unwrap();
+    let store = TrustStore::from_pem(short.pem.as_bytes()).unwrap();
+    let long = short.issue("long", SUBJECT, &public_pem(), SIGN_EXT, 365);
+    let after_ca = now() + Duration::from_secs(31 * 86_400);
+    assert!(matches!(
+        store.check(&der(&long), CertUsage::Sign, after_ca),
+        Err(TrustError::CaOutsideValidity { .. })
+    ));
+}
+
+/// The trusted CA file holds CAs only, of SM2: a bidder's certificate, an ECDSA CA, a file with
+/// no certificate and a damaged root are refused when the file is read, each saying why. A
+/// certificate signed with ECDSA is refused for its algorithm.
+#[test]
+fn the_trusted_ca_file_holds_sm2_cas_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(ca) = TestCa::new(dir.path(), "root", "/CN=测试CA", true) else {
+        return;
+    };
+    let leaf = ca.issue("leaf", SUBJECT, &public_pem(), SIGN_EXT, 10);
+    let said = TrustStore::from_pem(leaf.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(said.contains("not a CA"), "{said}");
+    assert!(matches!(
+        TrustStore::from_pem(b"no certificate here"),
+        Err(TrustError::NoCertificates | TrustError::Parse(_))
+    ));
+    // Two CAs in one file are both trusted.
+    let second = TestCa::new(dir.path(), "second", "/CN=第二CA", false).unwrap();
+    let both = TrustStore::from_pem(format!("{}{}", ca.pem, second.pem).as_bytes()).unwrap();
+    assert_eq!(both.len(), 2);
+    both.check(
+        &der(&second.issue("s", SUBJECT, &public_pem(), SIGN_EXT, 10)),
+        CertUsage::Sign,
+        now(),
+    )
+    .unwrap();
+
+    ec_ca(dir.path()).unwrap();
+    let ec = std::fs::read_to_string(dir.path().join("ec.pem")).unwrap();
+    let said = TrustStore::from_pem(ec.as_bytes()).unwrap_err().to_string();
+    assert!(said.contains("not an SM2 key"), "{said}");
+    std::fs::write(dir.path().join("leaf.pub.pem"), public_pem()).unwrap();
+    openssl(
+        dir.path(),
+        &[
+            "x509",
+            "-new",
+            "-force_pubkey",
+            "leaf.pub.pem",
+            "-subj",
+            "/CN=x",
+            "-CA",
+            "ec.pem",
+            "-CAkey",
+            "ec.key",
+            "-sha256",
+            "-days",
+            "10",
+            "-out",
+            "by-ec.pem",
+        ],
+    )
+    .unwrap();
+    let by_ec = std::fs::read_to_string(dir.path().join("by-ec.pem")).unwrap();
+    let store = TrustStore::from_pem(ca.pem.as_bytes()).unwrap();
+    assert!(matches!(
+        store.check(&der(&by_ec), CertUsage::Sign, now()),
+        Err(TrustError::Algorithm { .. })
+    ));
+
+    // A root whose signature bytes were changed: refused when read, not at every check.
+    let mut damaged = der(&ca.pem);
+    let last = damaged.len() - 3;
+    damaged[last] ^= 1;
+    let damaged_pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        base64_lines(&damaged)
+    );
+    let said = TrustStore::from_pem(damaged_pem.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(said.contains("damaged"), "{said}");
+}
+
+fn ec_ca(dir: &Path) -> Option<()> {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=EC CA",
+            "-keyout",
+            "ec.key",
+            "-days",
+            "10",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-out",
+            "ec.pem",
+        ],
+    )
+}
+
+fn base64_lines(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .encode(bytes)
+        .as_bytes()
+        .chunks(64)
+        .map(|line| std::str::from_utf8(line).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,146 @@
+//! A platform that names the CAs it trusts (`trusted_cas`) registers only certificates they
+//! issued, each for its use, and takes a bid only while its signing certificate is valid.
+
+use serde_json::json;
+
+use kaibiao::crypto;
+
+use crate::ca::{ENC_EXT, SIGN_EXT, TestCa};
+use crate::helpers::{Backend, TestBidder, spawn_app_with};
+
+crate::on_both_databases!(
+    only_certificates_of_a_trusted_ca_are_registered,
+    a_bid_signed_under_an_expired_certificate_is_refused,
+    a_bad_trusted_ca_file_stops_the_server
+);
+
+/// The CA's certificates for a bidder's two keys, naming it, valid `days`.
+fn certificates(ca: &TestCa, b: &TestBidder, days: u32) -> (String, String) {
+    let subject = format!("/CN={}/OU={}", b.name, b.uscc.as_str());
+    let pem = |k: &sm2::SecretKey| crypto::public_key_pem(&k.public_key()).unwrap();
+    (
+        ca.issue(
+            &format!("{}-sign", b.uscc.as_str()),
+            &subject,
+            &pem(&b.sign),
+            SIGN_EXT,
+            days,
+        ),
+        ca.issue(
+            &format!("{}-enc", b.uscc.as_str()),
+            &subject,
+            &pem(&b.enc),
+            ENC_EXT,
+            days,
+        ),
+    )
+}
+
+fn registration(b: &TestBidder, sign: &str, enc: &str) -> serde_json::Value {
+    let mut body = b.registration();
+    body["sign_keys"] = json!([sign]);
+    body["enc_keys"] = json!([enc]);
+    body
+}
+
+/// Bare keys, a certificate of a CA not trusted and certificates registered for the wrong use
+/// are refused, saying why, and register nothing; the trusted CA's certificates register, and
+/// the bid sealed under them is taken, decrypted at the opening and settled.
+async fn only_certificates_of_a_trusted_ca_are_registered(backend: Backend) {
+    let cas = tempfile::tempdir().unwrap();
+    let Some(ca) = TestCa::new(cas.path(), "trusted", "/CN=测试数字认证CA/O=测试CA", true)
+    else {
+        return;
+    };
+    let untrusted = TestCa::new(cas.path(), "untrusted", "/CN=别的CA", true).unwrap();
+    let file = cas.path().join("cas.pem");
+    std::fs::write(&file, &ca.pem).unwrap();
+    let app = spawn_app_with(&backend, |s| s.trusted_cas = Some(file.clone())).await;
+    let b = TestBidder::new(app.dir.path(), 0, 40_000);
+    let (sign, enc) = certificates(&ca, &b, 10);
+    let (other_sign, _) = certificates(&untrusted, &b, 10);
+    let opening = app.create_opening(600, 1800).await;
+    let path = format!("/api/openings/{opening}/bidders");
+
+    for (body, says) in [
+        (b.registration(), "bare public key"),
+        (registration(&b, &other_sign, &enc), "does not trust"),
+        (registration(&b, &enc, &sign), "may not be used to sign"),
+    ] {
+        let r = app.agent("POST", &path, Some(body)).await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert_eq!(r.body["error"], "untrusted_certificate", "{}", r.body);
+        let message = r.body["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message}");
+    }
+    assert_eq!(app.snapshot(&opening).await["bidders"], json!([]));
+
+    let r = app
+        .agent("POST", &path, Some(registration(&b, &sign, &enc)))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = app.upload(&opening, &b).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    app.start_after(&opening, 600).await;
+    assert_eq!(app.scan(&opening, &b).await.status, 200);
+    let settled = app.wait_until_settled(&opening).await;
+    assert_eq!(settled["bids"][0]["state"], "decrypted", "{settled}");
+    app.cleanup().await;
+}
+
+/// A bid arriving after its signing certificate expired is refused, saying so, and nothing is
+/// filed; the same bid was acceptable while the certificate was valid.
+async fn a_bid_signed_under_an_expired_certificate_is_refused(backend: Backend) {
+    let cas = tempfile::tempdir().unwrap();
+    let Some(ca) = TestCa::new(cas.path(), "ca", "/CN=测试CA", false) else {
+        return;
+    };
+    let file = cas.path().join("cas.pem");
+    std::fs::write(&file, &ca.pem).unwrap();
+    let app = spawn_app_with(&backend, |s| s.trusted_cas = Some(file.clone())).await;
+    let b = TestBidder::new(app.dir.path(), 0, 5_000);
+    let (sign, enc) = certificates(&ca, &b, 1);
+    let opening = app.create_opening(5 * 86_400, 1800).await;
+    let r = app
+        .agent(
+            "POST",
+            &format!("/api/openings/{opening}/bidders"),
+            Some(registration(&b, &sign, &enc)),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    app.advance_secs(2 * 86_400);
+    let r = app.upload(&opening, &b).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.body["error"], "untrusted_certificate", "{}", r.body);
+    let message = r.body["message"].as_str().unwrap();
+    assert!(message.contains("证书已过期"), "{message}");
+    assert_eq!(app.snapshot(&opening).await["bids"], json!([]));
+    app.cleanup().await;
+}
+
+/// A trusted CA file that cannot be read, or holds a certificate that is no CA's, stops the
+/// server at start, naming the setting and what is wrong.
+async fn a_bad_trusted_ca_file_stops_the_server(backend: Backend) {
+    let cas = tempfile::tempdir().unwrap();
+    let Some(ca) = TestCa::new(cas.path(), "ca", "/CN=测试CA", true) else {
+        return;
+    };
+    let b = TestBidder::new(cas.path(), 0, 1_000);
+    let (leaf, _) = certificates(&ca, &b, 10);
+    let leaf_file = cas.path().join("leaf.pem");
+    std::fs::write(&leaf_file, leaf).unwrap();
+    let mut app = spawn_app_with(&backend, |_| {}).await;
+    app.stop().await;
+    let said = app
+        .start_error(|s| s.trusted_cas = Some(leaf_file.clone()))
+        .await;
+    assert!(
+        said.contains("trusted_cas") && said.contains("not a CA"),
+        "{said}"
+    );
+    let missing = cas.path().join("missing.pem");
+    let said = app.start_error(|s| s.trusted_cas = Some(missing)).await;
+    assert!(said.contains("could not be read"), "{said}");
+    app.cleanup().await;
+}

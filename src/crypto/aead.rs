@@ -39,6 +39,14 @@ pub fn open_in_place(
     cipher.decrypt_in_place(nonce, aad, buf, tag)
 }
 
+/// HMAC-SM3 (RFC 2104 with SM3, GM/T 0042) of `message` under `key`.
+pub fn hmac_sm3(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<Sm3>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}
+
 /// A bid's 128-bit file key together with the keys derived from it.
 ///
 /// The raw key is zeroized on drop and never printed by `Debug`.

@@ -311,6 +311,7 @@ pub struct IssuedRecordRow {
 pub struct BidderLoginRow {
     pub nonce: String,
     pub opening_id: String,
+    /// The first 128 bits of the SM3 of the browser's secret, hex (as the code carries it).
     pub secret_sm3: String,
     pub expires_ms: i64,
     pub bidder_id: Option<String>,
@@ -824,41 +825,33 @@ impl Db {
 
     /// Stores a new login code of opening `opening_id` unless `most` codes of it are waiting
     /// already (whether it did), and forgets codes that expired.
-    pub async fn insert_bidder_login(
+    /// Records login code `login.nonce` as signed by `login.bidder_id`'s phone, if it was not
+    /// before (the code is its key); whether it was recorded. Rows of codes expired before `now`
+    /// are dropped: an expired code is refused before its row is looked at.
+    pub async fn insert_signed_login(
         &self,
-        nonce: &str,
-        opening_id: &str,
-        secret_sm3: &str,
-        expires_ms: i64,
+        login: &BidderLoginRow,
         now: i64,
-        most: i64,
     ) -> Result<bool, DbError> {
         let mut tx = self.begin_write().await?.0;
         sqlx::query("DELETE FROM bidder_logins WHERE expires_ms < $1")
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM bidder_logins WHERE opening_id = $1 AND bidder_id IS NULL",
+        let done = sqlx::query(
+            "INSERT INTO bidder_logins (nonce, opening_id, secret_sm3, expires_ms, bidder_id, signed_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (nonce) DO NOTHING",
         )
-        .bind(opening_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if waiting >= most {
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO bidder_logins (nonce, opening_id, secret_sm3, expires_ms) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(nonce)
-        .bind(opening_id)
-        .bind(secret_sm3)
-        .bind(expires_ms)
+        .bind(&login.nonce)
+        .bind(&login.opening_id)
+        .bind(&login.secret_sm3)
+        .bind(login.expires_ms)
+        .bind(&login.bidder_id)
+        .bind(login.signed_ms)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(done.rows_affected() == 1)
     }
 
     pub async fn bidder_login(&self, nonce: &str) -> Result<Option<BidderLoginRow>, DbError> {
@@ -869,26 +862,6 @@ impl Db {
         .bind(nonce)
         .fetch_optional(&self.pool)
         .await?)
-    }
-
-    /// Records that bidder `bidder_id`'s phone signed login code `nonce`, if no phone has and
-    /// it has not expired; whether it did.
-    pub async fn sign_bidder_login(
-        &self,
-        nonce: &str,
-        bidder_id: &str,
-        now: i64,
-    ) -> Result<bool, DbError> {
-        let done = sqlx::query(
-            "UPDATE bidder_logins SET bidder_id = $1, signed_ms = $2 \
-             WHERE nonce = $3 AND bidder_id IS NULL AND expires_ms > $2",
-        )
-        .bind(bidder_id)
-        .bind(now)
-        .bind(nonce)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
     }
 
     /// Starts the session of signed login code `nonce` for the holder of its secret, once: the

@@ -1,7 +1,10 @@
 //! Bidders' scan login (扫码登录) and the bidder's own view of the opening.
 //!
-//! A browser (a bidder taking part remotely, 不见面开标) asks for a login code: a random nonce,
-//! shown as a QR code, and a secret the browser keeps (the hall stores only its SM3). The bidder's
+//! A browser (a bidder taking part remotely, 不见面开标) asks for a login code, shown as a QR
+//! code, and a secret the browser keeps. The code carries the opening, its expiry and the first
+//! 128 bits of the secret's SM3, authenticated by the hall (HMAC-SM3 under a key of the master
+//! key): the hall stores nothing until a phone signs a code, so asking for codes costs it neither
+//! storage nor a write, and no one can take up an opening's codes however many ask. The bidder's
 //! phone scans the code and signs "this bidder logs in with this code at this opening"
 //! ([`crate::phone::login_message`]) with a signing key registered for it. The browser, holding
 //! the secret, then takes a session token once; anyone else who saw the code (it is on a screen)
@@ -14,21 +17,16 @@
 
 use serde_json::json;
 
+use subtle::ConstantTimeEq;
+
 use super::{Hall, HallError, random_hex, token_hash};
-use crate::db::{BidderRow, SessionTaken};
+use crate::crypto;
+use crate::db::{BidderLoginRow, BidderRow, SessionTaken};
 use crate::domain::record::outcome;
 use crate::phone::{Login, LoginView, login_check_code, login_message};
 
 /// How long a login code can be signed.
 pub const LOGIN_CODE_MS: i64 = 2 * 60_000;
-
-/// The most login codes of one opening waiting to be scanned at once: far more than its bidders
-/// need, and a bound on what anyone can make the hall keep by asking for codes.
-pub const MAX_WAITING_LOGIN_CODES: i64 = 500;
-
-/// The most login codes one client address may ask for in [`LOGIN_CODE_MS`]: a page asks for
-/// one every two minutes, a few pages of one office behind one address a few more.
-pub const MAX_LOGIN_CODES_PER_ADDRESS: u32 = 60;
 
 /// How long a bidder's session lasts: a long opening day.
 pub const SESSION_MS: i64 = 12 * 3_600_000;
@@ -54,6 +52,22 @@ pub struct BidderSession {
     pub expires_ms: i64,
 }
 
+/// What the hall's MAC of a login code is made for.
+const CODE_MAC: &str = "login code v1";
+
+/// A login code as the hall made it: `{opening}.{expires_ms}.{secret tag}.{mac}`.
+struct Code {
+    opening_id: String,
+    expires_ms: i64,
+    /// The first 128 bits of the SM3 of the browser's secret, hex.
+    secret_tag: String,
+}
+
+/// The first 128 bits of the SM3 of a browser's secret, hex: what a code carries of it.
+fn secret_tag(secret: &str) -> String {
+    hex::encode(&crypto::sm3(secret.as_bytes())[..16])
+}
+
 fn unknown_code() -> HallError {
     HallError::WrongState(
         "this login code is unknown, has expired or was used: reload the page for a new one".into(),
@@ -65,37 +79,38 @@ impl Hall {
         format!("{}/api/phone/logins/{nonce}", self.public_url())
     }
 
-    /// A new login code for opening `opening_id`, asked for from client address `from`.
-    pub async fn new_bidder_login(
-        &self,
-        opening_id: &str,
-        from: &str,
-    ) -> Result<NewLogin, HallError> {
-        self.opening(opening_id).await?;
-        let now = self.now();
-        self.count_login_code(from, now)?;
-        let nonce = random_hex::<16>()?;
-        let secret = random_hex::<32>()?;
-        let expires_ms = now + LOGIN_CODE_MS;
-        let stored = self
-            .inner
-            .db
-            .insert_bidder_login(
-                &nonce,
-                opening_id,
-                &token_hash(&secret),
-                expires_ms,
-                now,
-                MAX_WAITING_LOGIN_CODES,
-            )
-            .await?;
-        if !stored {
-            return Err(HallError::WrongState(
-                "too many login codes of this opening are waiting to be scanned: try again in two \
-                 minutes"
-                    .into(),
-            ));
+    fn code_mac(&self, opening_id: &str, expires_ms: i64, secret_tag: &str) -> String {
+        let message = format!("{opening_id}\0{expires_ms}\0{secret_tag}");
+        hex::encode(&self.inner.vault.mac(CODE_MAC, message.as_bytes())[..16])
+    }
+
+    /// The login code `code`, if the hall made it (whether or not it has expired since).
+    fn decode_code(&self, code: &str) -> Option<Code> {
+        let mut parts = code.split('.');
+        let (opening_id, expires, tag, mac) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || tag.len() != 32 || mac.len() != 32 {
+            return None;
         }
+        let expires_ms: i64 = expires.parse().ok()?;
+        let expected = self.code_mac(opening_id, expires_ms, tag);
+        bool::from(expected.as_bytes().ct_eq(mac.as_bytes())).then(|| Code {
+            opening_id: opening_id.to_owned(),
+            expires_ms,
+            secret_tag: tag.to_owned(),
+        })
+    }
+
+    /// A new login code for opening `opening_id`. Nothing is stored.
+    pub async fn new_bidder_login(&self, opening_id: &str) -> Result<NewLogin, HallError> {
+        self.opening(opening_id).await?;
+        let secret = random_hex::<32>()?;
+        let expires_ms = self.now() + LOGIN_CODE_MS;
+        let tag = secret_tag(&secret);
+        let nonce = format!(
+            "{opening_id}.{expires_ms}.{tag}.{}",
+            self.code_mac(opening_id, expires_ms, &tag)
+        );
         Ok(NewLogin {
             qr_url: self.login_url(&nonce),
             check_code: login_check_code(&nonce),
@@ -107,22 +122,22 @@ impl Hall {
 
     /// What the phone is shown when it scans a login code that can still be signed.
     pub async fn login_view(&self, nonce: &str) -> Result<LoginView, HallError> {
-        let login = self
-            .inner
-            .db
-            .bidder_login(nonce)
-            .await?
-            .filter(|l| l.bidder_id.is_none() && l.expires_ms > self.now())
+        let code = self
+            .decode_code(nonce)
+            .filter(|c| c.expires_ms > self.now())
             .ok_or_else(unknown_code)?;
-        let opening = self.opening(&login.opening_id).await?;
+        if self.inner.db.bidder_login(nonce).await?.is_some() {
+            return Err(unknown_code());
+        }
+        let opening = self.opening(&code.opening_id).await?;
         Ok(LoginView {
             opening_id: opening.id,
             tender_id: opening.tender_id,
             tender_name: opening.name,
             answer_url: self.login_url(nonce),
             check_code: login_check_code(nonce),
-            nonce: login.nonce,
-            expires_ms: login.expires_ms,
+            nonce: nonce.to_owned(),
+            expires_ms: code.expires_ms,
         })
     }
 
@@ -136,37 +151,28 @@ impl Hall {
         self.check_bidder_signature(id, message, &login.signature)
             .await?;
         let bidder = bidder.ok_or(HallError::BadAnswerSignature)?;
+        let code = self.decode_code(nonce).ok_or_else(unknown_code)?;
+        // Once per code, even with two phones answering at the same moment.
         if !self
             .inner
             .db
-            .sign_bidder_login(nonce, &bidder.id, self.now())
+            .insert_signed_login(
+                &BidderLoginRow {
+                    nonce: nonce.to_owned(),
+                    opening_id: view.opening_id,
+                    secret_sm3: code.secret_tag,
+                    expires_ms: code.expires_ms,
+                    bidder_id: Some(bidder.id),
+                    signed_ms: Some(self.now()),
+                    taken: 0,
+                },
+                self.now(),
+            )
             .await?
         {
             return Err(unknown_code());
         }
         self.count_bidder_action("login");
-        Ok(())
-    }
-
-    /// Counts a login code asked for from `from`, refusing past [`MAX_LOGIN_CODES_PER_ADDRESS`]
-    /// in a window of [`LOGIN_CODE_MS`]: one client cannot keep an opening's codes all taken.
-    fn count_login_code(&self, from: &str, now: i64) -> Result<(), HallError> {
-        let codes = &self.inner.login_codes_asked;
-        if codes.len() > 10_000 {
-            codes.retain(|_, (since, _)| now - *since < LOGIN_CODE_MS);
-        }
-        let mut entry = codes.entry(from.to_owned()).or_insert((now, 0));
-        let (since, count) = &mut *entry;
-        if now - *since >= LOGIN_CODE_MS {
-            (*since, *count) = (now, 0);
-        }
-        if *count >= MAX_LOGIN_CODES_PER_ADDRESS {
-            let wait = (*since + LOGIN_CODE_MS - now).max(1000) / 1000;
-            return Err(HallError::WrongState(format!(
-                "too many login codes were asked for from this address: try again in {wait} s"
-            )));
-        }
-        *count += 1;
         Ok(())
     }
 
@@ -195,30 +201,30 @@ impl Hall {
         // Pages ask every second while they wait: read first, and write only once the phone
         // has signed (the write is checked again in its transaction).
         let now = self.now();
-        let login = self.inner.db.bidder_login(nonce).await?;
-        match login {
-            Some(l) if l.taken == 0 && l.secret_sm3 == token_hash(secret) => {
-                if l.bidder_id.is_none() {
-                    return if l.expires_ms > now {
+        let tag = secret_tag(secret);
+        match self.inner.db.bidder_login(nonce).await? {
+            Some(l)
+                if l.taken == 0 && bool::from(l.secret_sm3.as_bytes().ct_eq(tag.as_bytes())) => {}
+            Some(_) => return Err(unknown_code()),
+            // Not signed yet: waiting, if the hall made this code for this secret and it has
+            // not expired.
+            None => {
+                return match self.decode_code(nonce) {
+                    Some(c)
+                        if c.expires_ms > now
+                            && bool::from(c.secret_tag.as_bytes().ct_eq(tag.as_bytes())) =>
+                    {
                         Ok(None)
-                    } else {
-                        Err(unknown_code())
-                    };
-                }
+                    }
+                    _ => Err(unknown_code()),
+                };
             }
-            _ => return Err(unknown_code()),
         }
         let token = format!("bs_{}", random_hex::<32>()?);
         let taken = self
             .inner
             .db
-            .take_bidder_session(
-                nonce,
-                &token_hash(secret),
-                &token_hash(&token),
-                now + SESSION_MS,
-                now,
-            )
+            .take_bidder_session(nonce, &tag, &token_hash(&token), now + SESSION_MS, now)
             .await?;
         match taken {
             SessionTaken::Waiting => Ok(None),

@@ -27,9 +27,7 @@ use sm2::SecretKey;
 use sm2::pkcs8::EncodePublicKey;
 
 pub use attest::{LogVerdict, Pin, SignedHead, check_chain};
-pub use bidder_login::{
-    BidderSession, LOGIN_CODE_MS, MAX_LOGIN_CODES_PER_ADDRESS, MAX_WAITING_LOGIN_CODES, NewLogin,
-};
+pub use bidder_login::{BidderSession, LOGIN_CODE_MS, NewLogin};
 pub use error::HallError;
 pub use events::{
     BusMsg, EventBus, EventDigest, GENESIS, Published, Role, chain_hash, chain_link,
@@ -331,8 +329,6 @@ struct Inner {
     records: DashMap<String, Arc<OpeningRecord>>,
     /// The number of the last signed head pushed to each opening's viewers.
     pushed_heads: DashMap<String, i64>,
-    /// Login codes asked for, by client address: since when (ms) and how many.
-    login_codes_asked: DashMap<String, (i64, u32)>,
     /// When the tick last recorded that the hall runs (see [`Db::beat`]).
     beaten_ms: std::sync::atomic::AtomicI64,
     /// Uploads being checked, by opening: received before the deadline, they are filed even if
@@ -540,7 +536,6 @@ impl Hall {
                 signed_heads: DashMap::new(),
                 records: DashMap::new(),
                 pushed_heads: DashMap::new(),
-                login_codes_asked: DashMap::new(),
                 checking: DashMap::new(),
                 runtime: tokio::runtime::Handle::current(),
                 tasks: std::sync::Mutex::new(Some(tokio::task::JoinSet::new())),

@@ -18,10 +18,15 @@ pub struct Vault {
     cipher: Sm4Gcm,
     /// The platform's signing key (see [`Vault::platform_key`]).
     platform: SecretKey,
+    /// The key of the hall's message authentication codes (see [`Vault::mac`]).
+    mac_key: Zeroizing<[u8; 32]>,
 }
 
 /// What the platform's signing key is derived for (see [`crypto::derive_secret_key`]).
 const PLATFORM_KEY_PURPOSE: &str = "kaibiao platform signing key v1";
+
+/// What the hall's MAC key is derived for.
+const MAC_KEY_PURPOSE: &[u8] = b"kaibiao hall mac key v1";
 
 impl Vault {
     /// Reads the key at `path`, or creates it there when it does not exist and no opening
@@ -87,6 +92,7 @@ impl Vault {
         Ok(Self {
             cipher: Sm4Gcm::new(&key),
             platform: crypto::derive_secret_key(key.as_slice(), PLATFORM_KEY_PURPOSE),
+            mac_key: Zeroizing::new(crypto::hmac_sm3(key.as_slice(), MAC_KEY_PURPOSE)),
         })
     }
 
@@ -95,6 +101,16 @@ impl Vault {
     /// holds the master key can sign as the platform.
     pub fn platform_key(&self) -> &SecretKey {
         &self.platform
+    }
+
+    /// HMAC-SM3 of `message` for `context` under a key derived from the master key: what the
+    /// hall hands out and must recognise later without storing it (login codes).
+    pub fn mac(&self, context: &str, message: &[u8]) -> [u8; 32] {
+        let mut input = Vec::with_capacity(context.len() + 1 + message.len());
+        input.extend_from_slice(context.as_bytes());
+        input.push(0);
+        input.extend_from_slice(message);
+        crypto::hmac_sm3(self.mac_key.as_slice(), &input)
     }
 
     /// `nonce ‖ ciphertext ‖ tag`, bound to `context`.

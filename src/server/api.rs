@@ -770,13 +770,8 @@ async fn sign_in(
 }
 
 /// A new login code for a bidder's browser (扫码登录).
-async fn new_bidder_login(
-    hall: web::Data<Hall>,
-    req: HttpRequest,
-    id: web::Path<String>,
-) -> Result<HttpResponse> {
-    let from = client_key(&req, &hall);
-    Ok(HttpResponse::Created().json(hall.new_bidder_login(&id, &from).await?))
+async fn new_bidder_login(hall: web::Data<Hall>, id: web::Path<String>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Created().json(hall.new_bidder_login(&id).await?))
 }
 
 /// The QR code of a login code, while it can be signed.

@@ -346,6 +346,51 @@ pub fn check_signed(file: &Path, platform_key: &Path) -> anyhow::Result<ExitCode
     }
 }
 
+pub fn check_cert(
+    certificate: &Path,
+    cas: &Path,
+    usage: &str,
+    uscc: Option<&str>,
+    name: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let store = crypto::TrustStore::load(cas)?;
+    let identity = load_public(certificate)?;
+    let PublicIdentity::Certificate { cert_der, .. } = &identity else {
+        bail!(
+            "{} is a bare public key, not a certificate",
+            certificate.display()
+        );
+    };
+    let usage = match usage {
+        "enc" => crypto::CertUsage::Encrypt,
+        _ => crypto::CertUsage::Sign,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the system clock is before 1970")?;
+    if let Err(refused) = store.check(cert_der, usage, now) {
+        println!("REFUSED: {refused}");
+        return Ok(ExitCode::FAILURE);
+    }
+    if (uscc.is_some() || name.is_some())
+        && !identity.names_enterprise(uscc.unwrap_or_default(), name.unwrap_or_default())
+    {
+        println!(
+            "REFUSED: {} names neither {} nor {} (证书与投标人不符)",
+            identity.describe(),
+            uscc.unwrap_or("-"),
+            name.unwrap_or("-")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    println!(
+        "accepted: {}, issued by a trusted CA ({}), valid now, fit for its use",
+        identity.describe(),
+        store.describe()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn unseal(args: UnsealArgs) -> anyhow::Result<ExitCode> {
     let bid = SealedBid::open(&args.bid)?;
     let file_key = match (&args.key, &args.file_key) {

@@ -52,6 +52,25 @@ enum Command {
         #[arg(long)]
         platform_key: PathBuf,
     },
+    /// Check a bidder's certificate as a hall with `trusted_cas` will at registration: issued by
+    /// one of the CAs in the file, valid now, fit for its use, and (with --uscc / --name) issued
+    /// to that enterprise. Exit status 0 means the hall will take it.
+    CheckCert {
+        /// The certificate (PEM).
+        certificate: PathBuf,
+        /// The trusted CAs' certificates (PEM), as given to the hall in `trusted_cas`.
+        #[arg(long)]
+        cas: PathBuf,
+        /// What the certificate is registered for: signing (签名证书) or decryption (加密证书).
+        #[arg(long, value_parser = ["sign", "enc"], default_value = "sign")]
+        usage: String,
+        /// The enterprise's unified social credit code, which the subject must name (or --name).
+        #[arg(long)]
+        uscc: Option<String>,
+        /// The enterprise's name.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Re-derive an opening's record (开标记录) from its public log and check the hall's copy
     /// against it: the record as of now with the platform's signed head, or a version issued for
     /// confirmation. Exit status 0 means they agree.
@@ -153,6 +172,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify { bid, threads } => bidtool::verify(&bid, threads),
         Command::Unseal(args) => bidtool::unseal(args),
         Command::Check { file, platform_key } => bidtool::check_signed(&file, &platform_key),
+        Command::CheckCert {
+            certificate,
+            cas,
+            usage,
+            uscc,
+            name,
+        } => bidtool::check_cert(&certificate, &cas, &usage, uscc.as_deref(), name.as_deref()),
         Command::CheckRecord(args) => record::check_record(args),
         Command::Serve(args) => hall::serve(args),
         Command::Admin(AdminCommand::CreateAgent {

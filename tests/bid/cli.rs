@@ -314,3 +314,50 @@ fn check_tells_what_the_platform_signed() {
     let text = String::from_utf8_lossy(&other.get_output().stderr).into_owned();
     assert!(text.contains("neither a receipt"), "{text}");
 }
+
+/// `kaibiao check-cert` tells an agent before registering whether the hall, given the same CA
+/// file, will take a certificate: for its use, issued to the enterprise, from a trusted CA.
+#[test]
+fn check_cert_says_whether_the_hall_will_take_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Some(ca) = crate::ca::TestCa::new(d, "ca", "/CN=测试CA", true) else {
+        return;
+    };
+    let other = crate::ca::TestCa::new(d, "other", "/CN=别的CA", true).unwrap();
+    std::fs::write(d.join("cas.pem"), &ca.pem).unwrap();
+    let key = kaibiao::crypto::private_key_pem(&kaibiao::crypto::generate_secret_key()).unwrap();
+    let subject = format!("/CN=某公司/OU={BIDDER}");
+    let sign = ca.issue("sign", &subject, &key, crate::ca::SIGN_EXT, 10);
+    std::fs::write(d.join("sign.crt"), sign).unwrap();
+    let stranger = other.issue("stranger", &subject, &key, crate::ca::SIGN_EXT, 10);
+    std::fs::write(d.join("stranger.crt"), stranger).unwrap();
+    let run = |args: &[&str]| {
+        let out = kaibiao()
+            .current_dir(d)
+            .arg("check-cert")
+            .args(args)
+            .args(["--cas", "cas.pem"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, said) = run(&["sign.crt", "--uscc", BIDDER]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("accepted") && said.contains("测试CA"),
+        "{said}"
+    );
+    let (code, said) = run(&["sign.crt", "--usage", "enc"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("may not be used to decrypt"), "{said}");
+    let (code, said) = run(&["sign.crt", "--uscc", "91110000100000000X"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("证书与投标人不符"), "{said}");
+    let (code, said) = run(&["stranger.crt"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("does not trust"), "{said}");
+}

@@ -21,8 +21,11 @@ fn der(pem: &str) -> Vec<u8> {
     }
 }
 
-fn public_pem() -> String {
-    crypto::public_key_pem(&crypto::generate_secret_key().public_key()).unwrap()
+/// A new SM2 key, PKCS#8 PEM, for the CA to certify.
+fn key_pem() -> String {
+    crypto::private_key_pem(&crypto::generate_secret_key())
+        .unwrap()
+        .to_string()
 }
 
 const SUBJECT: &str = "/CN=测试建设有限公司/OU=91350100M000100Y43";
@@ -40,14 +43,8 @@ fn certificates_of_a_trusted_ca_pass_for_their_use_while_valid() {
         };
         let store = TrustStore::from_pem(ca.pem.as_bytes()).unwrap();
         assert_eq!(store.len(), 1);
-        let sign = der(&ca.issue(
-            &format!("{name}-sign"),
-            SUBJECT,
-            &public_pem(),
-            SIGN_EXT,
-            10,
-        ));
-        let enc = der(&ca.issue(&format!("{name}-enc"), SUBJECT, &public_pem(), ENC_EXT, 10));
+        let sign = der(&ca.issue(&format!("{name}-sign"), SUBJECT, &key_pem(), SIGN_EXT, 10));
+        let enc = der(&ca.issue(&format!("{name}-enc"), SUBJECT, &key_pem(), ENC_EXT, 10));
         store.check(&sign, CertUsage::Sign, now()).unwrap();
         store.check(&enc, CertUsage::Encrypt, now()).unwrap();
         assert!(matches!(
@@ -91,7 +88,7 @@ fn forged_unknown_self_signed_and_odd_certificates_are_refused() {
     // Signed by the impostor under the real CA's name, without naming its key: the real CA's
     // key is tried, and fails.
     let no_key_id = format!("{SIGN_EXT}authorityKeyIdentifier=none\n");
-    let forged = impostor.issue("forged", SUBJECT, &public_pem(), &no_key_id, 10);
+    let forged = impostor.issue("forged", SUBJECT, &key_pem(), &no_key_id, 10);
     let refused = check(&forged).unwrap_err();
     assert!(
         matches!(refused, TrustError::BadSignature { .. }),
@@ -99,13 +96,13 @@ fn forged_unknown_self_signed_and_odd_certificates_are_refused() {
     );
     assert!(refused.to_string().contains("forged"), "{refused}");
     // Naming its own key: no trusted CA has that key.
-    let named = impostor.issue("named", SUBJECT, &public_pem(), SIGN_EXT, 10);
+    let named = impostor.issue("named", SUBJECT, &key_pem(), SIGN_EXT, 10);
     assert!(matches!(
         check(&named),
         Err(TrustError::UnknownIssuer { .. })
     ));
     // A genuine certificate whose signature was changed.
-    let mut changed = der(&ca.issue("changed", SUBJECT, &public_pem(), SIGN_EXT, 10));
+    let mut changed = der(&ca.issue("changed", SUBJECT, &key_pem(), SIGN_EXT, 10));
     let last = changed.len() - 2;
     changed[last] ^= 1;
     assert!(matches!(
@@ -113,7 +110,7 @@ fn forged_unknown_self_signed_and_odd_certificates_are_refused() {
         Err(TrustError::BadSignature { .. })
     ));
 
-    let unknown = other.issue("unknown", SUBJECT, &public_pem(), SIGN_EXT, 10);
+    let unknown = other.issue("unknown", SUBJECT, &key_pem(), SIGN_EXT, 10);
     let refused = check(&unknown).unwrap_err();
     assert!(
         matches!(refused, TrustError::UnknownIssuer { .. }),
@@ -130,7 +127,7 @@ fn forged_unknown_self_signed_and_odd_certificates_are_refused() {
     let odd = ca.issue(
         "odd",
         SUBJECT,
-        &public_pem(),
+        &key_pem(),
         &format!("{SIGN_EXT}1.2.3.4=critical,ASN1:UTF8String:x\n"),
         10,
     );
@@ -139,11 +136,11 @@ fn forged_unknown_self_signed_and_odd_certificates_are_refused() {
         Err(TrustError::UnknownCritical { .. })
     ));
     // Without the odd extension the same CA's certificate passes: the refusals are the checks'.
-    check(&ca.issue("fine", SUBJECT, &public_pem(), SIGN_EXT, 10)).unwrap();
+    check(&ca.issue("fine", SUBJECT, &key_pem(), SIGN_EXT, 10)).unwrap();
 
     let short = TestCa::new(dir.path(), "short", "/CN=短期CA", true).unwrap();
     let store = TrustStore::from_pem(short.pem.as_bytes()).unwrap();
-    let long = short.issue("long", SUBJECT, &public_pem(), SIGN_EXT, 365);
+    let long = short.issue("long", SUBJECT, &key_pem(), SIGN_EXT, 365);
     let after_ca = now() + Duration::from_secs(31 * 86_400);
     assert!(matches!(
         store.check(&der(&long), CertUsage::Sign, after_ca),
@@ -160,7 +157,7 @@ fn the_trusted_ca_file_holds_sm2_cas_only() {
     let Some(ca) = TestCa::new(dir.path(), "root", "/CN=测试CA", true) else {
         return;
     };
-    let leaf = ca.issue("leaf", SUBJECT, &public_pem(), SIGN_EXT, 10);
+    let leaf = ca.issue("leaf", SUBJECT, &key_pem(), SIGN_EXT, 10);
     let said = TrustStore::from_pem(leaf.as_bytes())
         .unwrap_err()
         .to_string();
@@ -174,7 +171,7 @@ fn the_trusted_ca_file_holds_sm2_cas_only() {
     let both = TrustStore::from_pem(format!("{}{}", ca.pem, second.pem).as_bytes()).unwrap();
     assert_eq!(both.len(), 2);
     both.check(
-        &der(&second.issue("s", SUBJECT, &public_pem(), SIGN_EXT, 10)),
+        &der(&second.issue("s", SUBJECT, &key_pem(), SIGN_EXT, 10)),
         CertUsage::Sign,
         now(),
     )
@@ -184,7 +181,8 @@ fn the_trusted_ca_file_holds_sm2_cas_only() {
     let ec = std::fs::read_to_string(dir.path().join("ec.pem")).unwrap();
     let said = TrustStore::from_pem(ec.as_bytes()).unwrap_err().to_string();
     assert!(said.contains("not an SM2 key"), "{said}");
-    std::fs::write(dir.path().join("leaf.pub.pem"), public_pem()).unwrap();
+    let public = crypto::public_key_pem(&crypto::generate_secret_key().public_key()).unwrap();
+    std::fs::write(dir.path().join("leaf.pub.pem"), public).unwrap();
     openssl(
         dir.path(),
         &[

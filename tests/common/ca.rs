@@ -77,41 +77,39 @@ impl TestCa {
         })
     }
 
-    /// A certificate of this CA for the SM2 public key `public_pem` (SPKI PEM), named `subject`,
-    /// with `extensions` (lines of an openssl extension file), valid `days` from now.
+    /// A certificate of this CA for the SM2 key `key_pem` (PKCS#8 PEM; a request is signed with
+    /// it, as a CA asks), named `subject` (UTF-8), with `extensions` (lines of an openssl
+    /// extension file), valid `days` from now.
     pub fn issue(
         &self,
         file: &str,
         subject: &str,
-        public_pem: &str,
+        key_pem: &str,
         extensions: &str,
         days: u32,
     ) -> String {
-        let (public, ext, cert) = (
-            format!("{file}.pub.pem"),
+        let (key, request, ext, cert) = (
+            format!("{file}.key.pem"),
+            format!("{file}.csr"),
             format!("{file}.ext"),
             format!("{file}.pem"),
         );
-        std::fs::write(self.dir.join(&public), public_pem).unwrap();
+        std::fs::write(self.dir.join(&key), key_pem).unwrap();
         std::fs::write(self.dir.join(&ext), extensions).unwrap();
+        let ran = openssl(
+            &self.dir,
+            &[
+                "req", "-new", "-key", &key, "-sm3", "-utf8", "-subj", subject, "-out", &request,
+            ],
+        );
+        ran.expect("openssl ran for the CA");
         let (ca_cert, ca_key) = (
             format!("{}.ca.pem", self.name),
             format!("{}.ca.key", self.name),
         );
         let days = days.to_string();
         let mut args = vec![
-            "x509",
-            "-new",
-            "-force_pubkey",
-            &public,
-            "-utf8",
-            "-subj",
-            subject,
-            "-CA",
-            &ca_cert,
-            "-CAkey",
-            &ca_key,
-            "-sm3",
+            "x509", "-req", "-in", &request, "-CA", &ca_cert, "-CAkey", &ca_key, "-sm3",
         ];
         if self.standard_id {
             args.extend(["-sigopt", "distid:1234567812345678"]);

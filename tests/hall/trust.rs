@@ -17,7 +17,7 @@ crate::on_both_databases!(
 /// The CA's certificates for a bidder's two keys, naming it, valid `days`.
 fn certificates(ca: &TestCa, b: &TestBidder, days: u32) -> (String, String) {
     let subject = format!("/CN={}/OU={}", b.name, b.uscc.as_str());
-    let pem = |k: &sm2::SecretKey| crypto::public_key_pem(&k.public_key()).unwrap();
+    let pem = |k: &sm2::SecretKey| crypto::private_key_pem(k).unwrap().to_string();
     (
         ca.issue(
             &format!("{}-sign", b.uscc.as_str()),

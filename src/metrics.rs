@@ -65,7 +65,7 @@ impl Metrics {
         let bidder_actions = IntCounterVec::new(
             Opts::new(
                 "bidder_actions_total",
-                "Bidders' sign-ins, scan logins, objections and record confirmations accepted",
+                "Bidders' certificate binds, sign-ins, scan logins, objections and record confirmations accepted",
             ),
             &["action"],
         )

@@ -287,6 +287,70 @@ pub fn login(view: &LoginView, bidder: &str, sign_key: &SecretKey) -> Result<Log
     })
 }
 
+/// What the phone is shown when it scans a bidder's bind code (扫码绑定).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BindView {
+    pub opening_id: String,
+    pub tender_id: String,
+    pub tender_name: String,
+    /// The enterprise whose certificates are to be bound: the phone offers only certificates
+    /// issued to it.
+    pub bidder: String,
+    pub bidder_name: String,
+    /// The bind code.
+    pub code: String,
+    /// Where to POST the [`Bind`].
+    pub answer_url: String,
+}
+
+/// A phone's certificates for a bidder, and its signature over [`bind_message`] with the
+/// signing certificate's key (so the certificate is bound by who holds its key).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bind {
+    /// The signing certificate (签名证书), PEM.
+    pub sign_cert: String,
+    /// The encryption certificate (加密证书), PEM: the one bids are sealed to.
+    pub enc_cert: String,
+    /// SM2/SM3 signature (DER, base64) over [`bind_message`].
+    pub signature: String,
+}
+
+/// The message a bidder's phone signs to bind its certificates with bind code `code`: the code
+/// (which names the opening and the bidder) and the SM3 of each certificate's DER.
+pub fn bind_message(code: &str, sign_cert_der: &[u8], enc_cert_der: &[u8]) -> Vec<u8> {
+    let mut m = b"kaibiao bind v1\0".to_vec();
+    m.extend_from_slice(code.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&crypto::sm3(sign_cert_der));
+    m.extend_from_slice(&crypto::sm3(enc_cert_der));
+    m
+}
+
+/// Binds the certificates `sign_cert` and `enc_cert` (PEM) with the bind code `view` is of,
+/// signing with `sign_key`, the signing certificate's key.
+pub fn bind(
+    view: &BindView,
+    sign_cert: &str,
+    enc_cert: &str,
+    sign_key: &SecretKey,
+) -> Result<Bind, PhoneError> {
+    let der = |pem: &str| -> Result<Vec<u8>, PhoneError> {
+        match crypto::load_public_pem(pem)? {
+            crypto::PublicIdentity::Certificate { cert_der, .. } => Ok(cert_der),
+            crypto::PublicIdentity::PublicKey { .. } => Err(PhoneError::Key(KeyError::PublicKey(
+                "a bare public key: binding needs the CA's certificate".into(),
+            ))),
+        }
+    };
+    let message = bind_message(&view.code, &der(sign_cert)?, &der(enc_cert)?);
+    Ok(Bind {
+        sign_cert: sign_cert.to_owned(),
+        enc_cert: enc_cert.to_owned(),
+        signature: B64.encode(crypto::sign(sign_key, &message)?),
+    })
+}
+
 /// What the phone is shown when it scans the code to confirm the opening record (扫码签章).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RecordView {

@@ -57,6 +57,24 @@
       const tr = document.createElement('tr');
       tr.innerHTML = '<td></td><td></td><td></td><td></td>';
       [b.name, b.uscc, b.has_bid ? '已递交' : '未递交', b.signed_in_ms ? time(b.signed_in_ms) : '未签到'].forEach((t, i) => { tr.children[i].textContent = t; });
+      if (s.opening.state === 'scheduled') {
+        // 扫码绑定: the bind code, as a QR code and a link, for the agent to hand to the bidder.
+        const bind = document.createElement('button');
+        bind.textContent = '绑定码';
+        bind.className = 'bind';
+        bind.onclick = async () => {
+          try {
+            const code = await api('POST', '/api/openings/' + id + '/bidders/' + b.uscc + '/bind-code');
+            document.getElementById('bind-bidder').textContent = b.name + '（已有签名证书 ' + code.sign_keys + ' 张，加密证书 ' + code.enc_keys + ' 张）';
+            document.getElementById('bind-qr').src = code.url.replace(/^https?:\/\/[^/]+/, '') + '/qr.svg';
+            const link = document.getElementById('bind-url');
+            link.href = code.url;
+            link.textContent = code.url;
+            document.getElementById('bind-code').hidden = false;
+          } catch (err) { say(err.message); }
+        };
+        tr.children[0].append(' ', bind);
+      }
       rows.appendChild(tr);
     }
     const r = s.record;
@@ -99,7 +117,8 @@
   document.getElementById('new-bidder').onsubmit = async e => {
     e.preventDefault();
     const f = new FormData(e.target);
-    try { await api('POST', '/api/openings/' + current + '/bidders', { uscc: f.get('uscc'), name: f.get('name'), sign_keys: [f.get('sign')], enc_keys: [f.get('enc')] }); say('已登记'); show(current); } catch (err) { say(err.message); }
+    const pems = name => f.get(name).trim() ? [f.get(name)] : [];
+    try { await api('POST', '/api/openings/' + current + '/bidders', { uscc: f.get('uscc'), name: f.get('name'), sign_keys: pems('sign'), enc_keys: pems('enc') }); say('已登记'); show(current); } catch (err) { say(err.message); }
   };
   document.getElementById('new-objection').onsubmit = async e => {
     e.preventDefault();

@@ -264,6 +264,39 @@ async fn phone_do(
     })
 }
 
+/// Binds the certificates in `sign_cert` and `enc_cert` with the bind code at `url`.
+pub fn phone_bind(
+    url: &str,
+    sign_cert: &std::path::Path,
+    enc_cert: &std::path::Path,
+    sign_key: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let sign = private_key(sign_key)?;
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let (sign_cert, enc_cert) = (read(sign_cert)?, read(enc_cert)?);
+    actix_web::rt::System::new().block_on(async move {
+        let client = phone_client();
+        let view: phone::BindView =
+            serde_json::from_slice(&phone_get(&client, url, "the bind code").await?)
+                .context("the hall's answer is not a bind code")?;
+        let answer = phone::bind(&view, &sign_cert, &enc_cert, &sign)?;
+        let reply = phone_post(&client, &view.answer_url, &answer).await?;
+        println!(
+            "{} {} ({}) at {} {}: it has {} signing and {} encryption certificate(s)",
+            reply["status"].as_str().unwrap_or("bound"),
+            view.bidder_name,
+            view.bidder,
+            view.tender_id,
+            view.tender_name,
+            reply["sign_keys"],
+            reply["enc_keys"]
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 pub fn phone_scan(
     payload: &str,
     server: Option<&str>,

@@ -117,6 +117,21 @@ enum PhoneCommand {
         #[arg(long)]
         sign_key: PathBuf,
     },
+    /// Scan a bind code (扫码绑定) the agent gave: bind the bidder's signing and encryption
+    /// certificates to it at that opening, signing with the signing certificate's key.
+    Bind {
+        /// What the bind QR code holds (its URL).
+        payload: String,
+        /// The signing certificate (PEM).
+        #[arg(long)]
+        sign_cert: PathBuf,
+        /// The encryption certificate (PEM).
+        #[arg(long)]
+        enc_cert: PathBuf,
+        /// The signing certificate's SM2 private key (PKCS#8 PEM).
+        #[arg(long)]
+        sign_key: PathBuf,
+    },
     /// Scan the hall's sign-in QR code (签到): sign in as the bidder.
     SignIn {
         /// What the sign-in QR code holds (its URL).
@@ -192,6 +207,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             enc_key,
             sign_key,
         }) => hall::phone_scan(&payload, server.as_deref(), &enc_key, &sign_key),
+        Command::Phone(PhoneCommand::Bind {
+            payload,
+            sign_cert,
+            enc_cert,
+            sign_key,
+        }) => hall::phone_bind(&payload, &sign_cert, &enc_cert, &sign_key),
         Command::Phone(PhoneCommand::SignIn { payload, bidder }) => hall::phone_act(
             hall::PhoneAct::SignIn { url: &payload },
             &bidder.bidder,

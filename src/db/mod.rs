@@ -1266,6 +1266,34 @@ impl Db {
         Ok(staged)
     }
 
+    /// Adds keys to a registered bidder (a phone's bind), with `events`; a key it has already is
+    /// left as it is.
+    pub async fn add_bidder_keys(
+        &self,
+        opening_id: &str,
+        keys: &[BidderKeyRow],
+        events: Vec<NewEvent>,
+        now: i64,
+    ) -> Result<Vec<StagedEvent>, DbError> {
+        let mut tx = self.begin_write().await?.0;
+        for k in keys {
+            sqlx::query(
+                "INSERT INTO bidder_keys (bidder_id, usage, key_id, der, is_cert) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(&k.bidder_id)
+            .bind(&k.usage)
+            .bind(&k.key_id)
+            .bind(k.der.clone())
+            .bind(k.is_cert)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let staged = stage(&mut tx, opening_id, events, now).await?;
+        tx.commit().await?;
+        Ok(staged)
+    }
+
     pub async fn bidders(&self, opening_id: &str) -> Result<Vec<BidderRow>, DbError> {
         Ok(sqlx::query_as(BIDDERS_OF)
             .bind(opening_id)

@@ -5,6 +5,7 @@
 
 mod attest;
 mod bidder_login;
+mod bind;
 mod digests;
 mod error;
 mod events;
@@ -28,6 +29,7 @@ use sm2::pkcs8::EncodePublicKey;
 
 pub use attest::{LogVerdict, Pin, SignedHead, check_chain};
 pub use bidder_login::{BidderSession, LOGIN_CODE_MS, NewLogin};
+pub use bind::BindCode;
 pub use error::HallError;
 pub use events::{
     BusMsg, EventBus, EventDigest, GENESIS, Published, Role, chain_hash, chain_link,
@@ -118,6 +120,67 @@ fn add_published_list(payload: &mut serde_json::Value, bidders: &[BidderRow], bi
             .map(|bid| bid_view(bid, bidders.iter().find(|b| b.id == bid.bidder_id)))
             .collect::<Vec<_>>()
     );
+}
+
+/// The keys `sign` and `enc` (PEM: certificates, or bare SPKI keys where no CAs are
+/// trusted) as rows of `bidder`'s: each must be the enterprise's (扫码绑定's rule) and, with
+/// `trust` (`trusted_cas`), a trusted CA's certificate, valid at `now` and fit for its use.
+fn checked_keys(
+    trust: Option<&crypto::TrustStore>,
+    now: std::time::Duration,
+    bidder: &BidderRow,
+    sign: &[String],
+    enc: &[String],
+) -> Result<Vec<BidderKeyRow>, HallError> {
+    let uscc = &bidder.uscc;
+    let mut keys = Vec::new();
+    for (usage, pems, cert_usage) in [
+        ("sign", sign, crypto::CertUsage::Sign),
+        ("enc", enc, crypto::CertUsage::Encrypt),
+    ] {
+        for pem in pems {
+            let identity = crypto::load_public_pem(pem)
+                .map_err(|e| HallError::Invalid(format!("{usage} key: {e}")))?;
+            if let Some(trust) = trust {
+                match &identity {
+                    crypto::PublicIdentity::PublicKey { .. } => {
+                        return Err(crypto::TrustError::BareKey.into());
+                    }
+                    crypto::PublicIdentity::Certificate { cert_der, .. } => {
+                        trust.check(cert_der, cert_usage, now)?
+                    }
+                }
+            }
+            // 扫码绑定's rule: the certificate must be this enterprise's.
+            if !identity.names_enterprise(uscc, &bidder.name) {
+                return Err(HallError::Invalid(format!(
+                    "the {usage} certificate was issued to someone else ({}): its subject \
+                     names neither {uscc} nor {} (证书与投标人不符); register the \
+                     certificate the CA issued to this enterprise",
+                    identity.describe(),
+                    bidder.name
+                )));
+            }
+            let (der, is_cert) = match &identity {
+                crypto::PublicIdentity::PublicKey { spki_der, .. } => (spki_der.clone(), 0),
+                crypto::PublicIdentity::Certificate { cert_der, .. } => (cert_der.clone(), 1),
+            };
+            let key_id = hex::encode(crypto::key_id(identity.key()));
+            if !keys
+                .iter()
+                .any(|k: &BidderKeyRow| k.usage == usage && k.key_id == key_id)
+            {
+                keys.push(BidderKeyRow {
+                    bidder_id: bidder.id.clone(),
+                    usage: usage.into(),
+                    key_id,
+                    der,
+                    is_cert,
+                });
+            }
+        }
+    }
+    Ok(keys)
 }
 
 /// An event to record.
@@ -316,7 +379,7 @@ struct Inner {
     writers: engine::Writers,
     /// The CAs whose certificates bidders may register (`trusted_cas`); `None`: any
     /// certificate or public key, on the agent's word.
-    trust: Option<crypto::TrustStore>,
+    trust: Option<Arc<crypto::TrustStore>>,
     logins: logins::Logins,
     /// Refusals shown on the hall display, by QR code and reason, until when they are
     /// remembered: each is shown once, so that anyone who can see a QR code (every viewer)
@@ -497,7 +560,7 @@ impl Hall {
                     "bidders' certificates must come from: {}",
                     store.describe()
                 );
-                Some(store)
+                Some(Arc::new(store))
             }
             None => {
                 tracing::warn!(
@@ -885,9 +948,14 @@ impl Hall {
                 "register at most {MAX_KEYS_PER_BIDDER} certificates or keys per bidder"
             )));
         }
-        if new.sign_keys.is_empty() || new.enc_keys.is_empty() {
+        // None at all: the bidder's phone binds them (扫码绑定), which needs trusted CAs.
+        let to_bind =
+            new.sign_keys.is_empty() && new.enc_keys.is_empty() && self.inner.trust.is_some();
+        if (new.sign_keys.is_empty() || new.enc_keys.is_empty()) && !to_bind {
             return Err(HallError::Invalid(
-                "register at least one signing and one encryption certificate or public key".into(),
+                "register at least one signing and one encryption certificate or public key (or, \
+                 on a platform that trusts CAs, none: the bidder's phone then binds them)"
+                    .into(),
             ));
         }
         if self
@@ -908,54 +976,9 @@ impl Hall {
             name: new.name.trim().to_owned(),
             signed_in_ms: None,
         };
-        let mut keys = Vec::new();
-        let now = std::time::Duration::from_millis(self.now().max(0) as u64);
-        for (usage, pems, cert_usage) in [
-            ("sign", &new.sign_keys, crypto::CertUsage::Sign),
-            ("enc", &new.enc_keys, crypto::CertUsage::Encrypt),
-        ] {
-            for pem in pems {
-                let identity = crypto::load_public_pem(pem)
-                    .map_err(|e| HallError::Invalid(format!("{usage} key: {e}")))?;
-                if let Some(trust) = &self.inner.trust {
-                    match &identity {
-                        crypto::PublicIdentity::PublicKey { .. } => {
-                            return Err(crypto::TrustError::BareKey.into());
-                        }
-                        crypto::PublicIdentity::Certificate { cert_der, .. } => {
-                            trust.check(cert_der, cert_usage, now)?
-                        }
-                    }
-                }
-                // 扫码绑定's rule: the certificate must be this enterprise's.
-                if !identity.names_enterprise(uscc.as_str(), &bidder.name) {
-                    return Err(HallError::Invalid(format!(
-                        "the {usage} certificate was issued to someone else ({}): its subject \
-                         names neither {uscc} nor {} (证书与投标人不符); register the \
-                         certificate the CA issued to this enterprise",
-                        identity.describe(),
-                        bidder.name
-                    )));
-                }
-                let (der, is_cert) = match &identity {
-                    crypto::PublicIdentity::PublicKey { spki_der, .. } => (spki_der.clone(), 0),
-                    crypto::PublicIdentity::Certificate { cert_der, .. } => (cert_der.clone(), 1),
-                };
-                let key_id = hex::encode(crypto::key_id(identity.key()));
-                if !keys
-                    .iter()
-                    .any(|k: &BidderKeyRow| k.usage == usage && k.key_id == key_id)
-                {
-                    keys.push(BidderKeyRow {
-                        bidder_id: bidder.id.clone(),
-                        usage: usage.into(),
-                        key_id,
-                        der,
-                        is_cert,
-                    });
-                }
-            }
-        }
+        let keys = self
+            .checked_keys(&bidder, &new.sign_keys, &new.enc_keys)
+            .await?;
         // Who takes part is not told to anyone before the opening (see `bids_published`).
         let registered = ev(
             "bidder.registered",
@@ -969,6 +992,19 @@ impl Hall {
             .await?;
         self.publish(staged).await;
         Ok(bidder)
+    }
+
+    /// [`checked_keys`] for `bidder`, now, off the async executor (it verifies signatures).
+    async fn checked_keys(
+        &self,
+        bidder: &BidderRow,
+        sign: &[String],
+        enc: &[String],
+    ) -> Result<Vec<BidderKeyRow>, HallError> {
+        let trust = self.inner.trust.clone();
+        let now = std::time::Duration::from_millis(self.now().max(0) as u64);
+        let (bidder, sign, enc) = (bidder.clone(), sign.to_vec(), enc.to_vec());
+        on_rayon(move || checked_keys(trust.as_deref(), now, &bidder, &sign, &enc)).await?
     }
 
     /// Takes an uploaded file (already on disk in the upload folder, `sm3` the hex SM3 of its
@@ -1042,11 +1078,12 @@ impl Hall {
             ));
         };
         // A signature counts while its certificate is valid: at the bid's arrival.
-        if let Some(trust) = &self.inner.trust
+        if let Some(trust) = self.inner.trust.clone()
             && signer.is_cert == 1
         {
             let at = std::time::Duration::from_millis(received_ms.max(0) as u64);
-            trust.check(&signer.der, crypto::CertUsage::Sign, at)?;
+            let der = signer.der.clone();
+            on_rayon(move || trust.check(&der, crypto::CertUsage::Sign, at)).await??;
         }
         let enc_keys = self.inner.db.bidder_keys(&bidder.id, "enc").await?;
         if !header

@@ -71,6 +71,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/api/bidder-login/{nonce}/session",
             web::post().to(take_bidder_session),
         )
+        .route(
+            "/api/openings/{id}/bidders/{uscc}/bind-code",
+            web::post().to(bind_code),
+        )
+        .route("/api/phone/binds/{code}", web::get().to(bind_view))
+        .route("/api/phone/binds/{code}", web::post().to(bind))
+        .route("/api/phone/binds/{code}/qr.svg", web::get().to(bind_qr_svg))
         .route("/api/phone/logins/{nonce}", web::get().to(login_view))
         .route("/api/phone/logins/{nonce}", web::post().to(bidder_login))
         .route("/api/openings/{id}/me", web::get().to(bidder_view))
@@ -767,6 +774,37 @@ async fn sign_in(
 ) -> Result<HttpResponse> {
     let at = hall.sign_in(&id, &json_body::<SignIn>(&body)?).await?;
     Ok(HttpResponse::Ok().json(json!({"signed_in_ms": at})))
+}
+
+/// A bidder's bind code (扫码绑定), for the agent to hand to the bidder.
+async fn bind_code(
+    hall: web::Data<Hall>,
+    _agent: Agent,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (id, uscc) = path.into_inner();
+    Ok(HttpResponse::Ok().json(hall.bind_code(&id, &uscc).await?))
+}
+
+/// What a phone is shown when it scans a bind code.
+async fn bind_view(hall: web::Data<Hall>, code: web::Path<String>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(hall.bind_view(&code).await?))
+}
+
+/// A phone binds its certificates to the bidder.
+async fn bind(
+    hall: web::Data<Hall>,
+    code: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let bind = json_body::<crate::phone::Bind>(&body)?;
+    Ok(HttpResponse::Ok().json(hall.bind(&code, &bind).await?))
+}
+
+/// The QR code of a bind code, while it can be used (to print or show to the bidder).
+async fn bind_qr_svg(hall: web::Data<Hall>, code: web::Path<String>) -> Result<HttpResponse> {
+    let view = hall.bind_view(&code).await?;
+    Ok(qr_response(&view.answer_url)?)
 }
 
 /// A new login code for a bidder's browser (扫码登录).

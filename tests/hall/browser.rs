@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN_PASSWORD, Backend, TestApp, TestBidder, spawn_app};
+use crate::helpers::{ADMIN_PASSWORD, Backend, TestApp, TestBidder, spawn_app, spawn_app_with};
 
 /// A headless Chromium that keeps a page open, driven over the DevTools protocol, so that a test
 /// can move the opening on and read the page as its script follows.
@@ -831,6 +831,82 @@ async fn the_console_records_objections_and_shows_sign_ins() {
     let shown = app.snapshot(&opening).await["objections"].clone();
     assert_eq!(shown[0]["bidder"]["uscc"], b.uscc.as_str());
     assert_eq!(shown[0]["answer"], "以开标一览表为准");
+    drop(page);
+    app.cleanup().await;
+}
+
+/// On a platform that trusts CAs, the agent registers a bidder in the console without
+/// certificates and shows its bind code (扫码绑定) as a QR code; the phone that scans it binds
+/// the bidder's certificates.
+#[actix_web::test]
+async fn the_console_registers_a_bidder_to_bind_and_shows_its_bind_code() {
+    let cas = tempfile::tempdir().unwrap();
+    let Some(ca) = crate::ca::TestCa::new(cas.path(), "ca", "/CN=测试CA", true) else {
+        return;
+    };
+    let file = cas.path().join("cas.pem");
+    std::fs::write(&file, &ca.pem).unwrap();
+    let app = spawn_app_with(&Backend::Sqlite, |s| s.trusted_cas = Some(file.clone())).await;
+    let b = TestBidder::new(app.dir.path(), 1, 20_000);
+    let opening = app.create_opening(600, 1800).await;
+    let Some(mut page) = Browser::console_of_the_one_opening(&app).await else {
+        app.cleanup().await;
+        return;
+    };
+    page.wait_for_value(
+        "the opening shown",
+        "document.getElementById('bidder-rows') !== null && document.getElementById('hall-link').href.includes('/hall/')",
+        json!(true),
+    )
+    .await;
+    page.eval(&format!(
+        "const f = document.getElementById('new-bidder'); f.uscc.value = '{}'; \
+         f.name.value = '{}'; f.requestSubmit();",
+        b.uscc.as_str(),
+        b.name
+    ))
+    .await;
+    page.wait_for_value(
+        "the bidder listed with its bind button",
+        "document.querySelectorAll('#bidder-rows button.bind').length",
+        json!(1),
+    )
+    .await;
+    page.eval("document.querySelector('#bidder-rows button.bind').click()")
+        .await;
+    page.wait_for_value(
+        "the bind code's QR code drawn",
+        "!document.getElementById('bind-code').hidden && document.getElementById('bind-qr').complete \
+         && document.getElementById('bind-qr').naturalWidth > 0",
+        json!(true),
+    )
+    .await;
+    let url = page
+        .eval("document.getElementById('bind-url').textContent")
+        .await;
+    let url = url.as_str().unwrap();
+    let view: kaibiao::phone::BindView = serde_json::from_value(
+        app.call("GET", url.strip_prefix(&app.base).unwrap(), None, None)
+            .await
+            .body,
+    )
+    .unwrap();
+    assert_eq!(view.bidder, b.uscc.as_str());
+    let subject = format!("/CN={}", b.name);
+    let key = |k: &sm2::SecretKey| kaibiao::crypto::private_key_pem(k).unwrap().to_string();
+    let sign = ca.issue("sign", &subject, &key(&b.sign), crate::ca::SIGN_EXT, 10);
+    let enc = ca.issue("enc", &subject, &key(&b.enc), crate::ca::ENC_EXT, 10);
+    let bind = kaibiao::phone::bind(&view, &sign, &enc, &b.sign).unwrap();
+    let r = app
+        .call(
+            "POST",
+            view.answer_url.strip_prefix(&app.base).unwrap(),
+            Some(serde_json::to_value(bind).unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(app.upload(&opening, &b).await.status, 201);
     drop(page);
     app.cleanup().await;
 }

@@ -6,12 +6,13 @@ use serde_json::json;
 use kaibiao::crypto;
 
 use crate::ca::{ENC_EXT, SIGN_EXT, TestCa};
-use crate::helpers::{Backend, TestBidder, spawn_app_with};
+use crate::helpers::{Backend, Reply, TestApp, TestBidder, spawn_app, spawn_app_with};
 
 crate::on_both_databases!(
     only_certificates_of_a_trusted_ca_are_registered,
     a_bid_signed_under_an_expired_certificate_is_refused,
-    a_bad_trusted_ca_file_stops_the_server
+    a_bad_trusted_ca_file_stops_the_server,
+    a_bidders_phone_binds_its_certificates
 );
 
 /// The CA's certificates for a bidder's two keys, naming it, valid `days`.
@@ -142,5 +143,175 @@ async fn a_bad_trusted_ca_file_stops_the_server(backend: Backend) {
     let missing = cas.path().join("missing.pem");
     let said = app.start_error(|s| s.trusted_cas = Some(missing)).await;
     assert!(said.contains("could not be read"), "{said}");
+    app.cleanup().await;
+}
+
+/// What a phone posts to bind `sign` and `enc` (PEM) with the code `view` is of, signing with
+/// `key`.
+async fn phone_binds(
+    app: &TestApp,
+    view: &kaibiao::phone::BindView,
+    sign: &str,
+    enc: &str,
+    key: &sm2::SecretKey,
+) -> Reply {
+    let bind = kaibiao::phone::bind(view, sign, enc, key).unwrap();
+    let path = view.answer_url.strip_prefix(&app.base).unwrap();
+    app.call(
+        "POST",
+        path,
+        Some(serde_json::to_value(bind).unwrap()),
+        None,
+    )
+    .await
+}
+
+/// 扫码绑定: the agent registers a bidder by its code and name alone and hands it a bind code;
+/// the bidder's phone (`kaibiao phone bind`) binds the certificates its CA issued, and the bid
+/// sealed to them is taken and decrypted. A signature by another key, certificates of an
+/// untrusted CA or of another enterprise, and a changed code are refused and bind nothing;
+/// binding again changes nothing; once decryption started the code is refused; and a platform
+/// that trusts no CA binds nothing by phone.
+async fn a_bidders_phone_binds_its_certificates(backend: Backend) {
+    let cas = tempfile::tempdir().unwrap();
+    let Some(ca) = TestCa::new(cas.path(), "trusted", "/CN=测试数字认证CA", true) else {
+        return;
+    };
+    let untrusted = TestCa::new(cas.path(), "untrusted", "/CN=别的CA", true).unwrap();
+    let file = cas.path().join("cas.pem");
+    std::fs::write(&file, &ca.pem).unwrap();
+    let app = spawn_app_with(&backend, |s| s.trusted_cas = Some(file.clone())).await;
+    let b = TestBidder::new(app.dir.path(), 0, 30_000);
+    let stranger = TestBidder::new(app.dir.path(), 1, 1_000);
+    let opening = app.create_opening(600, 1800).await;
+    let mut bare = b.registration();
+    bare["sign_keys"] = json!([]);
+    bare["enc_keys"] = json!([]);
+    let r = app
+        .agent(
+            "POST",
+            &format!("/api/openings/{opening}/bidders"),
+            Some(bare),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = app.upload(&opening, &b).await;
+    assert_eq!(r.status, 422, "no certificate bound yet: {}", r.body);
+
+    let uscc = b.uscc.as_str();
+    let code_path = format!("/api/openings/{opening}/bidders/{uscc}/bind-code");
+    let r = app.call("POST", &code_path, None, None).await;
+    assert_eq!(r.status, 401, "the agent's: {}", r.body);
+    let code = app.agent("POST", &code_path, None).await;
+    assert_eq!(code.status, 200, "{}", code.body);
+    assert_eq!(code.body["sign_keys"], 0);
+    let url = code.body["url"].as_str().unwrap().to_owned();
+    let path = url.strip_prefix(&app.base).unwrap().to_owned();
+    assert!(
+        app.get_bytes(&format!("{path}/qr.svg"))
+            .await
+            .starts_with(b"<?xml")
+    );
+    let r = app.call("GET", &path, None, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let view: kaibiao::phone::BindView = serde_json::from_value(r.body).unwrap();
+    assert_eq!(
+        (view.bidder.as_str(), view.bidder_name.as_str()),
+        (uscc, b.name.as_str())
+    );
+
+    let (sign, enc) = certificates(&ca, &b, 10);
+    let (other_sign, other_enc) = certificates(&untrusted, &b, 10);
+    let (strangers_sign, strangers_enc) = certificates(&ca, &stranger, 10);
+    for (sign, enc, key, error) in [
+        (&sign, &enc, &b.enc, "bad_signature"),
+        (&other_sign, &other_enc, &b.sign, "untrusted_certificate"),
+        (&strangers_sign, &strangers_enc, &stranger.sign, "invalid"),
+    ] {
+        let r = phone_binds(&app, &view, sign, enc, key).await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert_eq!(r.body["error"], error, "{}", r.body);
+    }
+    let mut changed = view.code.clone();
+    let last = changed.pop().unwrap();
+    changed.push(if last == '0' { '1' } else { '0' });
+    let r = app
+        .call("GET", &format!("/api/phone/binds/{changed}"), None, None)
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(
+        app.agent("POST", &code_path, None).await.body["sign_keys"],
+        0,
+        "nothing bound"
+    );
+
+    // The reference phone binds; binding again changes nothing.
+    let write = |name: &str, text: &str| {
+        let path = app.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let key = crypto::private_key_pem(&b.sign).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kaibiao"));
+    command
+        .args(["phone", "bind", &url, "--sign-cert"])
+        .arg(write("sign.pem", &sign))
+        .arg("--enc-cert")
+        .arg(write("enc.pem", &enc))
+        .arg("--sign-key")
+        .arg(write("sign.key", &key));
+    let out = actix_web::rt::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.starts_with("bound") && said.contains(&b.name),
+        "{said}"
+    );
+    let r = phone_binds(&app, &view, &sign, &enc, &b.sign).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "already bound");
+    assert_eq!(
+        (r.body["sign_keys"].as_i64(), r.body["enc_keys"].as_i64()),
+        (Some(1), Some(1))
+    );
+    let bound = app.payloads(&opening, "bidder.bound").await;
+    assert_eq!(bound.len(), 1, "{bound:?}");
+
+    let r = app.upload(&opening, &b).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    app.start_after(&opening, 600).await;
+    let r = app.call("GET", &path, None, None).await;
+    assert_eq!(
+        r.status, 409,
+        "no binding once decryption started: {}",
+        r.body
+    );
+    assert_eq!(app.scan(&opening, &b).await.status, 200);
+    let settled = app.wait_until_settled(&opening).await;
+    assert_eq!(settled["bids"][0]["state"], "decrypted", "{settled}");
+    app.cleanup().await;
+
+    let app = spawn_app(&backend).await;
+    let opening = app.create_opening(600, 1800).await;
+    app.register(&opening, &b).await;
+    let r = app
+        .agent(
+            "POST",
+            &format!("/api/openings/{opening}/bidders/{uscc}/bind-code"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body["message"].as_str().unwrap().contains("trusted_cas"),
+        "{}",
+        r.body
+    );
     app.cleanup().await;
 }

@@ -1,0 +1,198 @@
+//! Binding a bidder's certificates by its phone (扫码绑定).
+//!
+//! On a platform that trusts CAs (`trusted_cas`), the agent may register a bidder by its unified
+//! social credit code and name alone, and give it a bind code (a link, or its QR code). The
+//! bidder's phone scans it and sends its signing and encryption certificates, signing the code
+//! and both certificates' SM3 with the signing certificate's key. The hall takes them if a
+//! trusted CA issued both to this enterprise, each fit for its use and valid now, and the
+//! signature verifies: what binds a certificate to the bidder is the CA's word and the key's
+//! holder, not the code, which only names the opening and the bidder.
+//!
+//! The code is `{opening}.{uscc}.{mac}` (HMAC-SM3 under a key of the master key): nothing is
+//! stored for it, and no one learns from the hall which enterprises registered by trying codes.
+//! Certificates can be bound while bids can be uploaded (before the deadline and before
+//! decryption starts); binding the same certificates again changes nothing.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::{Hall, HallError, MAX_KEYS_PER_BIDDER, ev, on_rayon, signed_by_any};
+use crate::db::{BidderKeyRow, BidderRow};
+use crate::phone::{Bind, BindView, bind_message};
+
+/// What the hall's MAC of a bind code is made for.
+const CODE_MAC: &str = "bind code v1";
+
+/// A bind code, for the agent to hand to the bidder.
+#[derive(Debug, serde::Serialize)]
+pub struct BindCode {
+    pub code: String,
+    /// What the QR code holds: where the phone fetches the [`BindView`].
+    pub url: String,
+    /// Certificates already bound or registered for the bidder, by use.
+    pub sign_keys: usize,
+    pub enc_keys: usize,
+}
+
+fn unusable_code() -> HallError {
+    HallError::WrongState(
+        "this bind code is unknown or can no longer be used (the opening no longer takes bids): \
+         ask the tender agent"
+            .into(),
+    )
+}
+
+impl Hall {
+    fn bind_mac(&self, opening_id: &str, uscc: &str) -> String {
+        let message = format!("{opening_id}\0{uscc}");
+        hex::encode(&self.inner.vault.mac(CODE_MAC, message.as_bytes())[..16])
+    }
+
+    fn bind_url(&self, code: &str) -> String {
+        format!("{}/api/phone/binds/{code}", self.public_url())
+    }
+
+    /// The bind code of bidder `uscc` of opening `opening_id` (the agent's).
+    pub async fn bind_code(&self, opening_id: &str, uscc: &str) -> Result<BindCode, HallError> {
+        if self.inner.trust.is_none() {
+            return Err(HallError::WrongState(
+                "binding by phone needs the CAs this platform trusts (the trusted_cas setting): \
+                 without them anyone could bind a certificate they made themselves; register \
+                 the bidder's certificates instead"
+                    .into(),
+            ));
+        }
+        let opening = self.opening(opening_id).await?;
+        let bidder = self
+            .inner
+            .db
+            .bidder_by_uscc(&opening.id, uscc.trim())
+            .await?
+            .ok_or(HallError::NotFound("bidder"))?;
+        let code = format!(
+            "{}.{}.{}",
+            opening.id,
+            bidder.uscc,
+            self.bind_mac(&opening.id, &bidder.uscc)
+        );
+        let (sign_keys, enc_keys) = (
+            self.inner.db.bidder_keys(&bidder.id, "sign").await?.len(),
+            self.inner.db.bidder_keys(&bidder.id, "enc").await?.len(),
+        );
+        Ok(BindCode {
+            url: self.bind_url(&code),
+            code,
+            sign_keys,
+            enc_keys,
+        })
+    }
+
+    /// The bidder bind code `code` is of, while certificates can be bound with it.
+    async fn bind_target(&self, code: &str) -> Result<(BindView, BidderRow), HallError> {
+        let mut parts = code.split('.');
+        let (Some(opening_id), Some(uscc), Some(mac), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(unusable_code());
+        };
+        let expected = self.bind_mac(opening_id, uscc);
+        if !bool::from(expected.as_bytes().ct_eq(mac.as_bytes())) || self.inner.trust.is_none() {
+            return Err(unusable_code());
+        }
+        let opening = self.opening(opening_id).await?;
+        if opening.state != "scheduled" || self.now() >= opening.deadline_ms {
+            return Err(unusable_code());
+        }
+        let bidder = self
+            .inner
+            .db
+            .bidder_by_uscc(opening_id, uscc)
+            .await?
+            .ok_or_else(unusable_code)?;
+        let view = BindView {
+            opening_id: opening.id,
+            tender_id: opening.tender_id,
+            tender_name: opening.name,
+            bidder: bidder.uscc.clone(),
+            bidder_name: bidder.name.clone(),
+            answer_url: self.bind_url(code),
+            code: code.to_owned(),
+        };
+        Ok((view, bidder))
+    }
+
+    /// What the phone is shown when it scans bind code `code`.
+    pub async fn bind_view(&self, code: &str) -> Result<BindView, HallError> {
+        Ok(self.bind_target(code).await?.0)
+    }
+
+    /// Binds the phone's certificates to the bidder of `code`; how many of each use it has now.
+    pub async fn bind(&self, code: &str, bind: &Bind) -> Result<serde_json::Value, HallError> {
+        let (_, bidder) = self.bind_target(code).await?;
+        let keys = self
+            .checked_keys(
+                &bidder,
+                std::slice::from_ref(&bind.sign_cert),
+                std::slice::from_ref(&bind.enc_cert),
+            )
+            .await?;
+        let (sign, enc) = match (
+            keys.iter().find(|k| k.usage == "sign"),
+            keys.iter().find(|k| k.usage == "enc"),
+        ) {
+            (Some(sign), Some(enc)) => (sign.clone(), enc.clone()),
+            _ => {
+                return Err(HallError::Invalid(
+                    "send one signing and one encryption certificate".into(),
+                ));
+            }
+        };
+        let message = bind_message(code, &sign.der, &enc.der);
+        let signature = B64
+            .decode(bind.signature.trim())
+            .map_err(|_| HallError::Invalid("the signature is not base64".into()))?;
+        let signer = vec![sign.clone()];
+        if !on_rayon(move || signed_by_any(&signer, &message, &signature)).await? {
+            return Err(HallError::BadAnswerSignature);
+        }
+        let mut held: Vec<BidderKeyRow> = self.inner.db.bidder_keys(&bidder.id, "sign").await?;
+        held.extend(self.inner.db.bidder_keys(&bidder.id, "enc").await?);
+        let new: Vec<BidderKeyRow> = keys
+            .into_iter()
+            .filter(|k| {
+                !held
+                    .iter()
+                    .any(|h| h.usage == k.usage && h.key_id == k.key_id)
+            })
+            .collect();
+        if held.len() + new.len() > MAX_KEYS_PER_BIDDER {
+            return Err(HallError::Invalid(format!(
+                "the bidder already has {} certificates, and at most {MAX_KEYS_PER_BIDDER} are kept",
+                held.len()
+            )));
+        }
+        if !new.is_empty() {
+            let bound = ev(
+                "bidder.bound",
+                "agent",
+                json!({"uscc": bidder.uscc, "name": bidder.name,
+                       "sign_key_id": sign.key_id, "enc_key_id": enc.key_id}),
+            );
+            let staged = self
+                .inner
+                .db
+                .add_bidder_keys(&bidder.opening_id, &new, vec![bound], self.now())
+                .await?;
+            self.publish(staged).await;
+            self.count_bidder_action("bind");
+        }
+        let count = |usage: &str| held.iter().chain(&new).filter(|k| k.usage == usage).count();
+        Ok(
+            json!({"status": if new.is_empty() { "already bound" } else { "bound" },
+                  "bidder": {"uscc": bidder.uscc, "name": bidder.name},
+                  "sign_keys": count("sign"), "enc_keys": count("enc")}),
+        )
+    }
+}

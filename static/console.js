@@ -29,6 +29,8 @@
     } catch (e) { document.getElementById('login-box').hidden = false; }
   }
   async function show(id) {
+    // Another opening's bind code is not left on the screen.
+    if (current !== id) document.getElementById('bind-code').hidden = true;
     current = id;
     const s = await api('GET', '/api/openings/' + id);
     document.getElementById('detail').hidden = false;

@@ -284,14 +284,13 @@ pub fn phone_bind(
         let answer = phone::bind(&view, &sign_cert, &enc_cert, &sign)?;
         let reply = phone_post(&client, &view.answer_url, &answer).await?;
         println!(
-            "{} {} ({}) at {} {}: it has {} signing and {} encryption certificate(s)",
-            reply["status"].as_str().unwrap_or("bound"),
+            "bound {} ({}) at {} {}: signing key {}, encryption key {}",
             view.bidder_name,
             view.bidder,
             view.tender_id,
             view.tender_name,
-            reply["sign_keys"],
-            reply["enc_keys"]
+            reply["sign_key_id"].as_str().unwrap_or_default(),
+            reply["enc_key_id"].as_str().unwrap_or_default()
         );
         Ok(ExitCode::SUCCESS)
     })

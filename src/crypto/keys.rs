@@ -7,7 +7,7 @@ use sm2::pkcs8::{
 };
 use sm2::pke::{DecryptingKey, EncryptingKey, Mode};
 use sm2::{PublicKey, SecretKey};
-use x509_cert::der::{Decode, DecodePem, Encode};
+use x509_cert::der::{Decode, Encode};
 use zeroize::Zeroizing;
 
 use super::aead::sm3;
@@ -82,6 +82,28 @@ impl PublicIdentity {
         }
     }
 
+    /// Whether a certificate's subject carries the unified social credit code `uscc` itself: an
+    /// attribute that is the code, or holds it between characters that are not letters or
+    /// digits (`统一社会信用代码:9135…`). Stricter than [`Self::names_enterprise`], for what the
+    /// bidder binds itself, without the agent looking. A bare key carries nothing.
+    pub fn carries_code(&self, uscc: &str) -> bool {
+        let Self::Certificate { subject_values, .. } = self else {
+            return false;
+        };
+        let uscc = fold(uscc);
+        !uscc.is_empty()
+            && subject_values.iter().map(|v| fold(v)).any(|v| {
+                v.match_indices(&uscc).any(|(at, _)| {
+                    let before = v[..at].chars().next_back();
+                    let after = v[at + uscc.len()..].chars().next();
+                    ![before, after]
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c.is_ascii_alphanumeric())
+                })
+            })
+    }
+
     /// A short human description: the certificate subject, or the key id.
     pub fn describe(&self) -> String {
         match self {
@@ -150,14 +172,40 @@ pub fn public_key_pem(key: &PublicKey) -> Result<String, KeyError> {
         .map_err(|e| KeyError::PublicKey(e.to_string()))
 }
 
+const PEM_BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+const PEM_END: &str = "-----END CERTIFICATE-----";
+
+/// The DER bytes of each PEM certificate in `text`, as the CA encoded them (other text around
+/// them is skipped). Kept as they are, never decoded and encoded again: an encoder may write a
+/// field otherwise (`x509-cert` writes a GeneralizedTime before 2050 as UTCTime), and the CA's
+/// signature covers the bytes it wrote.
+pub(crate) fn certificate_ders(text: &str) -> Result<Vec<Vec<u8>>, String> {
+    let mut ders = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(PEM_BEGIN) {
+        let block = &rest[start..];
+        let end = block.find(PEM_END).ok_or("a certificate has no END line")? + PEM_END.len();
+        let (label, der) =
+            x509_cert::der::pem::decode_vec(&block.as_bytes()[..end]).map_err(|e| e.to_string())?;
+        if label != "CERTIFICATE" {
+            return Err(format!("a {label} block where a certificate was expected"));
+        }
+        ders.push(der);
+        rest = &block[end..];
+    }
+    Ok(ders)
+}
+
 /// Reads an SPKI public key or an X.509 certificate from PEM.
 pub fn load_public_pem(text: &str) -> Result<PublicIdentity, KeyError> {
-    if text.contains("-----BEGIN CERTIFICATE-----") {
-        let cert = x509_cert::Certificate::from_pem(text.as_bytes())
+    if text.contains(PEM_BEGIN) {
+        let der = certificate_ders(text)
+            .map_err(|e| KeyError::PublicKey(format!("X.509 certificate: {e}")))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| KeyError::PublicKey("X.509 certificate: no END line".into()))?;
+        let cert = x509_cert::Certificate::from_der(&der)
             .map_err(|e| KeyError::PublicKey(format!("X.509 certificate: {e}")))?;
-        let der = cert
-            .to_der()
-            .map_err(|e| KeyError::PublicKey(e.to_string()))?;
         return identity_from_certificate(&cert, der);
     }
     let key =
@@ -304,6 +352,20 @@ mod tests {
         assert!(!cert(&["深圳市测试科技有限公司"]).names_enterprise(uscc, name));
         assert!(!cert(&["91440300MA5F00001Y"]).names_enterprise(uscc, name));
         assert!(!cert(&[""]).names_enterprise("", ""), "empty names no one");
+
+        // What a bidder binds itself must carry the code, as a whole.
+        assert!(cert(&["91440300MA5F00000X"]).carries_code(uscc));
+        assert!(cert(&["ＳＮ：９１４４０３００ＭＡ５Ｆ０００００Ｘ"]).carries_code(uscc));
+        assert!(cert(&["统一社会信用代码:91440300ma5f00000x;"]).carries_code(uscc));
+        assert!(!cert(&[name]).carries_code(uscc), "the name is not enough");
+        assert!(!cert(&["A91440300MA5F00000X"]).carries_code(uscc));
+        assert!(!cert(&["91440300MA5F00000X1"]).carries_code(uscc));
+        assert!(!cert(&[""]).carries_code(""));
+        let bare = PublicIdentity::PublicKey {
+            key: generate_secret_key().public_key(),
+            spki_der: Vec::new(),
+        };
+        assert!(!bare.carries_code(uscc));
     }
 
     #[test]

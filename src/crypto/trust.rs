@@ -35,17 +35,20 @@ const SM2_WITH_SM3: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.156.101
 
 /// Extensions whose meaning is handled here (or, for a policy or an alternative name, that
 /// restricts nothing this platform relies on), so that marking them critical does not refuse
-/// the certificate: basicConstraints, keyUsage, extKeyUsage, subjectAltName, certificatePolicies,
-/// subjectKeyIdentifier, authorityKeyIdentifier.
-const UNDERSTOOD: [&str; 7] = [
+/// the certificate: basicConstraints, keyUsage, subjectAltName, certificatePolicies,
+/// subjectKeyIdentifier, authorityKeyIdentifier. A critical extKeyUsage is not among them: it
+/// limits the key to purposes this platform does not check.
+const UNDERSTOOD: [&str; 6] = [
     "2.5.29.19",
     "2.5.29.15",
-    "2.5.29.37",
     "2.5.29.17",
     "2.5.29.32",
     "2.5.29.14",
     "2.5.29.35",
 ];
+
+/// How far the hall's clock may be behind the CA's: a certificate issued a moment ago is valid.
+const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
 /// What a bidder's certificate is registered for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,12 +113,19 @@ pub enum TrustError {
     )]
     Algorithm { subject: String, algorithm: String },
     #[error(
-        "the certificate {subject} is valid from {not_before} to {not_after}, not at {at} (证书已过期或尚未生效): renew it with the CA and register the new one"
+        "the certificate {subject} expired at {not_after} (证书已过期; it was valid from {not_before}): renew it with the CA and use the new one"
     )]
-    OutsideValidity {
+    Expired {
         subject: String,
         not_before: String,
         not_after: String,
+    },
+    #[error(
+        "the certificate {subject} is valid only from {not_before} (证书尚未生效), and it is {at}: wait until then, or check the clock of whoever issued it"
+    )]
+    NotYetValid {
+        subject: String,
+        not_before: String,
         at: String,
     },
     #[error(
@@ -180,18 +190,15 @@ impl TrustStore {
     /// self-signed one must carry its own valid signature (a damaged root is refused here rather
     /// than refusing every certificate it issued).
     pub fn from_pem(pem: &[u8]) -> Result<Self, TrustError> {
-        let certs =
-            Certificate::load_pem_chain(pem).map_err(|e| TrustError::Parse(e.to_string()))?;
-        if certs.is_empty() {
+        let text = String::from_utf8_lossy(pem);
+        let ders = super::keys::certificate_ders(&text).map_err(TrustError::Parse)?;
+        if ders.is_empty() {
             return Err(TrustError::NoCertificates);
         }
-        let anchors = certs
+        let anchors = ders
             .iter()
-            .map(|cert| {
-                let der = cert
-                    .to_der()
-                    .map_err(|e| TrustError::Parse(e.to_string()))?;
-                let parsed = Parsed::new(&der)?;
+            .map(|der| {
+                let parsed = Parsed::new(der)?;
                 let subject = parsed.subject.clone();
                 let bad = |reason: &str| TrustError::BadCa {
                     subject: subject.clone(),
@@ -270,8 +277,7 @@ impl TrustStore {
         let tbs = parsed.cert.tbs_certificate();
         if tbs
             .get_extension::<BasicConstraints>()
-            .ok()
-            .flatten()
+            .map_err(|e| TrustError::Parse(format!("its basicConstraints: {e}")))?
             .is_some_and(|(_, bc)| bc.ca)
         {
             return Err(TrustError::IsCa { subject });
@@ -287,12 +293,18 @@ impl TrustStore {
             });
         }
         let (not_before, not_after) = parsed.validity();
-        if at < not_before || at > not_after {
-            return Err(TrustError::OutsideValidity {
+        if at + CLOCK_SKEW < not_before {
+            return Err(TrustError::NotYetValid {
                 subject,
-                not_before: utc(not_before),
-                not_after: utc(not_after),
-                at: utc(at),
+                not_before: beijing(not_before),
+                at: beijing(at),
+            });
+        }
+        if at > not_after {
+            return Err(TrustError::Expired {
+                subject,
+                not_before: beijing(not_before),
+                not_after: beijing(not_after),
             });
         }
         let issuer_der = tbs
@@ -327,12 +339,12 @@ impl TrustStore {
             });
         };
         let (ca_from, ca_until) = anchor.validity;
-        if at < ca_from || at > ca_until {
+        if at + CLOCK_SKEW < ca_from || at > ca_until {
             return Err(TrustError::CaOutsideValidity {
                 subject: anchor.subject.clone(),
-                not_before: utc(ca_from),
-                not_after: utc(ca_until),
-                at: utc(at),
+                not_before: beijing(ca_from),
+                not_after: beijing(ca_until),
+                at: beijing(at),
             });
         }
         Ok(())
@@ -429,11 +441,12 @@ fn tbs_bytes(der: &[u8]) -> Result<&[u8], x509_cert::der::Error> {
     inner.tlv_bytes()
 }
 
-/// A time as `2026-11-25 03:45:25 UTC`.
-fn utc(since_epoch: Duration) -> String {
-    match x509_cert::der::DateTime::from_unix_duration(since_epoch) {
+/// A time as the hall shows times, in Beijing time: `2026-11-25 11:45:25 (北京时间)`.
+fn beijing(since_epoch: Duration) -> String {
+    match x509_cert::der::DateTime::from_unix_duration(since_epoch + Duration::from_secs(8 * 3600))
+    {
         Ok(t) => format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} (北京时间)",
             t.year(),
             t.month(),
             t.day(),

@@ -101,6 +101,27 @@ async fn lists(
     Ok((bidders, bids))
 }
 
+/// Adds bidders' keys; a key a bidder has already (same use and id) is left as it is.
+async fn insert_keys(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    keys: &[BidderKeyRow],
+) -> Result<(), DbError> {
+    for k in keys {
+        sqlx::query(
+            "INSERT INTO bidder_keys (bidder_id, usage, key_id, der, is_cert) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(&k.bidder_id)
+        .bind(&k.usage)
+        .bind(&k.key_id)
+        .bind(k.der.clone())
+        .bind(k.is_cert)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 /// Stages `events` of an opening in a state change's transaction.
 async fn stage(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
@@ -317,6 +338,17 @@ pub struct BidderLoginRow {
     pub bidder_id: Option<String>,
     pub signed_ms: Option<i64>,
     pub taken: i64,
+}
+
+/// What became of a bind asked for with [`Db::bind_bidder_keys`].
+#[derive(Debug)]
+pub enum Bound {
+    /// Bound, with its events staged.
+    Staged(Vec<StagedEvent>),
+    /// The bidder has keys already: nothing changed.
+    HasKeys,
+    /// The opening no longer takes bids: nothing changed.
+    Closed,
 }
 
 /// What became of a session asked for with [`Db::take_bidder_session`].
@@ -1251,47 +1283,51 @@ impl Db {
             .bind(&b.name)
             .execute(&mut *tx)
             .await?;
-        for k in keys {
-            sqlx::query("INSERT INTO bidder_keys (bidder_id, usage, key_id, der, is_cert) VALUES ($1, $2, $3, $4, $5)")
-                .bind(&k.bidder_id)
-                .bind(&k.usage)
-                .bind(&k.key_id)
-                .bind(k.der.clone())
-                .bind(k.is_cert)
-                .execute(&mut *tx)
-                .await?;
-        }
+        insert_keys(&mut tx, keys).await?;
         let staged = stage(&mut tx, &b.opening_id, events, now).await?;
         tx.commit().await?;
         Ok(staged)
     }
 
-    /// Adds keys to a registered bidder (a phone's bind), with `events`; a key it has already is
-    /// left as it is.
-    pub async fn add_bidder_keys(
+    /// Gives the bidder `bidder_id`, which has no keys, the keys of a phone's bind, with
+    /// `events`, while its opening takes bids (scheduled, before the deadline at `now`). The
+    /// opening's and the bidder's rows are locked first, so that two binds at once, or a bind
+    /// and the start of decryption, take turns.
+    pub async fn bind_bidder_keys(
         &self,
         opening_id: &str,
+        bidder_id: &str,
         keys: &[BidderKeyRow],
         events: Vec<NewEvent>,
         now: i64,
-    ) -> Result<Vec<StagedEvent>, DbError> {
+    ) -> Result<Bound, DbError> {
         let mut tx = self.begin_write().await?.0;
-        for k in keys {
-            sqlx::query(
-                "INSERT INTO bidder_keys (bidder_id, usage, key_id, der, is_cert) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            )
-            .bind(&k.bidder_id)
-            .bind(&k.usage)
-            .bind(&k.key_id)
-            .bind(k.der.clone())
-            .bind(k.is_cert)
+        let open = sqlx::query(
+            "UPDATE openings SET state = state WHERE id = $1 AND state = 'scheduled' \
+             AND deadline_ms > $2",
+        )
+        .bind(opening_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if open.rows_affected() != 1 {
+            return Ok(Bound::Closed);
+        }
+        sqlx::query("UPDATE bidders SET name = name WHERE id = $1")
+            .bind(bidder_id)
             .execute(&mut *tx)
             .await?;
+        let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bidder_keys WHERE bidder_id = $1")
+            .bind(bidder_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if held > 0 {
+            return Ok(Bound::HasKeys);
         }
+        insert_keys(&mut tx, keys).await?;
         let staged = stage(&mut tx, opening_id, events, now).await?;
         tx.commit().await?;
-        Ok(staged)
+        Ok(Bound::Staged(staged))
     }
 
     pub async fn bidders(&self, opening_id: &str) -> Result<Vec<BidderRow>, DbError> {

@@ -92,7 +92,11 @@ impl Hall {
         if parts.next().is_some() || tag.len() != 32 || mac.len() != 32 {
             return None;
         }
-        let expires_ms: i64 = expires.parse().ok()?;
+        // One spelling per code (no `+123` or `0123`): the code is the key of its row.
+        let expires_ms: i64 = expires
+            .parse()
+            .ok()
+            .filter(|e: &i64| e.to_string() == expires)?;
         let expected = self.code_mac(opening_id, expires_ms, tag);
         bool::from(expected.as_bytes().ct_eq(mac.as_bytes())).then(|| Code {
             opening_id: opening_id.to_owned(),
@@ -203,8 +207,12 @@ impl Hall {
         let now = self.now();
         let tag = secret_tag(secret);
         match self.inner.db.bidder_login(nonce).await? {
+            // Signed: taken once, by the secret's holder, while the code lasts (the page asks
+            // every second).
             Some(l)
-                if l.taken == 0 && bool::from(l.secret_sm3.as_bytes().ct_eq(tag.as_bytes())) => {}
+                if l.taken == 0
+                    && l.expires_ms > now
+                    && bool::from(l.secret_sm3.as_bytes().ct_eq(tag.as_bytes())) => {}
             Some(_) => return Err(unknown_code()),
             // Not signed yet: waiting, if the hall made this code for this secret and it has
             // not expired.

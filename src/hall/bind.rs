@@ -8,18 +8,21 @@
 //! signature verifies: what binds a certificate to the bidder is the CA's word and the key's
 //! holder, not the code, which only names the opening and the bidder.
 //!
-//! The code is `{opening}.{uscc}.{mac}` (HMAC-SM3 under a key of the master key): nothing is
-//! stored for it, and no one learns from the hall which enterprises registered by trying codes.
-//! Certificates can be bound while bids can be uploaded (before the deadline and before
-//! decryption starts); binding the same certificates again changes nothing.
+//! Both certificates must carry the enterprise's unified social credit code (its name is not
+//! enough here, where no agent looks). The code is `{opening}.{uscc}.{mac}` (HMAC-SM3 under a
+//! key of the master key): nothing is stored for it, and no one learns from the hall which
+//! enterprises registered by trying codes. A bidder binds once, while bids can be uploaded
+//! (before the deadline and before decryption starts): one that has certificates, registered or
+//! bound, is refused, so a code that got about binds nothing more.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use super::{Hall, HallError, MAX_KEYS_PER_BIDDER, ev, on_rayon, signed_by_any};
-use crate::db::{BidderKeyRow, BidderRow};
+use super::{Hall, HallError, ev, on_rayon, signed_by_any};
+use crate::crypto;
+use crate::db::{BidderRow, Bound};
 use crate::phone::{Bind, BindView, bind_message};
 
 /// What the hall's MAC of a bind code is made for.
@@ -38,7 +41,13 @@ pub struct BindCode {
 
 fn unusable_code() -> HallError {
     HallError::WrongState(
-        "this bind code is unknown or can no longer be used (the opening no longer takes bids): \
+        "this bind code can no longer be used: the opening no longer takes bids".into(),
+    )
+}
+
+fn has_keys() -> HallError {
+    HallError::WrongState(
+        "this bidder has its certificates already (registered or bound before): to change them, \
          ask the tender agent"
             .into(),
     )
@@ -65,6 +74,9 @@ impl Hall {
             ));
         }
         let opening = self.opening(opening_id).await?;
+        if opening.state != "scheduled" || self.now() >= opening.deadline_ms {
+            return Err(unusable_code());
+        }
         let bidder = self
             .inner
             .db
@@ -92,14 +104,15 @@ impl Hall {
     /// The bidder bind code `code` is of, while certificates can be bound with it.
     async fn bind_target(&self, code: &str) -> Result<(BindView, BidderRow), HallError> {
         let mut parts = code.split('.');
+        let unknown = || HallError::NotFound("bind code");
         let (Some(opening_id), Some(uscc), Some(mac), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(unusable_code());
+            return Err(unknown());
         };
         let expected = self.bind_mac(opening_id, uscc);
         if !bool::from(expected.as_bytes().ct_eq(mac.as_bytes())) || self.inner.trust.is_none() {
-            return Err(unusable_code());
+            return Err(unknown());
         }
         let opening = self.opening(opening_id).await?;
         if opening.state != "scheduled" || self.now() >= opening.deadline_ms {
@@ -110,7 +123,16 @@ impl Hall {
             .db
             .bidder_by_uscc(opening_id, uscc)
             .await?
-            .ok_or_else(unusable_code)?;
+            .ok_or_else(unknown)?;
+        if !self
+            .inner
+            .db
+            .bidder_keys(&bidder.id, "sign")
+            .await?
+            .is_empty()
+        {
+            return Err(has_keys());
+        }
         let view = BindView {
             opening_id: opening.id,
             tender_id: opening.tender_id,
@@ -128,9 +150,23 @@ impl Hall {
         Ok(self.bind_target(code).await?.0)
     }
 
-    /// Binds the phone's certificates to the bidder of `code`; how many of each use it has now.
+    /// Binds the phone's certificates to the bidder of `code`, which has none yet.
     pub async fn bind(&self, code: &str, bind: &Bind) -> Result<serde_json::Value, HallError> {
         let (_, bidder) = self.bind_target(code).await?;
+        // Bound without the agent looking: the code must be in the certificates, the name is
+        // not enough.
+        for (what, pem) in [("signing", &bind.sign_cert), ("encryption", &bind.enc_cert)] {
+            let identity = crypto::load_public_pem(pem)
+                .map_err(|e| HallError::Invalid(format!("the {what} certificate: {e}")))?;
+            if !identity.carries_code(&bidder.uscc) {
+                return Err(HallError::Invalid(format!(
+                    "the {what} certificate ({}) does not carry the unified social credit code \
+                     {} (证书与投标人不符): bind the certificates the CA issued to this enterprise",
+                    identity.describe(),
+                    bidder.uscc
+                )));
+            }
+        }
         let keys = self
             .checked_keys(
                 &bidder,
@@ -138,16 +174,13 @@ impl Hall {
                 std::slice::from_ref(&bind.enc_cert),
             )
             .await?;
-        let (sign, enc) = match (
-            keys.iter().find(|k| k.usage == "sign"),
-            keys.iter().find(|k| k.usage == "enc"),
-        ) {
-            (Some(sign), Some(enc)) => (sign.clone(), enc.clone()),
-            _ => {
-                return Err(HallError::Invalid(
-                    "send one signing and one encryption certificate".into(),
-                ));
-            }
+        let (Some(sign), Some(enc)) = (
+            keys.iter().find(|k| k.usage == "sign").cloned(),
+            keys.iter().find(|k| k.usage == "enc").cloned(),
+        ) else {
+            return Err(HallError::Invalid(
+                "send one signing and one encryption certificate".into(),
+            ));
         };
         let message = bind_message(code, &sign.der, &enc.der);
         let signature = B64
@@ -155,44 +188,38 @@ impl Hall {
             .map_err(|_| HallError::Invalid("the signature is not base64".into()))?;
         let signer = vec![sign.clone()];
         if !on_rayon(move || signed_by_any(&signer, &message, &signature)).await? {
-            return Err(HallError::BadAnswerSignature);
+            return Err(HallError::Invalid(
+                "the signature is not made with the key of the signing certificate being bound, \
+                 over this bind code and these certificates: sign with that certificate's key"
+                    .into(),
+            ));
         }
-        let mut held: Vec<BidderKeyRow> = self.inner.db.bidder_keys(&bidder.id, "sign").await?;
-        held.extend(self.inner.db.bidder_keys(&bidder.id, "enc").await?);
-        let new: Vec<BidderKeyRow> = keys
-            .into_iter()
-            .filter(|k| {
-                !held
-                    .iter()
-                    .any(|h| h.usage == k.usage && h.key_id == k.key_id)
-            })
-            .collect();
-        if held.len() + new.len() > MAX_KEYS_PER_BIDDER {
-            return Err(HallError::Invalid(format!(
-                "the bidder already has {} certificates, and at most {MAX_KEYS_PER_BIDDER} are kept",
-                held.len()
-            )));
+        let bound = ev(
+            "bidder.bound",
+            "agent",
+            json!({"uscc": bidder.uscc, "name": bidder.name,
+                   "sign_key_id": sign.key_id, "enc_key_id": enc.key_id}),
+        );
+        match self
+            .inner
+            .db
+            .bind_bidder_keys(
+                &bidder.opening_id,
+                &bidder.id,
+                &keys,
+                vec![bound],
+                self.now(),
+            )
+            .await?
+        {
+            Bound::Staged(staged) => self.publish(staged).await,
+            Bound::HasKeys => return Err(has_keys()),
+            Bound::Closed => return Err(unusable_code()),
         }
-        if !new.is_empty() {
-            let bound = ev(
-                "bidder.bound",
-                "agent",
-                json!({"uscc": bidder.uscc, "name": bidder.name,
-                       "sign_key_id": sign.key_id, "enc_key_id": enc.key_id}),
-            );
-            let staged = self
-                .inner
-                .db
-                .add_bidder_keys(&bidder.opening_id, &new, vec![bound], self.now())
-                .await?;
-            self.publish(staged).await;
-            self.count_bidder_action("bind");
-        }
-        let count = |usage: &str| held.iter().chain(&new).filter(|k| k.usage == usage).count();
+        self.count_bidder_action("bind");
         Ok(
-            json!({"status": if new.is_empty() { "already bound" } else { "bound" },
-                  "bidder": {"uscc": bidder.uscc, "name": bidder.name},
-                  "sign_keys": count("sign"), "enc_keys": count("enc")}),
+            json!({"status": "bound", "bidder": {"uscc": bidder.uscc, "name": bidder.name},
+                  "sign_key_id": sign.key_id, "enc_key_id": enc.key_id}),
         )
     }
 }

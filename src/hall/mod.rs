@@ -1072,15 +1072,24 @@ impl Hall {
             )));
         }
         let sign_keys = self.inner.db.bidder_keys(&bidder.id, "sign").await?;
+        if sign_keys.is_empty() {
+            return Err(HallError::Invalid(
+                "no certificate is bound to this bidder yet: scan the bind code the tender agent \
+                 gave you with the phone (扫码绑定), then upload again"
+                    .into(),
+            ));
+        }
         let Some(signer) = sign_keys.iter().find(|k| k.key_id == signer_id) else {
             return Err(HallError::Invalid(
                 "the bid is signed by a certificate not registered for this bidder".into(),
             ));
         };
         // A signature counts while its certificate is valid: at the bid's arrival.
-        if let Some(trust) = self.inner.trust.clone()
-            && signer.is_cert == 1
-        {
+        // With trusted CAs a bare key registered before they were set signs nothing.
+        if let Some(trust) = self.inner.trust.clone() {
+            if signer.is_cert == 0 {
+                return Err(crypto::TrustError::BareKey.into());
+            }
             let at = std::time::Duration::from_millis(received_ms.max(0) as u64);
             let der = signer.der.clone();
             on_rayon(move || trust.check(&der, crypto::CertUsage::Sign, at)).await??;

@@ -57,16 +57,16 @@ fn certificates_of_a_trusted_ca_pass_for_their_use_while_valid() {
         ));
         let later = now() + Duration::from_secs(11 * 86_400);
         let expired = store.check(&sign, CertUsage::Sign, later).unwrap_err();
-        assert!(
-            matches!(expired, TrustError::OutsideValidity { .. }),
-            "{expired}"
-        );
+        assert!(matches!(expired, TrustError::Expired { .. }), "{expired}");
         assert!(expired.to_string().contains("证书已过期"), "{expired}");
         let before = now() - Duration::from_secs(86_400);
-        assert!(matches!(
-            store.check(&sign, CertUsage::Sign, before),
-            Err(TrustError::OutsideValidity { .. })
-        ));
+        let early = store.check(&sign, CertUsage::Sign, before).unwrap_err();
+        assert!(matches!(early, TrustError::NotYetValid { .. }), "{early}");
+        assert!(early.to_string().contains("尚未生效"), "{early}");
+        // A hall whose clock is a minute behind the CA's takes a certificate just issued.
+        store
+            .check(&sign, CertUsage::Sign, now() - Duration::from_secs(60))
+            .unwrap();
     }
 }
 
@@ -259,4 +259,85 @@ fn base64_lines(bytes: &[u8]) -> String {
         .map(|line| std::str::from_utf8(line).unwrap())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A certificate is checked on the bytes its CA signed. This one's validity is written as
+/// GeneralizedTime though before 2050 (RFC 5280 asks for UTCTime there; CAs do it anyway): read
+/// and written again, `x509-cert` would write UTCTime and the CA's signature would no longer
+/// match. The certificate is kept as it came, byte for byte.
+#[test]
+fn a_certificate_is_checked_on_the_bytes_its_ca_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(ca) = TestCa::new(dir.path(), "gt", "/CN=测试CA", true) else {
+        return;
+    };
+    let store = TrustStore::from_pem(ca.pem.as_bytes()).unwrap();
+    let issued = der(&ca.issue("leaf", SUBJECT, &key_pem(), SIGN_EXT, 10));
+    let ca_key =
+        crypto::load_private_pem(&std::fs::read_to_string(dir.path().join("gt.ca.key")).unwrap())
+            .unwrap();
+
+    // tbsCertificate with each UTCTime of its validity as GeneralizedTime, signed again.
+    let [tbs, algorithm, _] = elements(&issued)[..] else {
+        panic!("a certificate is three elements");
+    };
+    let mut fields: Vec<Vec<u8>> = elements(tbs).into_iter().map(<[u8]>::to_vec).collect();
+    let validity = fields
+        .iter_mut()
+        .find(|f| f[0] == 0x30 && elements(f).first().is_some_and(|t| t[0] == 0x17))
+        .expect("a validity of UTCTimes");
+    let times: Vec<u8> = elements(validity)
+        .into_iter()
+        .flat_map(|t| {
+            let mut g = vec![0x18, 15, b'2', b'0'];
+            g.extend_from_slice(&t[2..]);
+            g
+        })
+        .collect();
+    *validity = tlv(0x30, &times);
+    let tbs = tlv(0x30, &fields.concat());
+    let signature = crypto::sign(&ca_key, &tbs).unwrap();
+    let mut bits = vec![0];
+    bits.extend_from_slice(&signature);
+    let rewritten = tlv(0x30, &[tbs, algorithm.to_vec(), tlv(0x03, &bits)].concat());
+
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        base64_lines(&rewritten)
+    );
+    assert_eq!(der(&pem), rewritten, "kept byte for byte");
+    // What this test is about: the crate writes the certificate otherwise.
+    use x509_cert::der::{Decode, Encode};
+    let again = x509_cert::Certificate::from_der(&rewritten)
+        .unwrap()
+        .to_der()
+        .unwrap();
+    assert_ne!(again, rewritten, "re-encoded, the certificate changes");
+    store.check(&rewritten, CertUsage::Sign, now()).unwrap();
+}
+
+/// The DER elements in `der`'s content (or in `der` itself when it is a list of elements).
+fn elements(der: &[u8]) -> Vec<&[u8]> {
+    use x509_cert::der::{Decode, Header, Reader, SliceReader};
+    let mut outer = SliceReader::new(der).unwrap();
+    let header = Header::decode(&mut outer).unwrap();
+    let mut inner = SliceReader::new(outer.read_slice(header.length()).unwrap()).unwrap();
+    let mut out = Vec::new();
+    while !inner.is_finished() {
+        out.push(inner.tlv_bytes().unwrap());
+    }
+    out
+}
+
+/// A DER element: `tag`, length, `content`.
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let n = content.len();
+    let mut out = vec![tag];
+    match n {
+        0..=127 => out.push(n as u8),
+        128..=255 => out.extend([0x81, n as u8]),
+        _ => out.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    out.extend_from_slice(content);
+    out
 }

@@ -892,7 +892,7 @@ async fn the_console_registers_a_bidder_to_bind_and_shows_its_bind_code() {
     )
     .unwrap();
     assert_eq!(view.bidder, b.uscc.as_str());
-    let subject = format!("/CN={}", b.name);
+    let subject = format!("/CN={}/OU={}", b.name, b.uscc.as_str());
     let key = |k: &sm2::SecretKey| kaibiao::crypto::private_key_pem(k).unwrap().to_string();
     let sign = ca.issue("sign", &subject, &key(&b.sign), crate::ca::SIGN_EXT, 10);
     let enc = ca.issue("enc", &subject, &key(&b.enc), crate::ca::ENC_EXT, 10);

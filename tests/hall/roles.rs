@@ -140,27 +140,7 @@ async fn sign_in_forwarded(app: &crate::helpers::TestApp, forwarded: &str, passw
 /// An SM2 certificate made by the `openssl` CLI for `subject`, in PEM; None (the test skips,
 /// loudly) where the command is missing outside CI.
 fn openssl_certificate(dir: &std::path::Path, name: &str, subject: &str) -> Option<String> {
-    let run = |args: &[&str]| match std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-    {
-        Ok(out) => {
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Some(())
-        }
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!(
-                "SKIPPED: the openssl command is not available ({e}); install it to run this test"
-            );
-            None
-        }
-        Err(e) => panic!("openssl is needed in CI: {e}"),
-    };
+    let run = |args: &[&str]| crate::ca::openssl(dir, args);
     let key = format!("{name}.key");
     let cert = format!("{name}.crt");
     run(&["genpkey", "-algorithm", "SM2", "-out", &key])?;

@@ -169,9 +169,10 @@ async fn phone_binds(
 /// 扫码绑定: the agent registers a bidder by its code and name alone and hands it a bind code;
 /// the bidder's phone (`kaibiao phone bind`) binds the certificates its CA issued, and the bid
 /// sealed to them is taken and decrypted. A signature by another key, certificates of an
-/// untrusted CA or of another enterprise, and a changed code are refused and bind nothing;
-/// binding again changes nothing; once decryption started the code is refused; and a platform
-/// that trusts no CA binds nothing by phone.
+/// untrusted CA, of another enterprise or naming this one only by name, and a changed code are
+/// refused and bind nothing; a bidder binds once (two phones at once: one binds); once
+/// decryption started the code is refused; and a platform that trusts no CA binds nothing by
+/// phone.
 async fn a_bidders_phone_binds_its_certificates(backend: Backend) {
     let cas = tempfile::tempdir().unwrap();
     let Some(ca) = TestCa::new(cas.path(), "trusted", "/CN=测试数字认证CA", true) else {
@@ -223,14 +224,55 @@ async fn a_bidders_phone_binds_its_certificates(backend: Backend) {
     let (sign, enc) = certificates(&ca, &b, 10);
     let (other_sign, other_enc) = certificates(&untrusted, &b, 10);
     let (strangers_sign, strangers_enc) = certificates(&ca, &stranger, 10);
-    for (sign, enc, key, error) in [
-        (&sign, &enc, &b.enc, "bad_signature"),
-        (&other_sign, &other_enc, &b.sign, "untrusted_certificate"),
-        (&strangers_sign, &strangers_enc, &stranger.sign, "invalid"),
+    let by_name = |usage: &str, key: &sm2::SecretKey, ext: &str| {
+        let pem = crypto::private_key_pem(key).unwrap().to_string();
+        ca.issue(
+            &format!("by-name-{usage}"),
+            &format!("/CN={}", b.name),
+            &pem,
+            ext,
+            10,
+        )
+    };
+    let (named_sign, named_enc) = (
+        by_name("sign", &b.sign, SIGN_EXT),
+        by_name("enc", &b.enc, ENC_EXT),
+    );
+    for (sign, enc, key, error, says) in [
+        (
+            &sign,
+            &enc,
+            &b.enc,
+            "invalid",
+            "signing certificate being bound",
+        ),
+        (
+            &other_sign,
+            &other_enc,
+            &b.sign,
+            "untrusted_certificate",
+            "does not trust",
+        ),
+        (
+            &strangers_sign,
+            &strangers_enc,
+            &stranger.sign,
+            "invalid",
+            "证书与投标人不符",
+        ),
+        (
+            &named_sign,
+            &named_enc,
+            &b.sign,
+            "invalid",
+            "does not carry",
+        ),
     ] {
         let r = phone_binds(&app, &view, sign, enc, key).await;
         assert_eq!(r.status, 422, "{}", r.body);
         assert_eq!(r.body["error"], error, "{}", r.body);
+        let message = r.body["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message}");
     }
     let mut changed = view.code.clone();
     let last = changed.pop().unwrap();
@@ -238,14 +280,14 @@ async fn a_bidders_phone_binds_its_certificates(backend: Backend) {
     let r = app
         .call("GET", &format!("/api/phone/binds/{changed}"), None, None)
         .await;
-    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.status, 404, "{}", r.body);
     assert_eq!(
         app.agent("POST", &code_path, None).await.body["sign_keys"],
         0,
         "nothing bound"
     );
 
-    // The reference phone binds; binding again changes nothing.
+    // The reference phone binds; a second bind is refused.
     let write = |name: &str, text: &str| {
         let path = app.dir.path().join(name);
         std::fs::write(&path, text).unwrap();
@@ -274,14 +316,49 @@ async fn a_bidders_phone_binds_its_certificates(backend: Backend) {
         "{said}"
     );
     let r = phone_binds(&app, &view, &sign, &enc, &b.sign).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["status"], "already bound");
+    assert_eq!(r.status, 409, "once: {}", r.body);
+    let said = r.body["message"].as_str().unwrap();
+    assert!(said.contains("ask the tender agent"), "{said}");
+    let code = app.agent("POST", &code_path, None).await;
     assert_eq!(
-        (r.body["sign_keys"].as_i64(), r.body["enc_keys"].as_i64()),
+        (
+            code.body["sign_keys"].as_i64(),
+            code.body["enc_keys"].as_i64()
+        ),
         (Some(1), Some(1))
     );
+
+    // Two phones binding one bidder at once: one binds.
+    let c = TestBidder::new(app.dir.path(), 2, 1_000);
+    let mut bare = c.registration();
+    bare["sign_keys"] = json!([]);
+    bare["enc_keys"] = json!([]);
+    let r = app
+        .agent(
+            "POST",
+            &format!("/api/openings/{opening}/bidders"),
+            Some(bare),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let c_code = format!(
+        "/api/openings/{opening}/bidders/{}/bind-code",
+        c.uscc.as_str()
+    );
+    let c_url = app.agent("POST", &c_code, None).await.body["url"].clone();
+    let c_path = c_url.as_str().unwrap().strip_prefix(&app.base).unwrap();
+    let c_view: kaibiao::phone::BindView =
+        serde_json::from_value(app.call("GET", c_path, None, None).await.body).unwrap();
+    let (c_sign, c_enc) = certificates(&ca, &c, 10);
+    let (one, other) = futures_util::join!(
+        phone_binds(&app, &c_view, &c_sign, &c_enc, &c.sign),
+        phone_binds(&app, &c_view, &c_sign, &c_enc, &c.sign)
+    );
+    let mut statuses = [one.status, other.status];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{} {}", one.body, other.body);
     let bound = app.payloads(&opening, "bidder.bound").await;
-    assert_eq!(bound.len(), 1, "{bound:?}");
+    assert_eq!(bound.len(), 2, "one per bidder: {bound:?}");
 
     let r = app.upload(&opening, &b).await;
     assert_eq!(r.status, 201, "{}", r.body);

@@ -122,6 +122,15 @@
     const pems = name => f.get(name).trim() ? [f.get(name)] : [];
     try { await api('POST', '/api/openings/' + current + '/bidders', { uscc: f.get('uscc'), name: f.get('name'), sign_keys: pems('sign'), enc_keys: pems('enc') }); say('已登记'); show(current); } catch (err) { say(err.message); }
   };
+  document.getElementById('add-keys').onsubmit = async e => {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    const pems = name => f.get(name).trim() ? [f.get(name)] : [];
+    try {
+      const r = await api('POST', '/api/openings/' + current + '/bidders/' + f.get('uscc').trim() + '/keys', { sign_keys: pems('sign'), enc_keys: pems('enc') });
+      e.target.reset(); say('已更新：签名证书 ' + r.sign_keys + ' 张，加密证书 ' + r.enc_keys + ' 张'); show(current);
+    } catch (err) { say(err.message); }
+  };
   document.getElementById('new-objection').onsubmit = async e => {
     e.preventDefault();
     const f = new FormData(e.target);

@@ -101,7 +101,8 @@ async fn lists(
     Ok((bidders, bids))
 }
 
-/// Adds bidders' keys; a key a bidder has already (same use and id) is left as it is.
+/// Adds bidders' keys; for a key a bidder has already (same use and id) the certificate given
+/// replaces the one kept (a certificate renewed for the same key).
 async fn insert_keys(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     keys: &[BidderKeyRow],
@@ -109,7 +110,8 @@ async fn insert_keys(
     for k in keys {
         sqlx::query(
             "INSERT INTO bidder_keys (bidder_id, usage, key_id, der, is_cert) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (bidder_id, usage, key_id) \
+             DO UPDATE SET der = excluded.der, is_cert = excluded.is_cert",
         )
         .bind(&k.bidder_id)
         .bind(&k.usage)
@@ -1287,6 +1289,31 @@ impl Db {
         let staged = stage(&mut tx, &b.opening_id, events, now).await?;
         tx.commit().await?;
         Ok(staged)
+    }
+
+    /// Adds `keys` to a registered bidder, or renews the certificates of keys it has, with
+    /// `events`, while its opening is scheduled (locked first, so decryption does not start
+    /// meanwhile); None, and nothing changed, once it is not.
+    pub async fn add_bidder_keys(
+        &self,
+        opening_id: &str,
+        keys: &[BidderKeyRow],
+        events: Vec<NewEvent>,
+        now: i64,
+    ) -> Result<Option<Vec<StagedEvent>>, DbError> {
+        let mut tx = self.begin_write().await?.0;
+        let open =
+            sqlx::query("UPDATE openings SET state = state WHERE id = $1 AND state = 'scheduled'")
+                .bind(opening_id)
+                .execute(&mut *tx)
+                .await?;
+        if open.rows_affected() != 1 {
+            return Ok(None);
+        }
+        insert_keys(&mut tx, keys).await?;
+        let staged = stage(&mut tx, opening_id, events, now).await?;
+        tx.commit().await?;
+        Ok(Some(staged))
     }
 
     /// Gives the bidder `bidder_id`, which has no keys, the keys of a phone's bind, with

@@ -47,8 +47,8 @@ fn unusable_code() -> HallError {
 
 fn has_keys() -> HallError {
     HallError::WrongState(
-        "this bidder has its certificates already (registered or bound before): to change them, \
-         ask the tender agent"
+        "this bidder has its certificates already (registered or bound before): to add or renew \
+         one, ask the tender agent"
             .into(),
     )
 }

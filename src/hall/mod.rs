@@ -994,6 +994,82 @@ impl Hall {
         Ok(bidder)
     }
 
+    /// Adds certificates (or, without trusted CAs, keys) to a registered bidder, or renews those
+    /// of keys it has (a certificate renewed for the same key replaces the one kept), before
+    /// decryption starts. Keys already registered stay: bids sealed to them can still be
+    /// opened. Returns how many of each use the bidder has.
+    pub async fn add_bidder_keys(
+        &self,
+        opening_id: &str,
+        uscc: &str,
+        sign: &[String],
+        enc: &[String],
+    ) -> Result<serde_json::Value, HallError> {
+        let wrong_state = || {
+            HallError::WrongState(
+                "certificates can only be changed before decryption starts".into(),
+            )
+        };
+        let opening = self.opening(opening_id).await?;
+        if opening.state != "scheduled" {
+            return Err(wrong_state());
+        }
+        let bidder = self
+            .inner
+            .db
+            .bidder_by_uscc(opening_id, uscc.trim())
+            .await?
+            .ok_or(HallError::NotFound("bidder"))?;
+        if sign.is_empty() && enc.is_empty() {
+            return Err(HallError::Invalid(
+                "give at least one certificate or key".into(),
+            ));
+        }
+        let keys = self.checked_keys(&bidder, sign, enc).await?;
+        let mut held = self.inner.db.bidder_keys(&bidder.id, "sign").await?;
+        held.extend(self.inner.db.bidder_keys(&bidder.id, "enc").await?);
+        let is_new = |k: &BidderKeyRow| {
+            !held
+                .iter()
+                .any(|h| h.usage == k.usage && h.key_id == k.key_id)
+        };
+        let added: Vec<&BidderKeyRow> = keys.iter().filter(|k| is_new(k)).collect();
+        if held.len() + added.len() > MAX_KEYS_PER_BIDDER {
+            return Err(HallError::Invalid(format!(
+                "the bidder has {} certificates or keys, and at most {MAX_KEYS_PER_BIDDER} are kept",
+                held.len()
+            )));
+        }
+        let ids = |usage: &str| {
+            keys.iter()
+                .filter(|k| k.usage == usage)
+                .map(|k| k.key_id.clone())
+                .collect::<Vec<_>>()
+        };
+        let event = ev(
+            "bidder.keys_added",
+            "agent",
+            json!({"uscc": bidder.uscc, "name": bidder.name,
+                   "sign_key_ids": ids("sign"), "enc_key_ids": ids("enc")}),
+        );
+        let count = |usage: &str| {
+            held.iter()
+                .chain(added.iter().copied())
+                .filter(|k| k.usage == usage)
+                .count()
+        };
+        let counts =
+            json!({"uscc": bidder.uscc, "sign_keys": count("sign"), "enc_keys": count("enc")});
+        let staged = self
+            .inner
+            .db
+            .add_bidder_keys(opening_id, &keys, vec![event], self.now())
+            .await?
+            .ok_or_else(wrong_state)?;
+        self.publish(staged).await;
+        Ok(counts)
+    }
+
     /// [`checked_keys`] for `bidder`, now, off the async executor (it verifies signatures).
     async fn checked_keys(
         &self,
@@ -1048,9 +1124,15 @@ impl Hall {
         // An upload whose last byte arrived before the deadline is on time, even if decryption
         // started while it was being stored or checked (`put_bid` then files it as waiting for
         // its key).
-        let (opening, bidder) = self
-            .before_deadline(opening_id, uscc, received_ms, &["scheduled", "decrypting"])
-            .await?;
+        let opening = self.opening(opening_id).await?;
+        if !["scheduled", "decrypting"].contains(&opening.state.as_str())
+            || received_ms >= opening.deadline_ms
+        {
+            return Err(HallError::AfterDeadline(fmt_time(opening.deadline_ms)));
+        }
+        // Who registered is told to no one before the opening: a code no bidder has is refused
+        // after the same checks, and in the same words, as a bid signed by a key not registered.
+        let bidder = self.inner.db.bidder_by_uscc(opening_id, uscc).await?;
         let path = upload.to_owned();
         let (header, signer_id, size) = on_rayon(move || -> Result<_, BidError> {
             let bid = SealedBid::open(&path)?;
@@ -1065,25 +1147,26 @@ impl Hall {
                 header.tender_id, opening.tender_id
             )));
         }
-        if header.bidder.as_str() != bidder.uscc {
+        if header.bidder.as_str() != uscc {
             return Err(HallError::Invalid(format!(
-                "the bid was sealed by {} but uploaded for {}",
-                header.bidder, bidder.uscc
+                "the bid was sealed by {} but uploaded for {uscc}",
+                header.bidder
             )));
         }
-        let sign_keys = self.inner.db.bidder_keys(&bidder.id, "sign").await?;
-        if sign_keys.is_empty() {
-            return Err(HallError::Invalid(
-                "no certificate is bound to this bidder yet: scan the bind code the tender agent \
-                 gave you with the phone (扫码绑定), then upload again"
+        let not_registered = || {
+            HallError::Invalid(
+                "the bid is signed by a certificate not registered for this bidder: sign it with \
+                 the certificate the tender agent registered, or one bound by scanning the bind \
+                 code (扫码绑定) before uploading"
                     .into(),
-            ));
-        }
-        let Some(signer) = sign_keys.iter().find(|k| k.key_id == signer_id) else {
-            return Err(HallError::Invalid(
-                "the bid is signed by a certificate not registered for this bidder".into(),
-            ));
+            )
         };
+        let bidder = bidder.ok_or_else(not_registered)?;
+        let sign_keys = self.inner.db.bidder_keys(&bidder.id, "sign").await?;
+        let signer = sign_keys
+            .iter()
+            .find(|k| k.key_id == signer_id)
+            .ok_or_else(not_registered)?;
         // A signature counts while its certificate is valid: at the bid's arrival.
         // With trusted CAs a bare key registered before they were set signs nothing.
         if let Some(trust) = self.inner.trust.clone() {

@@ -72,6 +72,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(take_bidder_session),
         )
         .route(
+            "/api/openings/{id}/bidders/{uscc}/keys",
+            web::post().to(add_bidder_keys),
+        )
+        .route(
             "/api/openings/{id}/bidders/{uscc}/bind-code",
             web::post().to(bind_code),
         )
@@ -774,6 +778,31 @@ async fn sign_in(
 ) -> Result<HttpResponse> {
     let at = hall.sign_in(&id, &json_body::<SignIn>(&body)?).await?;
     Ok(HttpResponse::Ok().json(json!({"signed_in_ms": at})))
+}
+
+/// Certificates to add to a registered bidder, or renewed ones of its keys.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKeys {
+    #[serde(default)]
+    sign_keys: Vec<String>,
+    #[serde(default)]
+    enc_keys: Vec<String>,
+}
+
+/// The agent adds or renews a bidder's certificates.
+async fn add_bidder_keys(
+    hall: web::Data<Hall>,
+    _agent: Agent,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let (id, uscc) = path.into_inner();
+    let keys = json_body::<NewKeys>(&body)?;
+    Ok(HttpResponse::Ok().json(
+        hall.add_bidder_keys(&id, &uscc, &keys.sign_keys, &keys.enc_keys)
+            .await?,
+    ))
 }
 
 /// A bidder's bind code (扫码绑定), for the agent to hand to the bidder.

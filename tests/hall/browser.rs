@@ -907,6 +907,23 @@ async fn the_console_registers_a_bidder_to_bind_and_shows_its_bind_code() {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(app.upload(&opening, &b).await.status, 201);
+    // The CA renews the signing certificate for the same key: the agent enters it, and it
+    // replaces the one bound.
+    let renewed = ca.issue("renewed", &subject, &key(&b.sign), crate::ca::SIGN_EXT, 20);
+    page.eval(&format!(
+        "const k = document.getElementById('add-keys'); k.uscc.value = '{}'; k.sign.value = {}; \
+         k.requestSubmit();",
+        b.uscc.as_str(),
+        serde_json::to_string(&renewed).unwrap()
+    ))
+    .await;
+    page.wait_for_value(
+        "the renewal taken",
+        "document.getElementById('message').textContent",
+        json!("已更新：签名证书 1 张，加密证书 1 张"),
+    )
+    .await;
+    assert_eq!(app.payloads(&opening, "bidder.keys_added").await.len(), 1);
     drop(page);
     app.cleanup().await;
 }

@@ -274,6 +274,18 @@ async fn no_one_but_the_agent_learns_who_bid_before_the_opening(backend: Backend
         "the agent's feed has the uploads"
     );
 
+    // Nor does an upload tell who registered: a bid sealed by someone else under a registered
+    // bidder's code is refused just as one under a code no one registered.
+    let strangers = tempfile::tempdir().unwrap();
+    let impostor = TestBidder::new(strangers.path(), 0, 5_000);
+    assert_eq!(impostor.uscc, bidders[0].uscc, "the same code, other keys");
+    let unregistered = TestBidder::new(strangers.path(), 7, 5_000);
+    let (a, b) = (
+        app.upload(&opening, &impostor).await,
+        app.upload(&opening, &unregistered).await,
+    );
+    assert_eq!((a.status, &a.body), (422, &b.body), "{} {}", a.body, b.body);
+
     // The start publishes both bids; the public viewer gets them in the start's event, having
     // been told nothing of them before.
     app.start_after(&opening, 61).await;

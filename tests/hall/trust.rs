@@ -90,7 +90,8 @@ async fn only_certificates_of_a_trusted_ca_are_registered(backend: Backend) {
 }
 
 /// A bid arriving after its signing certificate expired is refused, saying so, and nothing is
-/// filed; the same bid was acceptable while the certificate was valid.
+/// filed. The agent registers the certificates the CA renewed for the same keys (they replace
+/// the expired ones), and the same bid is taken.
 async fn a_bid_signed_under_an_expired_certificate_is_refused(backend: Backend) {
     let cas = tempfile::tempdir().unwrap();
     let Some(ca) = TestCa::new(cas.path(), "ca", "/CN=测试CA", false) else {
@@ -117,6 +118,20 @@ async fn a_bid_signed_under_an_expired_certificate_is_refused(backend: Backend) 
     let message = r.body["message"].as_str().unwrap();
     assert!(message.contains("证书已过期"), "{message}");
     assert_eq!(app.snapshot(&opening).await["bids"], json!([]));
+    let (renewed_sign, renewed_enc) = certificates(&ca, &b, 10);
+    let keys = format!("/api/openings/{opening}/bidders/{}/keys", b.uscc.as_str());
+    let body = json!({"sign_keys": [renewed_sign], "enc_keys": [renewed_enc]});
+    let r = app.call("POST", &keys, Some(body.clone()), None).await;
+    assert_eq!(r.status, 401, "the agent's: {}", r.body);
+    let r = app.agent("POST", &keys, Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.body["sign_keys"].as_i64(), r.body["enc_keys"].as_i64()),
+        (Some(1), Some(1))
+    );
+    let r = app.upload(&opening, &b).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(app.payloads(&opening, "bidder.keys_added").await.len(), 1);
     app.cleanup().await;
 }
 

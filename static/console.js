@@ -67,7 +67,7 @@
         bind.onclick = async () => {
           try {
             const code = await api('POST', '/api/openings/' + id + '/bidders/' + b.uscc + '/bind-code');
-            document.getElementById('bind-bidder').textContent = b.name + '（已有签名证书 ' + code.sign_keys + ' 张，加密证书 ' + code.enc_keys + ' 张）';
+            document.getElementById('bind-bidder').textContent = b.name;
             document.getElementById('bind-qr').src = code.url.replace(/^https?:\/\/[^/]+/, '') + '/qr.svg';
             const link = document.getElementById('bind-url');
             link.href = code.url;
@@ -127,7 +127,7 @@
     const f = new FormData(e.target);
     const pems = name => f.get(name).trim() ? [f.get(name)] : [];
     try {
-      const r = await api('POST', '/api/openings/' + current + '/bidders/' + f.get('uscc').trim() + '/keys', { sign_keys: pems('sign'), enc_keys: pems('enc') });
+      const r = await api('POST', '/api/openings/' + current + '/bidders/' + encodeURIComponent(f.get('uscc').trim()) + '/keys', { sign_keys: pems('sign'), enc_keys: pems('enc') });
       e.target.reset(); say('已更新：签名证书 ' + r.sign_keys + ' 张，加密证书 ' + r.enc_keys + ' 张'); show(current);
     } catch (err) { say(err.message); }
   };

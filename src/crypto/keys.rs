@@ -91,8 +91,10 @@ impl PublicIdentity {
             return false;
         };
         let uscc = fold(uscc);
+        // Folded as `fold` does, but keeping white space: `USCC 9144…` is the code after a label.
+        let spaced = |v: &str| fold(&v.replace(char::is_whitespace, "-"));
         !uscc.is_empty()
-            && subject_values.iter().map(|v| fold(v)).any(|v| {
+            && subject_values.iter().map(|v| spaced(v)).any(|v| {
                 v.match_indices(&uscc).any(|(at, _)| {
                     let before = v[..at].chars().next_back();
                     let after = v[at + uscc.len()..].chars().next();
@@ -357,6 +359,7 @@ mod tests {
         assert!(cert(&["91440300MA5F00000X"]).carries_code(uscc));
         assert!(cert(&["ＳＮ：９１４４０３００ＭＡ５Ｆ０００００Ｘ"]).carries_code(uscc));
         assert!(cert(&["统一社会信用代码:91440300ma5f00000x;"]).carries_code(uscc));
+        assert!(cert(&["USCC 91440300MA5F00000X"]).carries_code(uscc));
         assert!(!cert(&[name]).carries_code(uscc), "the name is not enough");
         assert!(!cert(&["A91440300MA5F00000X"]).carries_code(uscc));
         assert!(!cert(&["91440300MA5F00000X1"]).carries_code(uscc));

@@ -93,7 +93,7 @@ pub enum TrustError {
     #[error("this is not an X.509 certificate: {0}")]
     Parse(String),
     #[error(
-        "a bare public key names no CA, and this platform accepts only certificates issued by a CA it trusts: register the bidder's certificate instead"
+        "a bare public key names no CA, and this platform accepts only certificates issued by a CA it trusts: the bidder's certificates are to be registered instead (by the tender agent, or bound by the bidder's phone)"
     )]
     BareKey,
     #[error(
@@ -113,7 +113,7 @@ pub enum TrustError {
     )]
     Algorithm { subject: String, algorithm: String },
     #[error(
-        "the certificate {subject} expired at {not_after} (证书已过期; it was valid from {not_before}): renew it with the CA and use the new one"
+        "the certificate {subject} expired at {not_after} (证书已过期; it was valid from {not_before}): renew it with the CA and have the renewed certificate registered (the tender agent's 补充或更新证书); a renewal that changed the key also needs the bid sealed again"
     )]
     Expired {
         subject: String,
@@ -319,7 +319,12 @@ impl TrustStore {
         let candidates: Vec<&Anchor> = self
             .anchors
             .iter()
-            .filter(|a| a.name_der == issuer_der)
+            // The same name, encoded alike or in other string types or case (RFC 5280 §7.1
+            // compares names so); the signature below decides.
+            .filter(|a| {
+                a.name_der == issuer_der
+                    || name_key(&a.subject) == name_key(&tbs.issuer().to_string())
+            })
             .filter(|a| match (&authority_key, &a.key_id) {
                 (Some(wanted), Some(has)) => wanted == has,
                 _ => true,
@@ -431,6 +436,15 @@ impl<'a> Parsed<'a> {
                 .is_ok_and(|verifier| verifier.verify(tbs, &signature).is_ok())
         })
     }
+}
+
+/// A distinguished name as compared when its encodings differ: its text, in lower case, with
+/// runs of white space as one.
+fn name_key(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
 }
 
 /// The encoded `tbsCertificate`: the first element of the certificate's outer SEQUENCE.

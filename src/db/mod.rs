@@ -102,7 +102,7 @@ async fn lists(
 }
 
 /// Adds bidders' keys; for a key a bidder has already (same use and id) the certificate given
-/// replaces the one kept (a certificate renewed for the same key).
+/// replaces the one kept (a certificate renewed for the same key), never by a bare key.
 async fn insert_keys(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     keys: &[BidderKeyRow],
@@ -111,7 +111,8 @@ async fn insert_keys(
         sqlx::query(
             "INSERT INTO bidder_keys (bidder_id, usage, key_id, der, is_cert) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (bidder_id, usage, key_id) \
-             DO UPDATE SET der = excluded.der, is_cert = excluded.is_cert",
+             DO UPDATE SET der = excluded.der, is_cert = excluded.is_cert \
+             WHERE excluded.is_cert >= bidder_keys.is_cert",
         )
         .bind(&k.bidder_id)
         .bind(&k.usage)
@@ -340,6 +341,17 @@ pub struct BidderLoginRow {
     pub bidder_id: Option<String>,
     pub signed_ms: Option<i64>,
     pub taken: i64,
+}
+
+/// What became of keys added with [`Db::add_bidder_keys`].
+#[derive(Debug)]
+pub enum Added {
+    /// Added, with the events staged.
+    Staged(Vec<StagedEvent>),
+    /// The opening is no longer scheduled: nothing changed.
+    Closed,
+    /// The bidder would have more keys than allowed; it has this many: nothing changed.
+    TooMany(usize),
 }
 
 /// What became of a bind asked for with [`Db::bind_bidder_keys`].
@@ -1276,8 +1288,12 @@ impl Db {
         keys: &[BidderKeyRow],
         events: Vec<NewEvent>,
         now: i64,
-    ) -> Result<Vec<StagedEvent>, DbError> {
+    ) -> Result<Option<Vec<StagedEvent>>, DbError> {
         let mut tx = self.begin_write().await?.0;
+        // Locked, so that decryption does not start while a bidder is registered.
+        if !Self::lock_opening_in(&mut tx, &b.opening_id, &["scheduled"]).await? {
+            return Ok(None);
+        }
         sqlx::query("INSERT INTO bidders (id, opening_id, uscc, name) VALUES ($1, $2, $3, $4)")
             .bind(&b.id)
             .bind(&b.opening_id)
@@ -1288,38 +1304,48 @@ impl Db {
         insert_keys(&mut tx, keys).await?;
         let staged = stage(&mut tx, &b.opening_id, events, now).await?;
         tx.commit().await?;
-        Ok(staged)
+        Ok(Some(staged))
     }
 
     /// Adds `keys` to a registered bidder, or renews the certificates of keys it has, with
     /// `events`, while its opening is scheduled (locked first, so decryption does not start
     /// meanwhile); None, and nothing changed, once it is not.
+    #[allow(clippy::too_many_arguments)]
     pub async fn add_bidder_keys(
         &self,
         opening_id: &str,
+        bidder_id: &str,
         keys: &[BidderKeyRow],
+        most: usize,
         events: Vec<NewEvent>,
         now: i64,
-    ) -> Result<Option<Vec<StagedEvent>>, DbError> {
+    ) -> Result<Added, DbError> {
         let mut tx = self.begin_write().await?.0;
-        let open =
-            sqlx::query("UPDATE openings SET state = state WHERE id = $1 AND state = 'scheduled'")
-                .bind(opening_id)
-                .execute(&mut *tx)
+        if !Self::lock_opening_in(&mut tx, opening_id, &["scheduled"]).await? {
+            return Ok(Added::Closed);
+        }
+        let held: Vec<(String, String)> =
+            sqlx::query_as("SELECT usage, key_id FROM bidder_keys WHERE bidder_id = $1")
+                .bind(bidder_id)
+                .fetch_all(&mut *tx)
                 .await?;
-        if open.rows_affected() != 1 {
-            return Ok(None);
+        let new = keys
+            .iter()
+            .filter(|k| !held.iter().any(|(u, id)| *u == k.usage && *id == k.key_id))
+            .count();
+        if held.len() + new > most {
+            return Ok(Added::TooMany(held.len()));
         }
         insert_keys(&mut tx, keys).await?;
         let staged = stage(&mut tx, opening_id, events, now).await?;
         tx.commit().await?;
-        Ok(Some(staged))
+        Ok(Added::Staged(staged))
     }
 
     /// Gives the bidder `bidder_id`, which has no keys, the keys of a phone's bind, with
     /// `events`, while its opening takes bids (scheduled, before the deadline at `now`). The
-    /// opening's and the bidder's rows are locked first, so that two binds at once, or a bind
-    /// and the start of decryption, take turns.
+    /// opening's row is locked first, so that two binds at once, or a bind and the start of
+    /// decryption, take turns.
     pub async fn bind_bidder_keys(
         &self,
         opening_id: &str,
@@ -1340,10 +1366,6 @@ impl Db {
         if open.rows_affected() != 1 {
             return Ok(Bound::Closed);
         }
-        sqlx::query("UPDATE bidders SET name = name WHERE id = $1")
-            .bind(bidder_id)
-            .execute(&mut *tx)
-            .await?;
         let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bidder_keys WHERE bidder_id = $1")
             .bind(bidder_id)
             .fetch_one(&mut *tx)

@@ -23,6 +23,7 @@ use subtle::ConstantTimeEq;
 use super::{Hall, HallError, ev, on_rayon, signed_by_any};
 use crate::crypto;
 use crate::db::{BidderRow, Bound};
+use crate::domain::Uscc;
 use crate::phone::{Bind, BindView, bind_message};
 
 /// What the hall's MAC of a bind code is made for.
@@ -34,9 +35,6 @@ pub struct BindCode {
     pub code: String,
     /// What the QR code holds: where the phone fetches the [`BindView`].
     pub url: String,
-    /// Certificates already bound or registered for the bidder, by use.
-    pub sign_keys: usize,
-    pub enc_keys: usize,
 }
 
 fn unusable_code() -> HallError {
@@ -75,30 +73,36 @@ impl Hall {
         }
         let opening = self.opening(opening_id).await?;
         if opening.state != "scheduled" || self.now() >= opening.deadline_ms {
-            return Err(unusable_code());
+            return Err(HallError::WrongState(
+                "bind codes are given only while the opening takes bids (before its deadline)"
+                    .into(),
+            ));
         }
-        let bidder = self
-            .inner
-            .db
-            .bidder_by_uscc(&opening.id, uscc.trim())
-            .await?
-            .ok_or(HallError::NotFound("bidder"))?;
+        let uscc = Uscc::parse(uscc).map_err(|e| HallError::Invalid(e.to_string()))?;
+        let bidder = self.bidder_coded(&opening.id, uscc.as_str()).await?;
+        if self.key_count(&bidder.id).await? > 0 {
+            return Err(HallError::WrongState(
+                "this bidder has certificates already, so its phone cannot bind any: add or renew \
+                 them with 补充或更新证书 instead"
+                    .into(),
+            ));
+        }
         let code = format!(
             "{}.{}.{}",
             opening.id,
             bidder.uscc,
             self.bind_mac(&opening.id, &bidder.uscc)
         );
-        let (sign_keys, enc_keys) = (
-            self.inner.db.bidder_keys(&bidder.id, "sign").await?.len(),
-            self.inner.db.bidder_keys(&bidder.id, "enc").await?.len(),
-        );
         Ok(BindCode {
             url: self.bind_url(&code),
             code,
-            sign_keys,
-            enc_keys,
         })
+    }
+
+    /// How many keys of either use bidder `bidder_id` has.
+    async fn key_count(&self, bidder_id: &str) -> Result<usize, HallError> {
+        Ok(self.inner.db.bidder_keys(bidder_id, "sign").await?.len()
+            + self.inner.db.bidder_keys(bidder_id, "enc").await?.len())
     }
 
     /// The bidder bind code `code` is of, while certificates can be bound with it.
@@ -124,13 +128,7 @@ impl Hall {
             .bidder_by_uscc(opening_id, uscc)
             .await?
             .ok_or_else(unknown)?;
-        if !self
-            .inner
-            .db
-            .bidder_keys(&bidder.id, "sign")
-            .await?
-            .is_empty()
-        {
+        if self.key_count(&bidder.id).await? > 0 {
             return Err(has_keys());
         }
         let view = BindView {
@@ -198,7 +196,7 @@ impl Hall {
             "bidder.bound",
             "agent",
             json!({"uscc": bidder.uscc, "name": bidder.name,
-                   "sign_key_id": sign.key_id, "enc_key_id": enc.key_id}),
+                   "certificates": super::key_evidence(&keys)}),
         );
         match self
             .inner

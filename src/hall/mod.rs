@@ -183,6 +183,14 @@ fn checked_keys(
     Ok(keys)
 }
 
+/// What the log keeps of keys registered, bound or renewed: each one's use, key id and the SM3
+/// of the certificate (or SPKI) kept, so that which certificate took a bid stays known.
+fn key_evidence(keys: &[BidderKeyRow]) -> Vec<serde_json::Value> {
+    keys.iter()
+        .map(|k| json!({"usage": k.usage, "key_id": k.key_id, "sm3": hex::encode(crypto::sm3(&k.der))}))
+        .collect()
+}
+
 /// An event to record.
 fn ev(kind: &str, audience: &str, payload: serde_json::Value) -> crate::db::NewEvent {
     (kind.to_owned(), audience.to_owned(), payload)
@@ -983,13 +991,18 @@ impl Hall {
         let registered = ev(
             "bidder.registered",
             "agent",
-            json!({"uscc": bidder.uscc, "name": bidder.name}),
+            json!({"uscc": bidder.uscc, "name": bidder.name, "certificates": key_evidence(&keys)}),
         );
         let staged = self
             .inner
             .db
             .insert_bidder(&bidder, &keys, vec![registered], self.now())
-            .await?;
+            .await?
+            .ok_or_else(|| {
+                HallError::WrongState(
+                    "bidders can only be registered before decryption starts".into(),
+                )
+            })?;
         self.publish(staged).await;
         Ok(bidder)
     }
@@ -1005,21 +1018,17 @@ impl Hall {
         sign: &[String],
         enc: &[String],
     ) -> Result<serde_json::Value, HallError> {
-        let wrong_state = || {
+        let closed = || {
             HallError::WrongState(
                 "certificates can only be changed before decryption starts".into(),
             )
         };
         let opening = self.opening(opening_id).await?;
         if opening.state != "scheduled" {
-            return Err(wrong_state());
+            return Err(closed());
         }
-        let bidder = self
-            .inner
-            .db
-            .bidder_by_uscc(opening_id, uscc.trim())
-            .await?
-            .ok_or(HallError::NotFound("bidder"))?;
+        let uscc = Uscc::parse(uscc).map_err(|e| HallError::Invalid(e.to_string()))?;
+        let bidder = self.bidder_coded(opening_id, uscc.as_str()).await?;
         if sign.is_empty() && enc.is_empty() {
             return Err(HallError::Invalid(
                 "give at least one certificate or key".into(),
@@ -1033,41 +1042,61 @@ impl Hall {
                 .iter()
                 .any(|h| h.usage == k.usage && h.key_id == k.key_id)
         };
-        let added: Vec<&BidderKeyRow> = keys.iter().filter(|k| is_new(k)).collect();
-        if held.len() + added.len() > MAX_KEYS_PER_BIDDER {
+        let count = |usage: &str| {
+            held.iter()
+                .chain(keys.iter().filter(|k| is_new(k)))
+                .filter(|k| k.usage == usage)
+                .count()
+        };
+        let (signing, encryption) = (count("sign"), count("enc"));
+        if signing == 0 || encryption == 0 {
             return Err(HallError::Invalid(format!(
-                "the bidder has {} certificates or keys, and at most {MAX_KEYS_PER_BIDDER} are kept",
-                held.len()
+                "the bidder would have {signing} signing and {encryption} encryption certificates: \
+                 give both kinds (or, for a bidder waiting to bind by phone, none here)"
             )));
         }
-        let ids = |usage: &str| {
-            keys.iter()
-                .filter(|k| k.usage == usage)
-                .map(|k| k.key_id.clone())
-                .collect::<Vec<_>>()
-        };
+        // What each renewal replaced, kept in the log: which certificate took a bid stays known.
+        let replaced: Vec<serde_json::Value> = keys
+            .iter()
+            .filter_map(|k| {
+                held.iter()
+                    .find(|h| h.usage == k.usage && h.key_id == k.key_id && h.der != k.der)
+                    .map(|h| {
+                        json!({"usage": h.usage, "key_id": h.key_id,
+                                    "sm3": hex::encode(crypto::sm3(&h.der))})
+                    })
+            })
+            .collect();
         let event = ev(
             "bidder.keys_added",
             "agent",
             json!({"uscc": bidder.uscc, "name": bidder.name,
-                   "sign_key_ids": ids("sign"), "enc_key_ids": ids("enc")}),
+                   "certificates": key_evidence(&keys), "replaced": replaced}),
         );
-        let count = |usage: &str| {
-            held.iter()
-                .chain(added.iter().copied())
-                .filter(|k| k.usage == usage)
-                .count()
-        };
-        let counts =
-            json!({"uscc": bidder.uscc, "sign_keys": count("sign"), "enc_keys": count("enc")});
-        let staged = self
+        let added = self
             .inner
             .db
-            .add_bidder_keys(opening_id, &keys, vec![event], self.now())
-            .await?
-            .ok_or_else(wrong_state)?;
-        self.publish(staged).await;
-        Ok(counts)
+            .add_bidder_keys(
+                opening_id,
+                &bidder.id,
+                &keys,
+                MAX_KEYS_PER_BIDDER,
+                vec![event],
+                self.now(),
+            )
+            .await?;
+        match added {
+            crate::db::Added::Staged(staged) => self.publish(staged).await,
+            crate::db::Added::Closed => return Err(closed()),
+            crate::db::Added::TooMany(held) => {
+                return Err(HallError::Invalid(format!(
+                    "the bidder has {held} certificates or keys, and at most \
+                     {MAX_KEYS_PER_BIDDER} are kept (none is removed, so that bids sealed to \
+                     them can be opened): renew the certificates of keys it has instead"
+                )));
+            }
+        }
+        Ok(json!({"uscc": bidder.uscc, "sign_keys": signing, "enc_keys": encryption}))
     }
 
     /// [`checked_keys`] for `bidder`, now, off the async executor (it verifies signatures).
@@ -1124,15 +1153,11 @@ impl Hall {
         // An upload whose last byte arrived before the deadline is on time, even if decryption
         // started while it was being stored or checked (`put_bid` then files it as waiting for
         // its key).
-        let opening = self.opening(opening_id).await?;
-        if !["scheduled", "decrypting"].contains(&opening.state.as_str())
-            || received_ms >= opening.deadline_ms
-        {
-            return Err(HallError::AfterDeadline(fmt_time(opening.deadline_ms)));
-        }
         // Who registered is told to no one before the opening: a code no bidder has is refused
         // after the same checks, and in the same words, as a bid signed by a key not registered.
-        let bidder = self.inner.db.bidder_by_uscc(opening_id, uscc).await?;
+        let (opening, bidder) = self
+            .before_deadline(opening_id, uscc, received_ms, &["scheduled", "decrypting"])
+            .await?;
         let path = upload.to_owned();
         let (header, signer_id, size) = on_rayon(move || -> Result<_, BidError> {
             let bid = SealedBid::open(&path)?;
@@ -1161,8 +1186,10 @@ impl Hall {
                     .into(),
             )
         };
+        // The same queries either way.
+        let bidder_id = bidder.as_ref().map_or("", |b| b.id.as_str());
+        let sign_keys = self.inner.db.bidder_keys(bidder_id, "sign").await?;
         let bidder = bidder.ok_or_else(not_registered)?;
-        let sign_keys = self.inner.db.bidder_keys(&bidder.id, "sign").await?;
         let signer = sign_keys
             .iter()
             .find(|k| k.key_id == signer_id)
@@ -1308,23 +1335,20 @@ impl Hall {
 
     /// The opening and registered bidder, if bids may still change at `at_ms` and the opening is
     /// in one of `states`.
+    /// The opening, if `at_ms` is before its deadline and it is in one of `states`, and the
+    /// bidder with code `uscc`, if one registered.
     async fn before_deadline(
         &self,
         opening_id: &str,
         uscc: &str,
         at_ms: i64,
         states: &[&str],
-    ) -> Result<(OpeningRow, BidderRow), HallError> {
+    ) -> Result<(OpeningRow, Option<BidderRow>), HallError> {
         let opening = self.opening(opening_id).await?;
         if !states.contains(&opening.state.as_str()) || at_ms >= opening.deadline_ms {
             return Err(HallError::AfterDeadline(fmt_time(opening.deadline_ms)));
         }
-        let bidder = self
-            .inner
-            .db
-            .bidder_by_uscc(opening_id, uscc)
-            .await?
-            .ok_or(HallError::NotFound("registered bidder"))?;
+        let bidder = self.inner.db.bidder_by_uscc(opening_id, uscc).await?;
         Ok((opening, bidder))
     }
 
@@ -1337,6 +1361,8 @@ impl Hall {
         bid_id: &str,
         signature: &str,
     ) -> Result<(), HallError> {
+        // A code no bidder has is told as a bid not found: withdrawing tells no one who
+        // registered.
         let (opening, bidder) = self
             .before_deadline(opening_id, uscc, self.now(), &["scheduled"])
             .await?;
@@ -1345,10 +1371,13 @@ impl Hall {
             .db
             .bid(bid_id)
             .await?
-            .filter(|b| b.opening_id == opening_id && b.bidder_id == bidder.id)
+            .filter(|b| {
+                b.opening_id == opening_id && bidder.as_ref().is_some_and(|r| b.bidder_id == r.id)
+            })
             .ok_or(HallError::NotFound(
                 "bid (it may have been replaced or withdrawn already)",
             ))?;
+        let bidder = bidder.ok_or(HallError::Internal("a bid without its bidder".into()))?;
         let message = crate::phone::withdrawal_message(&bid.id);
         self.check_bidder_signature(&bidder.id, message, signature)
             .await?;

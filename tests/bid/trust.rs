@@ -273,33 +273,22 @@ fn a_certificate_is_checked_on_the_bytes_its_ca_signed() {
     };
     let store = TrustStore::from_pem(ca.pem.as_bytes()).unwrap();
     let issued = der(&ca.issue("leaf", SUBJECT, &key_pem(), SIGN_EXT, 10));
-    let ca_key =
-        crypto::load_private_pem(&std::fs::read_to_string(dir.path().join("gt.ca.key")).unwrap())
-            .unwrap();
-
     // tbsCertificate with each UTCTime of its validity as GeneralizedTime, signed again.
-    let [tbs, algorithm, _] = elements(&issued)[..] else {
-        panic!("a certificate is three elements");
-    };
-    let mut fields: Vec<Vec<u8>> = elements(tbs).into_iter().map(<[u8]>::to_vec).collect();
-    let validity = fields
-        .iter_mut()
-        .find(|f| f[0] == 0x30 && elements(f).first().is_some_and(|t| t[0] == 0x17))
-        .expect("a validity of UTCTimes");
-    let times: Vec<u8> = elements(validity)
-        .into_iter()
-        .flat_map(|t| {
-            let mut g = vec![0x18, 15, b'2', b'0'];
-            g.extend_from_slice(&t[2..]);
-            g
-        })
-        .collect();
-    *validity = tlv(0x30, &times);
-    let tbs = tlv(0x30, &fields.concat());
-    let signature = crypto::sign(&ca_key, &tbs).unwrap();
-    let mut bits = vec![0];
-    bits.extend_from_slice(&signature);
-    let rewritten = tlv(0x30, &[tbs, algorithm.to_vec(), tlv(0x03, &bits)].concat());
+    let rewritten = resigned(dir.path(), "gt", &issued, |fields| {
+        let validity = fields
+            .iter_mut()
+            .find(|f| f[0] == 0x30 && elements(f).first().is_some_and(|t| t[0] == 0x17))
+            .expect("a validity of UTCTimes");
+        let times: Vec<u8> = elements(validity)
+            .into_iter()
+            .flat_map(|t| {
+                let mut g = vec![0x18, 15, b'2', b'0'];
+                g.extend_from_slice(&t[2..]);
+                g
+            })
+            .collect();
+        *validity = tlv(0x30, &times);
+    });
 
     let pem = format!(
         "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
@@ -314,6 +303,71 @@ fn a_certificate_is_checked_on_the_bytes_its_ca_signed() {
         .unwrap();
     assert_ne!(again, rewritten, "re-encoded, the certificate changes");
     store.check(&rewritten, CertUsage::Sign, now()).unwrap();
+}
+
+/// A certificate's issuer found by its name written in another string type than its CA's own
+/// subject (PrintableString for UTF8String, as certificates of older CAs have): the names are the
+/// same (RFC 5280 §7.1), and the signature decides.
+#[test]
+fn an_issuer_name_in_another_string_type_finds_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(ca) = TestCa::new(dir.path(), "ps", "/CN=Test SM2 CA/O=Test", true) else {
+        return;
+    };
+    let store = TrustStore::from_pem(ca.pem.as_bytes()).unwrap();
+    let issued = der(&ca.issue("leaf", SUBJECT, &key_pem(), SIGN_EXT, 10));
+    let leaf = |issuer_type: u8| {
+        resigned(dir.path(), "ps", &issued, |fields| {
+            // version, serial, algorithm, issuer: each attribute value's string type changed.
+            let issuer = &mut fields[3];
+            let rdns: Vec<Vec<u8>> = elements(issuer)
+                .into_iter()
+                .map(|rdn| {
+                    let [attribute] = elements(rdn)[..] else {
+                        panic!("one attribute per name part");
+                    };
+                    let [oid, value] = elements(attribute)[..] else {
+                        panic!("an attribute is a type and a value");
+                    };
+                    let value = tlv(issuer_type, &value[2..]);
+                    tlv(0x31, &tlv(0x30, &[oid, &value[..]].concat()))
+                })
+                .collect();
+            *issuer = tlv(0x30, &rdns.concat());
+        })
+    };
+    store.check(&leaf(0x13), CertUsage::Sign, now()).unwrap();
+    // A name that differs in text is another CA's.
+    let other = resigned(dir.path(), "ps", &issued, |fields| {
+        let last = fields[3].len() - 1;
+        fields[3][last] ^= 1;
+    });
+    assert!(matches!(
+        store.check(&other, CertUsage::Sign, now()),
+        Err(TrustError::UnknownIssuer { .. })
+    ));
+}
+
+/// `issued`, a certificate of the test CA `ca` in `dir`, with its tbsCertificate's fields changed
+/// by `change` and signed again with the CA's key.
+fn resigned(
+    dir: &Path,
+    ca: &str,
+    issued: &[u8],
+    change: impl FnOnce(&mut Vec<Vec<u8>>),
+) -> Vec<u8> {
+    let key = std::fs::read_to_string(dir.join(format!("{ca}.ca.key"))).unwrap();
+    let ca_key = crypto::load_private_pem(&key).unwrap();
+    let [tbs, algorithm, _] = elements(issued)[..] else {
+        panic!("a certificate is three elements");
+    };
+    let mut fields: Vec<Vec<u8>> = elements(tbs).into_iter().map(<[u8]>::to_vec).collect();
+    change(&mut fields);
+    let tbs = tlv(0x30, &fields.concat());
+    let signature = crypto::sign(&ca_key, &tbs).unwrap();
+    let mut bits = vec![0];
+    bits.extend_from_slice(&signature);
+    tlv(0x30, &[tbs, algorithm.to_vec(), tlv(0x03, &bits)].concat())
 }
 
 /// The DER elements in `der`'s content (or in `der` itself when it is a list of elements).

@@ -266,6 +266,13 @@ async fn a_login_code_is_refused_forged_expired_or_for_another(backend: Backend)
     );
     let r = take(&app, &late, late["secret"].as_str().unwrap()).await;
     assert_eq!(r.status, 409, "{}", r.body);
+    // Nor is a session taken after its code expired, though the phone signed it in time.
+    let signed = new_login(&app, &opening).await;
+    let r = phone_logs_in(&app, signed["qr_url"].as_str().unwrap(), &a, &a.sign).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    app.advance_secs(kaibiao::hall::LOGIN_CODE_MS / 1000 + 1);
+    let r = take(&app, &signed, signed["secret"].as_str().unwrap()).await;
+    assert_eq!(r.status, 409, "{}", r.body);
     // Asking for codes stores nothing, so however many are asked for, none is taken from the
     // bidders: a thousand leave no row, and a code asked for after them works.
     let asked: Vec<_> =

@@ -285,6 +285,19 @@ async fn no_one_but_the_agent_learns_who_bid_before_the_opening(backend: Backend
         app.upload(&opening, &unregistered).await,
     );
     assert_eq!((a.status, &a.body), (422, &b.body), "{} {}", a.body, b.body);
+    // Nor a withdrawal: a code no one registered is told as a bid not found.
+    let body = json!({"bid_id": "0000000000000000", "signature": "AAAA"});
+    let path = |uscc: &str| format!("/api/openings/{opening}/bids/{uscc}/withdraw");
+    let (registered, unknown) = (
+        path(bidders[0].uscc.as_str()),
+        path(unregistered.uscc.as_str()),
+    );
+    let (a, b) = (
+        app.call("POST", &registered, Some(body.clone()), None)
+            .await,
+        app.call("POST", &unknown, Some(body), None).await,
+    );
+    assert_eq!((a.status, &a.body), (404, &b.body), "{} {}", a.body, b.body);
 
     // The start publishes both bids; the public viewer gets them in the start's event, having
     // been told nothing of them before.

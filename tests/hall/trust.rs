@@ -132,6 +132,48 @@ async fn a_bid_signed_under_an_expired_certificate_is_refused(backend: Backend) 
     let r = app.upload(&opening, &b).await;
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(app.payloads(&opening, "bidder.keys_added").await.len(), 1);
+    let added = app.payloads(&opening, "bidder.keys_added").await;
+    assert_eq!(
+        added[0]["replaced"].as_array().unwrap().len(),
+        2,
+        "both renewed: {added:?}"
+    );
+
+    // A new key is added beside the old (a code typed in lower case finds the bidder); another
+    // enterprise's certificate is refused; after the start nothing is added.
+    let new_key = crypto::generate_secret_key();
+    let pem = crypto::private_key_pem(&new_key).unwrap().to_string();
+    let subject = format!("/CN={}/OU={}", b.name, b.uscc.as_str());
+    let extra = ca.issue("extra", &subject, &pem, SIGN_EXT, 10);
+    let lower = format!(
+        "/api/openings/{opening}/bidders/{}/keys",
+        b.uscc.as_str().to_lowercase()
+    );
+    let r = app
+        .agent("POST", &lower, Some(json!({"sign_keys": [extra]})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["sign_keys"], 2, "{}", r.body);
+    let stranger = TestBidder::new(app.dir.path(), 5, 1_000);
+    let (strangers, _) = certificates(&ca, &stranger, 10);
+    let r = app
+        .agent("POST", &keys, Some(json!({"sign_keys": [strangers]})))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("证书与投标人不符"),
+        "{}",
+        r.body
+    );
+    app.start_after(&opening, 5 * 86_400).await;
+    let (again, _) = certificates(&ca, &b, 10);
+    let r = app
+        .agent("POST", &keys, Some(json!({"sign_keys": [again]})))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
     app.cleanup().await;
 }
 
@@ -220,7 +262,6 @@ async fn a_bidders_phone_binds_its_certificates(backend: Backend) {
     assert_eq!(r.status, 401, "the agent's: {}", r.body);
     let code = app.agent("POST", &code_path, None).await;
     assert_eq!(code.status, 200, "{}", code.body);
-    assert_eq!(code.body["sign_keys"], 0);
     let url = code.body["url"].as_str().unwrap().to_owned();
     let path = url.strip_prefix(&app.base).unwrap().to_owned();
     assert!(
@@ -296,11 +337,8 @@ async fn a_bidders_phone_binds_its_certificates(backend: Backend) {
         .call("GET", &format!("/api/phone/binds/{changed}"), None, None)
         .await;
     assert_eq!(r.status, 404, "{}", r.body);
-    assert_eq!(
-        app.agent("POST", &code_path, None).await.body["sign_keys"],
-        0,
-        "nothing bound"
-    );
+    let r = app.agent("POST", &code_path, None).await;
+    assert_eq!(r.status, 200, "nothing bound: {}", r.body);
 
     // The reference phone binds; a second bind is refused.
     let write = |name: &str, text: &str| {
@@ -334,13 +372,19 @@ async fn a_bidders_phone_binds_its_certificates(backend: Backend) {
     assert_eq!(r.status, 409, "once: {}", r.body);
     let said = r.body["message"].as_str().unwrap();
     assert!(said.contains("ask the tender agent"), "{said}");
-    let code = app.agent("POST", &code_path, None).await;
+    // Nor does the agent get a bind code for a bidder with certificates.
+    let r = app.agent("POST", &code_path, None).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let bound = app.payloads(&opening, "bidder.bound").await;
+    let crypto::PublicIdentity::Certificate { cert_der, .. } =
+        crypto::load_public_pem(&sign).unwrap()
+    else {
+        panic!("a certificate");
+    };
+    let sm3 = hex::encode(crypto::sm3(&cert_der));
     assert_eq!(
-        (
-            code.body["sign_keys"].as_i64(),
-            code.body["enc_keys"].as_i64()
-        ),
-        (Some(1), Some(1))
+        bound[0]["certificates"][0]["sm3"], sm3,
+        "the log names the certificate"
     );
 
     // Two phones binding one bidder at once: one binds.
@@ -377,7 +421,26 @@ async fn a_bidders_phone_binds_its_certificates(backend: Backend) {
 
     let r = app.upload(&opening, &b).await;
     assert_eq!(r.status, 201, "{}", r.body);
+    // The database's own rule, whatever the hall checked before: a bidder with keys binds
+    // nothing, and once decryption started no bidder does.
+    let db = app.hall.db();
+    let c_row = db
+        .bidder_by_uscc(&opening, c.uscc.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    let now = app.now_ms();
+    let again = db
+        .bind_bidder_keys(&opening, &c_row.id, &[], vec![], now)
+        .await
+        .unwrap();
+    assert!(matches!(again, kaibiao::db::Bound::HasKeys), "{again:?}");
     app.start_after(&opening, 600).await;
+    let closed = db
+        .bind_bidder_keys(&opening, "no-keys-yet", &[], vec![], app.now_ms())
+        .await
+        .unwrap();
+    assert!(matches!(closed, kaibiao::db::Bound::Closed), "{closed:?}");
     let r = app.call("GET", &path, None, None).await;
     assert_eq!(
         r.status, 409,

@@ -979,6 +979,31 @@ impl Db {
     }
 
     /// The opening and bidder of a session that has not expired.
+    /// For the agent, per bidder of opening `opening_id`: how many keys it has, and whether a
+    /// session of its (scan login) is live at `now`.
+    pub async fn bidder_status(
+        &self,
+        opening_id: &str,
+        now: i64,
+    ) -> Result<Vec<(String, i64, bool)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT b.id AS id, \
+             (SELECT COUNT(*) FROM bidder_keys k WHERE k.bidder_id = b.id) AS keys, \
+             (SELECT COUNT(*) FROM bidder_sessions s WHERE s.bidder_id = b.id AND s.expires_ms > $2) AS sessions \
+             FROM bidders b WHERE b.opening_id = $1",
+        )
+        .bind(opening_id)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let sessions: i64 = r.try_get("sessions")?;
+                Ok((r.try_get("id")?, r.try_get("keys")?, sessions > 0))
+            })
+            .collect()
+    }
+
     pub async fn bidder_session(
         &self,
         token_sm3: &str,

@@ -2808,13 +2808,36 @@ impl Hall {
             "last_seq": last_seq,
             // Shown on the hall display, so that a recording of the room pins the log.
             "last_hash": self.chain_value(opening_id, last_seq).await?,
-            "bidders": if published { bidder_list(&bidders, &bids) } else { Vec::new() },
+            "bidders": if published { self.bidders_seen_by(opening_id, &bidders, &bids, role).await? } else { Vec::new() },
             "bids": if published { bid_views } else { Vec::new() },
             "bidders_published": published,
             "objections": if published { self.objection_views(opening_id, &bidders).await? } else { Vec::new() },
             // The record issued for the bidders to confirm, and who has.
             "record": if published { self.issued_record(opening_id).await? } else { None },
         }))
+    }
+
+    /// The bidders as `role` sees them: the agent also sees how many certificates each has
+    /// (none: waiting for its phone to bind them) and whether it is logged in (扫码登录).
+    async fn bidders_seen_by(
+        &self,
+        opening_id: &str,
+        bidders: &[BidderRow],
+        bids: &[BidRow],
+        role: Role,
+    ) -> Result<Vec<serde_json::Value>, HallError> {
+        let mut list = bidder_list(bidders, bids);
+        if role == Role::Agent {
+            let status = self.inner.db.bidder_status(opening_id, self.now()).await?;
+            for (view, bidder) in list.iter_mut().zip(bidders) {
+                if let Some((_, keys, logged_in)) = status.iter().find(|(id, ..)| *id == bidder.id)
+                {
+                    view["keys"] = json!(keys);
+                    view["logged_in"] = json!(logged_in);
+                }
+            }
+        }
+        Ok(list)
     }
 
     /// Periodic work: close windows at their deadline, replace expired QR codes, decrypt bids

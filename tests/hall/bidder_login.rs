@@ -98,6 +98,32 @@ async fn a_bidder_logs_in_by_scanning_and_sees_its_own_bid(backend: Backend) {
     assert!(token.starts_with("bs_"));
     let again = take(&app, &login, &secret).await;
     assert_eq!(again.status, 409, "{}", again.body);
+    // The agent sees who is logged in (and the public does not).
+    let logged_in = |s: serde_json::Value| {
+        s["bidders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["uscc"].as_str().unwrap().to_owned(),
+                    b["logged_in"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        logged_in(app.snapshot(&opening).await),
+        [
+            (a.uscc.to_string(), Value::Bool(true)),
+            (b.uscc.to_string(), Value::Bool(false))
+        ]
+    );
+    assert!(
+        logged_in(app.public_snapshot(&opening).await)
+            .iter()
+            .all(|(_, l)| l.is_null())
+    );
 
     // The bidder's own view: its bid, waiting for its key, with its QR code.
     let me = format!("/api/openings/{opening}/me");
@@ -170,6 +196,15 @@ async fn a_bidder_logs_in_by_scanning_and_sees_its_own_bid(backend: Backend) {
     let r = app.call("POST", &logout, None, Some(&token)).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(app.call("GET", &me, None, Some(&token)).await.status, 401);
+    let listed = app.snapshot(&opening).await["bidders"].clone();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["logged_in"] == false),
+        "{listed}"
+    );
     app.cleanup().await;
 }
 

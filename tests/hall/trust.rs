@@ -203,6 +203,16 @@ async fn a_bad_trusted_ca_file_stops_the_server(backend: Backend) {
     app.cleanup().await;
 }
 
+/// Registers bidder `b` without certificates, for its phone to bind them.
+async fn register_to_bind(app: &TestApp, opening: &str, b: &TestBidder) {
+    let mut bare = b.registration();
+    bare["sign_keys"] = json!([]);
+    bare["enc_keys"] = json!([]);
+    let path = format!("/api/openings/{opening}/bidders");
+    let r = app.agent("POST", &path, Some(bare)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
 /// What a phone posts to bind `sign` and `enc` (PEM) with the code `view` is of, signing with
 /// `key`.
 async fn phone_binds(
@@ -242,17 +252,12 @@ async fn a_bidders_phone_binds_its_certificates(backend: Backend) {
     let b = TestBidder::new(app.dir.path(), 0, 30_000);
     let stranger = TestBidder::new(app.dir.path(), 1, 1_000);
     let opening = app.create_opening(600, 1800).await;
-    let mut bare = b.registration();
-    bare["sign_keys"] = json!([]);
-    bare["enc_keys"] = json!([]);
-    let r = app
-        .agent(
-            "POST",
-            &format!("/api/openings/{opening}/bidders"),
-            Some(bare),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
+    register_to_bind(&app, &opening, &b).await;
+    assert_eq!(
+        app.snapshot(&opening).await["bidders"][0]["keys"],
+        0,
+        "waiting to bind"
+    );
     let r = app.upload(&opening, &b).await;
     assert_eq!(r.status, 422, "no certificate bound yet: {}", r.body);
 
@@ -389,17 +394,7 @@ async fn a_bidders_phone_binds_its_certificates(backend: Backend) {
 
     // Two phones binding one bidder at once: one binds.
     let c = TestBidder::new(app.dir.path(), 2, 1_000);
-    let mut bare = c.registration();
-    bare["sign_keys"] = json!([]);
-    bare["enc_keys"] = json!([]);
-    let r = app
-        .agent(
-            "POST",
-            &format!("/api/openings/{opening}/bidders"),
-            Some(bare),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
+    register_to_bind(&app, &opening, &c).await;
     let c_code = format!(
         "/api/openings/{opening}/bidders/{}/bind-code",
         c.uscc.as_str()

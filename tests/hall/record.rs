@@ -10,6 +10,7 @@ crate::on_both_databases!(
     the_record_tells_what_became_of_every_bid_and_objection,
     a_failed_opening_has_a_record_and_no_record_is_made_before_the_end,
     anyone_rederives_the_record_from_the_public_log_with_the_command,
+    a_hall_that_leaves_out_a_public_event_is_caught,
     bidders_confirm_the_issued_record_by_scan_signing
 );
 
@@ -391,9 +392,14 @@ async fn bidders_confirm_the_issued_record_by_scan_signing(backend: Backend) {
 
 /// Runs `kaibiao check-record --server … --opening OPENING ARGS`: its exit status and output.
 async fn check_record(app: &TestApp, opening: &str, args: &[&str]) -> (bool, String) {
+    check_record_at(&app.base, opening, args).await
+}
+
+/// Runs `kaibiao check-record` against the hall at `server`.
+async fn check_record_at(server: &str, opening: &str, args: &[&str]) -> (bool, String) {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kaibiao"));
     command
-        .args(["check-record", "--server", &app.base, "--opening", opening])
+        .args(["check-record", "--server", server, "--opening", opening])
         .args(args);
     let out = actix_web::rt::task::spawn_blocking(move || command.output().unwrap())
         .await
@@ -404,6 +410,76 @@ async fn check_record(app: &TestApp, opening: &str, args: &[&str]) -> (bool, Str
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// A hall in front of `upstream` that passes every request on but leaves public event `hidden`
+/// out of `/events`; its address, and the handle that stops it.
+async fn hall_leaving_out(upstream: &str, hidden: i64) -> (String, actix_web::dev::ServerHandle) {
+    use actix_web::{HttpRequest, HttpResponse, web};
+    let upstream = upstream.to_owned();
+    let server = actix_web::HttpServer::new(move || {
+        let upstream = upstream.clone();
+        actix_web::App::new().default_service(web::to(move |req: HttpRequest| {
+            let upstream = upstream.clone();
+            async move {
+                let mut res = awc::Client::default()
+                    .get(format!("{upstream}{}", req.uri()))
+                    .send()
+                    .await
+                    .unwrap();
+                let body = res.body().limit(64 << 20).await.unwrap();
+                if !req.path().ends_with("/events") {
+                    return HttpResponse::build(res.status())
+                        .content_type("application/json")
+                        .body(body);
+                }
+                let mut events: Vec<Value> = serde_json::from_slice(&body).unwrap();
+                events.retain(|e| e["seq"] != hidden);
+                HttpResponse::build(res.status()).json(events)
+            }
+        }))
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let address = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    (format!("http://{address}"), handle)
+}
+
+/// A hall that leaves a public event out of the log it gives (one that would change the record)
+/// while giving the digests of the chain its platform signed: `check-record` finds the event
+/// missing among those the chain holds, and names it.
+async fn a_hall_that_leaves_out_a_public_event_is_caught(backend: Backend) {
+    let app = spawn_app(&backend).await;
+    let scanned = TestBidder::new(app.dir.path(), 1, 20_000);
+    let waiting = TestBidder::new(app.dir.path(), 2, 20_000);
+    let opening = app.opening_with_bids(&[&scanned, &waiting], 60, 600).await;
+    app.start_after(&opening, 61).await;
+    scanned_objected_ended(&app, &opening, &scanned, &waiting).await;
+    let answered = app
+        .public_events(&opening)
+        .await
+        .into_iter()
+        .find(|e| e["kind"] == "objection.answered")
+        .expect("the answer is public");
+    let hidden = answered["seq"].as_i64().unwrap();
+    let platform = app.dir.path().join("platform.pem");
+    std::fs::write(
+        &platform,
+        kaibiao::crypto::public_key_pem(&app.platform_key().await).unwrap(),
+    )
+    .unwrap();
+    let platform = platform.to_string_lossy().into_owned();
+    let (ok, out) = check_record(&app, &opening, &["--platform-key", &platform]).await;
+    assert!(ok, "the hall itself passes: {out}");
+    let (base, hall) = hall_leaving_out(&app.base, hidden).await;
+    let (ok, out) = check_record_at(&base, &opening, &["--platform-key", &platform]).await;
+    assert!(!ok && out.contains(&format!("left out: {hidden}")), "{out}");
+    hall.stop(true).await;
+    app.cleanup().await;
 }
 
 async fn anyone_rederives_the_record_from_the_public_log_with_the_command(backend: Backend) {

@@ -58,8 +58,9 @@
     for (const b of s.bidders || []) {
       const tr = document.createElement('tr');
       tr.innerHTML = '<td></td><td></td><td></td><td></td><td></td>';
-      [b.name + (b.keys === 0 ? '（待绑定证书）' : ''), b.uscc, b.has_bid ? '已递交' : '未递交', b.signed_in_ms ? time(b.signed_in_ms) : '未签到', b.logged_in ? '已登录' : ''].forEach((t, i) => { tr.children[i].textContent = t; });
-      if (s.opening.state === 'scheduled' && b.keys === 0) {
+      const bindable = s.opening.state === 'scheduled' && s.server_ms < s.opening.deadline_ms && b.keys === 0;
+      [b.name + (bindable ? '（待绑定证书）' : b.keys === 0 ? '（无证书）' : ''), b.uscc, b.has_bid ? '已递交' : '未递交', b.signed_in_ms ? time(b.signed_in_ms) : '未签到', b.logged_in ? '已登录' : ''].forEach((t, i) => { tr.children[i].textContent = t; });
+      if (bindable) {
         // 扫码绑定: the bind code, as a QR code and a link, for the agent to hand to the bidder.
         const bind = document.createElement('button');
         bind.textContent = '绑定码';

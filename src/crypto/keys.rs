@@ -360,6 +360,10 @@ mod tests {
         assert!(cert(&["ＳＮ：９１４４０３００ＭＡ５Ｆ０００００Ｘ"]).carries_code(uscc));
         assert!(cert(&["统一社会信用代码:91440300ma5f00000x;"]).carries_code(uscc));
         assert!(cert(&["USCC 91440300MA5F00000X"]).carries_code(uscc));
+        assert!(
+            !cert(&["9144 0300 MA5F 0000 0X"]).carries_code(uscc),
+            "the code whole"
+        );
         assert!(!cert(&[name]).carries_code(uscc), "the name is not enough");
         assert!(!cert(&["A91440300MA5F00000X"]).carries_code(uscc));
         assert!(!cert(&["91440300MA5F00000X1"]).carries_code(uscc));

@@ -93,7 +93,7 @@ pub enum TrustError {
     #[error("this is not an X.509 certificate: {0}")]
     Parse(String),
     #[error(
-        "a bare public key names no CA, and this platform accepts only certificates issued by a CA it trusts: the bidder's certificates are to be registered instead (by the tender agent, or bound by the bidder's phone)"
+        "a bare public key names no CA, and this platform accepts only certificates issued by a CA it trusts: the bidder's certificates are to be registered instead (the tender agent's 补充或更新证书)"
     )]
     BareKey,
     #[error(

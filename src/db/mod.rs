@@ -343,6 +343,17 @@ pub struct BidderLoginRow {
     pub taken: i64,
 }
 
+/// What became of a bidder registered with [`Db::insert_bidder`].
+#[derive(Debug)]
+pub enum Registered {
+    /// Registered, with its events staged.
+    Staged(Vec<StagedEvent>),
+    /// The opening is no longer scheduled: nothing changed.
+    Closed,
+    /// A bidder with the same code is registered: nothing changed.
+    Duplicate,
+}
+
 /// What became of keys added with [`Db::add_bidder_keys`].
 #[derive(Debug)]
 pub enum Added {
@@ -978,7 +989,6 @@ impl Db {
         Ok(())
     }
 
-    /// The opening and bidder of a session that has not expired.
     /// For the agent, per bidder of opening `opening_id`: how many keys it has, and whether a
     /// session of its (scan login) is live at `now`.
     pub async fn bidder_status(
@@ -1004,6 +1014,7 @@ impl Db {
             .collect()
     }
 
+    /// The opening and bidder of a session that has not expired.
     pub async fn bidder_session(
         &self,
         token_sm3: &str,
@@ -1313,11 +1324,21 @@ impl Db {
         keys: &[BidderKeyRow],
         events: Vec<NewEvent>,
         now: i64,
-    ) -> Result<Option<Vec<StagedEvent>>, DbError> {
+    ) -> Result<Registered, DbError> {
         let mut tx = self.begin_write().await?.0;
-        // Locked, so that decryption does not start while a bidder is registered.
+        // Locked, so that decryption does not start while a bidder is registered, and two
+        // registrations of one code take turns.
         if !Self::lock_opening_in(&mut tx, &b.opening_id, &["scheduled"]).await? {
-            return Ok(None);
+            return Ok(Registered::Closed);
+        }
+        let taken: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM bidders WHERE opening_id = $1 AND uscc = $2")
+                .bind(&b.opening_id)
+                .bind(&b.uscc)
+                .fetch_one(&mut *tx)
+                .await?;
+        if taken > 0 {
+            return Ok(Registered::Duplicate);
         }
         sqlx::query("INSERT INTO bidders (id, opening_id, uscc, name) VALUES ($1, $2, $3, $4)")
             .bind(&b.id)
@@ -1329,7 +1350,7 @@ impl Db {
         insert_keys(&mut tx, keys).await?;
         let staged = stage(&mut tx, &b.opening_id, events, now).await?;
         tx.commit().await?;
-        Ok(Some(staged))
+        Ok(Registered::Staged(staged))
     }
 
     /// Adds `keys` to a registered bidder, or renews the certificates of keys it has, with

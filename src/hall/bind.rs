@@ -45,7 +45,7 @@ fn unusable_code() -> HallError {
 
 fn has_keys() -> HallError {
     HallError::WrongState(
-        "this bidder has its certificates already (registered or bound before): to add or renew \
+        "this bidder has certificates or keys already (registered or bound before): to add or renew \
          one, ask the tender agent"
             .into(),
     )
@@ -82,7 +82,7 @@ impl Hall {
         let bidder = self.bidder_coded(&opening.id, uscc.as_str()).await?;
         if self.key_count(&bidder.id).await? > 0 {
             return Err(HallError::WrongState(
-                "this bidder has certificates already, so its phone cannot bind any: add or renew \
+                "this bidder has certificates or keys already, so its phone cannot bind any: add or renew \
                  them with 补充或更新证书 instead"
                     .into(),
             ));

@@ -997,12 +997,21 @@ impl Hall {
             .inner
             .db
             .insert_bidder(&bidder, &keys, vec![registered], self.now())
-            .await?
-            .ok_or_else(|| {
-                HallError::WrongState(
+            .await?;
+        let staged = match staged {
+            crate::db::Registered::Staged(staged) => staged,
+            crate::db::Registered::Closed => {
+                return Err(HallError::WrongState(
                     "bidders can only be registered before decryption starts".into(),
-                )
-            })?;
+                ));
+            }
+            crate::db::Registered::Duplicate => {
+                return Err(HallError::Invalid(format!(
+                    "the bidder {} is already registered",
+                    bidder.uscc
+                )));
+            }
+        };
         self.publish(staged).await;
         Ok(bidder)
     }
@@ -1037,6 +1046,16 @@ impl Hall {
         let keys = self.checked_keys(&bidder, sign, enc).await?;
         let mut held = self.inner.db.bidder_keys(&bidder.id, "sign").await?;
         held.extend(self.inner.db.bidder_keys(&bidder.id, "enc").await?);
+        if let Some(k) = keys.iter().find(|k| {
+            held.iter()
+                .any(|h| h.usage == k.usage && h.key_id == k.key_id && h.is_cert > k.is_cert)
+        }) {
+            return Err(HallError::Invalid(format!(
+                "the {} key {} has a certificate registered; a bare key does not replace it: give \
+                 the certificate (renewed, if it expired)",
+                k.usage, k.key_id
+            )));
+        }
         let is_new = |k: &BidderKeyRow| {
             !held
                 .iter()
@@ -1333,8 +1352,6 @@ impl Hall {
         Ok(receipt)
     }
 
-    /// The opening and registered bidder, if bids may still change at `at_ms` and the opening is
-    /// in one of `states`.
     /// The opening, if `at_ms` is before its deadline and it is in one of `states`, and the
     /// bidder with code `uscc`, if one registered.
     async fn before_deadline(

@@ -12,7 +12,8 @@ crate::on_both_databases!(
     only_certificates_of_a_trusted_ca_are_registered,
     a_bid_signed_under_an_expired_certificate_is_refused,
     a_bad_trusted_ca_file_stops_the_server,
-    a_bidders_phone_binds_its_certificates
+    a_bidders_phone_binds_its_certificates,
+    keys_added_keep_their_certificates_and_a_limit
 );
 
 /// The CA's certificates for a bidder's two keys, naming it, valid `days`.
@@ -460,6 +461,70 @@ async fn a_bidders_phone_binds_its_certificates(backend: Backend) {
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(
         r.body["message"].as_str().unwrap().contains("trusted_cas"),
+        "{}",
+        r.body
+    );
+    app.cleanup().await;
+}
+
+/// Without trusted CAs the agent may add bare keys, but a bare key does not replace the
+/// certificate kept for the same key; and a bidder keeps at most 16 keys (none is removed, so a
+/// 17th is refused), saying what to do.
+async fn keys_added_keep_their_certificates_and_a_limit(backend: Backend) {
+    let cas = tempfile::tempdir().unwrap();
+    let Some(ca) = TestCa::new(cas.path(), "ca", "/CN=测试CA", true) else {
+        return;
+    };
+    let app = spawn_app(&backend).await;
+    let b = TestBidder::new(app.dir.path(), 0, 1_000);
+    let (sign, enc) = certificates(&ca, &b, 10);
+    let opening = app.create_opening(600, 1800).await;
+    let r = app
+        .agent(
+            "POST",
+            &format!("/api/openings/{opening}/bidders"),
+            Some(registration(&b, &sign, &enc)),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let keys = format!("/api/openings/{opening}/bidders/{}/keys", b.uscc.as_str());
+    let bare = crypto::public_key_pem(&b.sign.public_key()).unwrap();
+    let r = app
+        .agent("POST", &keys, Some(json!({"sign_keys": [bare]})))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not replace"),
+        "{}",
+        r.body
+    );
+    assert!(
+        app.payloads(&opening, "bidder.keys_added").await.is_empty(),
+        "nothing logged"
+    );
+
+    let fresh = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| crypto::public_key_pem(&crypto::generate_secret_key().public_key()).unwrap())
+            .collect()
+    };
+    let r = app
+        .agent("POST", &keys, Some(json!({"sign_keys": fresh(14)})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["sign_keys"], 15, "{}", r.body);
+    let r = app
+        .agent("POST", &keys, Some(json!({"enc_keys": fresh(1)})))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("renew the certificates"),
         "{}",
         r.body
     );

@@ -277,23 +277,35 @@ pub fn phone_bind(
     };
     let (sign_cert, enc_cert) = (read(sign_cert)?, read(enc_cert)?);
     actix_web::rt::System::new().block_on(async move {
-        let client = phone_client();
-        let view: phone::BindView =
-            serde_json::from_slice(&phone_get(&client, url, "the bind code").await?)
-                .context("the hall's answer is not a bind code")?;
-        let answer = phone::bind(&view, &sign_cert, &enc_cert, &sign)?;
-        let reply = phone_post(&client, &view.answer_url, &answer).await?;
-        println!(
-            "bound {} ({}) at {} {}: signing key {}, encryption key {}",
-            view.bidder_name,
-            view.bidder,
-            view.tender_id,
-            view.tender_name,
-            reply["sign_key_id"].as_str().unwrap_or_default(),
-            reply["enc_key_id"].as_str().unwrap_or_default()
-        );
+        let said = bind(&phone_client(), url, &sign_cert, &enc_cert, &sign).await?;
+        println!("{said}");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Binds `sign_cert` and `enc_cert` (PEM) with the bind code at `url`, over HTTP as a phone
+/// would; what was done.
+async fn bind(
+    client: &awc::Client,
+    url: &str,
+    sign_cert: &str,
+    enc_cert: &str,
+    sign: &sm2::SecretKey,
+) -> anyhow::Result<String> {
+    let view: phone::BindView =
+        serde_json::from_slice(&phone_get(client, url, "the bind code").await?)
+            .context("the hall's answer is not a bind code")?;
+    let answer = phone::bind(&view, sign_cert, enc_cert, sign)?;
+    let reply = phone_post(client, &view.answer_url, &answer).await?;
+    Ok(format!(
+        "bound {} ({}) at {} {}: signing key {}, encryption key {}",
+        view.bidder_name,
+        view.bidder,
+        view.tender_id,
+        view.tender_name,
+        reply["sign_key_id"].as_str().unwrap_or_default(),
+        reply["enc_key_id"].as_str().unwrap_or_default()
+    ))
 }
 
 pub fn phone_scan(
@@ -336,10 +348,15 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     init_tracing("warn,kaibiao=info");
     let work = tempfile::Builder::new().prefix("kaibiao-demo").tempdir()?;
     let password = hex::encode(crypto::random_bytes::<8>()?);
+    // The demo's own CA: the hall trusts it, and the bidders' phones bind its certificates.
+    let ca = crypto::LocalCa::new("CN=kaibiao 演示 CA,O=kaibiao", 30)?;
+    let cas = work.path().join("ca.pem");
+    std::fs::write(&cas, ca.certificate_pem()?)?;
     let settings = Settings {
         bind: args.bind,
         data_dir: work.path().join("data"),
         admin_password: Some(password.clone()),
+        trusted_cas: Some(cas),
         ..Settings::default()
     };
     println!("sealing {} bids of {} MiB each…", args.bidders, args.size);
@@ -430,17 +447,24 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 decrypt_limit_secs: 600,
             })
             .await?;
+        // Registered by code and name; each bidder's phone binds the demo CA's certificates
+        // (扫码绑定) with the bind code the agent hands it.
+        let client = awc::Client::builder().timeout(Duration::from_secs(600)).finish();
         for b in &bidders {
             hall.register_bidder(&opening.id, NewBidder {
                 uscc: b.uscc.to_string(),
                 name: b.name.clone(),
-                sign_keys: vec![crypto::public_key_pem(&b.sign.public_key())?],
-                enc_keys: vec![crypto::public_key_pem(&b.enc.public_key())?],
+                sign_keys: Vec::new(),
+                enc_keys: Vec::new(),
             })
             .await?;
+            let code = hall.bind_code(&opening.id, b.uscc.as_str()).await?;
+            let subject = format!("CN={},OU={}", b.name, b.uscc);
+            let sign_cert = ca.issue(&subject, &b.sign.public_key(), crypto::CertUsage::Sign, 30)?;
+            let enc_cert = ca.issue(&subject, &b.enc.public_key(), crypto::CertUsage::Encrypt, 30)?;
+            println!("{}: {}", b.name, bind(&client, &code.url, &sign_cert, &enc_cert, &b.sign).await?);
         }
         println!("\n  hall display:  {base}/hall/{}\n  agent console: {base}/console  (user admin, password {password})\n", opening.id);
-        let client = awc::Client::builder().timeout(Duration::from_secs(600)).finish();
         for b in &bidders {
             let file = tokio::fs::File::open(&b.file).await?;
             let stream = tokio_util_stream(file);

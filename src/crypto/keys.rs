@@ -38,6 +38,8 @@ pub enum KeyError {
     Wrap(String),
     #[error("the system random number generator failed: {0}")]
     Random(String),
+    #[error("the certificate could not be made: {0}")]
+    Certificate(String),
 }
 
 /// A public key as presented by a bidder: a bare SPKI key or an X.509 certificate.
@@ -248,16 +250,7 @@ fn identity_from_certificate(
     let subject_values = tbs
         .subject()
         .iter()
-        .filter_map(|attribute| {
-            x509_cert::ext::pkix::name::DirectoryString::try_from(&attribute.value)
-                .ok()
-                .map(|s| s.value().into_owned())
-                .or_else(|| {
-                    x509_cert::der::asn1::Ia5StringRef::try_from(&attribute.value)
-                        .ok()
-                        .map(|s| s.as_str().to_owned())
-                })
-        })
+        .filter_map(|attribute| attribute_text(&attribute.value))
         .collect();
     Ok(PublicIdentity::Certificate {
         key,
@@ -265,6 +258,18 @@ fn identity_from_certificate(
         subject: tbs.subject().to_string(),
         subject_values,
     })
+}
+
+/// The text of a name's attribute value, whatever string type holds it (BMPString included).
+pub(crate) fn attribute_text(value: &x509_cert::der::Any) -> Option<String> {
+    x509_cert::ext::pkix::name::DirectoryString::try_from(value)
+        .ok()
+        .map(|s| s.value().into_owned())
+        .or_else(|| {
+            x509_cert::der::asn1::Ia5StringRef::try_from(value)
+                .ok()
+                .map(|s| s.as_str().to_owned())
+        })
 }
 
 /// The recipient key id: SM3 of the uncompressed SEC1 encoding `04 ‖ x ‖ y` of the public key.

@@ -7,12 +7,14 @@
 //! - SM4-GCM (RFC 8998) and the HKDF-SM3 key schedule of the sealed-bid container.
 
 mod aead;
+mod ca;
 mod gcm;
 mod keys;
 mod simd;
 mod trust;
 
 pub use aead::{FileKey, hmac_sm3, open_in_place, seal_in_place, sm3};
+pub use ca::LocalCa;
 pub use gcm::{GcmStream, Sm4Gcm, TAG_LEN, TagMismatch};
 pub use keys::{
     DIST_ID, KeyError, PublicIdentity, derive_secret_key, generate_secret_key, key_id,

@@ -159,6 +159,8 @@ pub enum TrustError {
 struct Anchor {
     subject: String,
     name_der: Vec<u8>,
+    /// The name as compared when encodings differ ([`name_key`]).
+    name_key: String,
     key: PublicKey,
     key_id: Option<Vec<u8>>,
     validity: (Duration, Duration),
@@ -238,6 +240,7 @@ impl TrustStore {
                     .map(|(_, ski)| ski.0.as_bytes().to_vec());
                 Ok(Anchor {
                     subject,
+                    name_key: name_key(tbs.subject()),
                     name_der,
                     key,
                     key_id,
@@ -321,10 +324,7 @@ impl TrustStore {
             .iter()
             // The same name, encoded alike or in other string types or case (RFC 5280 §7.1
             // compares names so); the signature below decides.
-            .filter(|a| {
-                a.name_der == issuer_der
-                    || name_key(&a.subject) == name_key(&tbs.issuer().to_string())
-            })
+            .filter(|a| a.name_der == issuer_der || a.name_key == name_key(tbs.issuer()))
             .filter(|a| match (&authority_key, &a.key_id) {
                 (Some(wanted), Some(has)) => wanted == has,
                 _ => true,
@@ -438,13 +438,18 @@ impl<'a> Parsed<'a> {
     }
 }
 
-/// A distinguished name as compared when its encodings differ: its text, in lower case, with
-/// runs of white space as one.
-fn name_key(text: &str) -> String {
-    text.split_whitespace()
+/// A distinguished name as compared when its encodings differ: each attribute's type and text
+/// (whatever string type holds it), in lower case, with runs of white space as one.
+fn name_key(name: &x509_cert::name::Name) -> String {
+    name.iter()
+        .map(|attribute| {
+            let text = super::keys::attribute_text(&attribute.value)
+                .unwrap_or_else(|| hex::encode(attribute.value.value()));
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            format!("{}={}", attribute.oid, text.to_lowercase())
+        })
         .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
+        .join(",")
 }
 
 /// The encoded `tbsCertificate`: the first element of the certificate's outer SEQUENCE.

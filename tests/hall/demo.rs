@@ -1,5 +1,5 @@
-//! `kaibiao demo` runs a whole opening, from sealing to the confirmed record, and the record it
-//! ends with is what its public log folds to.
+//! `kaibiao demo` runs a whole opening, from sealing and binding the demo CA's certificates to
+//! the confirmed record, and the record it ends with is what its public log folds to.
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -61,6 +61,11 @@ async fn the_demo_runs_a_whole_opening_to_the_confirmed_record() {
         count("signed in to"),
         2,
         "all but the last sign in:\n{text}"
+    );
+    assert_eq!(
+        count(": bound "),
+        3,
+        "each phone binds its CA certificates:\n{text}"
     );
     assert_eq!(count("scanned and answered"), 3, "{text}");
     assert_eq!(count("objection 1 recorded"), 1, "{text}");

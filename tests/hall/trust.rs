@@ -38,6 +38,13 @@ fn certificates(ca: &TestCa, b: &TestBidder, days: u32) -> (String, String) {
     )
 }
 
+/// `r` is a refusal with `status` whose message says `says`.
+fn assert_refused(r: &Reply, status: u16, says: &str) {
+    assert_eq!(r.status, status, "{}", r.body);
+    let message = r.body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(says), "{message}");
+}
+
 fn registration(b: &TestBidder, sign: &str, enc: &str) -> serde_json::Value {
     let mut body = b.registration();
     body["sign_keys"] = json!([sign]);
@@ -160,15 +167,7 @@ async fn a_bid_signed_under_an_expired_certificate_is_refused(backend: Backend) 
     let r = app
         .agent("POST", &keys, Some(json!({"sign_keys": [strangers]})))
         .await;
-    assert_eq!(r.status, 422, "{}", r.body);
-    assert!(
-        r.body["message"]
-            .as_str()
-            .unwrap()
-            .contains("证书与投标人不符"),
-        "{}",
-        r.body
-    );
+    assert_refused(&r, 422, "证书与投标人不符");
     app.start_after(&opening, 5 * 86_400).await;
     let (again, _) = certificates(&ca, &b, 10);
     let r = app
@@ -492,15 +491,7 @@ async fn keys_added_keep_their_certificates_and_a_limit(backend: Backend) {
     let r = app
         .agent("POST", &keys, Some(json!({"sign_keys": [bare]})))
         .await;
-    assert_eq!(r.status, 422, "{}", r.body);
-    assert!(
-        r.body["message"]
-            .as_str()
-            .unwrap()
-            .contains("does not replace"),
-        "{}",
-        r.body
-    );
+    assert_refused(&r, 422, "does not replace");
     assert!(
         app.payloads(&opening, "bidder.keys_added").await.is_empty(),
         "nothing logged"
@@ -519,14 +510,6 @@ async fn keys_added_keep_their_certificates_and_a_limit(backend: Backend) {
     let r = app
         .agent("POST", &keys, Some(json!({"enc_keys": fresh(1)})))
         .await;
-    assert_eq!(r.status, 422, "{}", r.body);
-    assert!(
-        r.body["message"]
-            .as_str()
-            .unwrap()
-            .contains("renew the certificates"),
-        "{}",
-        r.body
-    );
+    assert_refused(&r, 422, "renew the certificates");
     app.cleanup().await;
 }

@@ -45,6 +45,15 @@ fn assert_refused(r: &Reply, status: u16, says: &str) {
     assert!(message.contains(says), "{message}");
 }
 
+/// Registers bidder `b` with the certificates `sign` and `enc` (PEM).
+async fn register_with(app: &TestApp, opening: &str, b: &TestBidder, sign: &str, enc: &str) {
+    let path = format!("/api/openings/{opening}/bidders");
+    let r = app
+        .agent("POST", &path, Some(registration(b, sign, enc)))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
 fn registration(b: &TestBidder, sign: &str, enc: &str) -> serde_json::Value {
     let mut body = b.registration();
     body["sign_keys"] = json!([sign]);
@@ -111,14 +120,7 @@ async fn a_bid_signed_under_an_expired_certificate_is_refused(backend: Backend) 
     let b = TestBidder::new(app.dir.path(), 0, 5_000);
     let (sign, enc) = certificates(&ca, &b, 1);
     let opening = app.create_opening(5 * 86_400, 1800).await;
-    let r = app
-        .agent(
-            "POST",
-            &format!("/api/openings/{opening}/bidders"),
-            Some(registration(&b, &sign, &enc)),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
+    register_with(&app, &opening, &b, &sign, &enc).await;
     app.advance_secs(2 * 86_400);
     let r = app.upload(&opening, &b).await;
     assert_eq!(r.status, 422, "{}", r.body);
@@ -478,14 +480,7 @@ async fn keys_added_keep_their_certificates_and_a_limit(backend: Backend) {
     let b = TestBidder::new(app.dir.path(), 0, 1_000);
     let (sign, enc) = certificates(&ca, &b, 10);
     let opening = app.create_opening(600, 1800).await;
-    let r = app
-        .agent(
-            "POST",
-            &format!("/api/openings/{opening}/bidders"),
-            Some(registration(&b, &sign, &enc)),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
+    register_with(&app, &opening, &b, &sign, &enc).await;
     let keys = format!("/api/openings/{opening}/bidders/{}/keys", b.uscc.as_str());
     let bare = crypto::public_key_pem(&b.sign.public_key()).unwrap();
     let r = app

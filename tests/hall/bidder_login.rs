@@ -180,10 +180,7 @@ async fn a_bidder_logs_in_by_scanning_and_sees_its_own_bid(backend: Backend) {
     let view = app.call("GET", &me, None, Some(&token)).await.body;
     assert_eq!(view["record"]["version"], 1);
     assert_eq!(view["record"]["confirmed"], false);
-    let (_, confirmation) = crate::record::phone_confirms(&app, &opening, 1, &a, &a.sign).await;
-    let body = serde_json::to_value(&confirmation).unwrap();
-    let r = crate::record::post_confirmation(&app, &opening, "1", body).await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    crate::record::confirm_first_version(&app, &opening, &a).await;
     let view = app.call("GET", &me, None, Some(&token)).await.body;
     assert_eq!(view["record"]["confirmed"], true);
 
@@ -242,14 +239,8 @@ async fn a_login_code_is_refused_forged_expired_or_for_another(backend: Backend)
         .await;
     assert_eq!(r.status, 401, "{}", r.body);
     // Before decryption, the bid is received and shows no QR code; objections are not open yet.
-    let me = app
-        .call(
-            "GET",
-            &format!("/api/openings/{opening}/me"),
-            None,
-            Some(&token),
-        )
-        .await;
+    let me_path = format!("/api/openings/{opening}/me");
+    let me = app.call("GET", &me_path, None, Some(&token)).await;
     assert_eq!(me.body["bid"]["state"], "received", "{}", me.body);
     assert_eq!(me.body["bid"]["qr"], Value::Null);
     // Sign-in is open (the opening is twenty minutes away): the page shows its code until the
@@ -266,14 +257,7 @@ async fn a_login_code_is_refused_forged_expired_or_for_another(backend: Backend)
             .status,
         200
     );
-    let me = app
-        .call(
-            "GET",
-            &format!("/api/openings/{opening}/me"),
-            None,
-            Some(&token),
-        )
-        .await;
+    let me = app.call("GET", &me_path, None, Some(&token)).await;
     assert_eq!(me.body["sign_in"], Value::Null, "{}", me.body);
     assert!(me.body["bidder"]["signed_in_ms"].as_i64().is_some());
     let r = app

@@ -485,10 +485,7 @@ async fn the_record_page_shows_the_opening_record() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(app.act(&opening, "end-decryption").await.status, 200);
     assert_eq!(app.act(&opening, "record/issue").await.status, 201);
-    let (_, confirmation) = crate::record::phone_confirms(&app, &opening, 1, &a, &a.sign).await;
-    let body = serde_json::to_value(&confirmation).unwrap();
-    let r = crate::record::post_confirmation(&app, &opening, "1", body).await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    crate::record::confirm_first_version(&app, &opening, &a).await;
     let digest = app
         .call(
             "GET",
@@ -580,10 +577,7 @@ async fn the_hall_display_shows_the_record_to_confirm_and_who_confirmed() {
         json!(true),
     )
     .await;
-    let (_, confirmation) = crate::record::phone_confirms(&app, &opening, 1, &a, &a.sign).await;
-    let body = serde_json::to_value(&confirmation).unwrap();
-    let r = crate::record::post_confirmation(&app, &opening, "1", body).await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    crate::record::confirm_first_version(&app, &opening, &a).await;
     page.wait_for_value(
         "the confirmation shown",
         "document.getElementById('confirmed').textContent",
@@ -1084,10 +1078,7 @@ async fn a_bidder_logs_its_page_in_by_scanning_and_follows_its_bid() {
         json!(true),
     )
     .await;
-    let (_, confirmation) = crate::record::phone_confirms(&app, &opening, 1, &a, &a.sign).await;
-    let body = serde_json::to_value(&confirmation).unwrap();
-    let r = crate::record::post_confirmation(&app, &opening, "1", body).await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    crate::record::confirm_first_version(&app, &opening, &a).await;
     page.wait_for_value(
         "the record confirmed, live",
         "document.getElementById('record-said').textContent.startsWith('已确认') && \

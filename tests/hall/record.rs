@@ -236,6 +236,14 @@ pub(crate) async fn post_confirmation(
     .await
 }
 
+/// Bidder `b`'s phone confirms version 1 of the issued record, and the hall takes it.
+pub(crate) async fn confirm_first_version(app: &TestApp, opening: &str, b: &TestBidder) {
+    let (_, confirmation) = phone_confirms(app, opening, 1, b, &b.sign).await;
+    let body = serde_json::to_value(&confirmation).unwrap();
+    let r = post_confirmation(app, opening, "1", body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
 async fn bidders_confirm_the_issued_record_by_scan_signing(backend: Backend) {
     let app = spawn_app(&backend).await;
     let a = TestBidder::new(app.dir.path(), 1, 20_000);
